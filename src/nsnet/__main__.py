@@ -1,0 +1,3 @@
+from nsnet.cli import main
+
+raise SystemExit(main())

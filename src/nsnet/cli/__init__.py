@@ -1,0 +1,293 @@
+"""`nsnet`: Docker's networking commands, answered by the nsnet daemon.
+
+Thin on purpose: parse, call the API, print. It imports no netlink library, so it starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..client import ApiError, Client
+from . import output
+
+
+def _kv(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"nsnet: invalid {what} {item!r}: use KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nsnet", description="Container networks from the kernel's own parts.")
+    p.add_argument("--root", default=None, help="state folder (default $NSNET_ROOT or /var/lib/nsnet)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("daemon", help="run the engine in the foreground")
+    sub.add_parser("info", help="what is in force")
+
+    net = sub.add_parser("network", help="manage networks").add_subparsers(dest="netcmd", required=True)
+    c = net.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("-d", "--driver", default="bridge")
+    c.add_argument("--subnet", action="append", default=[])
+    c.add_argument("--gateway", action="append", default=[])
+    c.add_argument("--ip-range", action="append", default=[])
+    c.add_argument("--aux-address", action="append", default=[])
+    c.add_argument("-o", "--opt", action="append", default=[])
+    c.add_argument("--label", action="append", default=[])
+    c.add_argument("--internal", action="store_true")
+    c.add_argument("--attachable", action="store_true")
+    c.add_argument("--ipv6", action="store_true")
+    c.add_argument("--allow-overlap", action="store_true",
+                   help="create it even when the subnet collides with addresses this host uses")
+    ls = net.add_parser("ls", aliases=["list"])
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("--format")
+    ls.add_argument("-f", "--filter", action="append", default=[])
+    ls.add_argument("--no-trunc", action="store_true")
+    i = net.add_parser("inspect")
+    i.add_argument("names", nargs="+")
+    r = net.add_parser("rm", aliases=["remove"])
+    r.add_argument("names", nargs="+")
+    pr = net.add_parser("prune")
+    pr.add_argument("-f", "--force", action="store_true")
+    for verb in ("connect", "disconnect"):
+        x = net.add_parser(verb)
+        x.add_argument("network")
+        x.add_argument("sandbox")
+        if verb == "connect":
+            x.add_argument("--ip")
+            x.add_argument("--ip6")
+            x.add_argument("--alias", action="append", default=[])
+        else:
+            x.add_argument("-f", "--force", action="store_true")
+
+    # add_help=False: `run -h` is --hostname, as in Docker.
+    run = sub.add_parser("run", help="run a command in a new sandbox", add_help=False)
+    run.add_argument("--help", action="help")
+    run.add_argument("-d", "--detach", action="store_true")
+    run.add_argument("--name")
+    run.add_argument("--network", "--net", action="append", default=[])
+    run.add_argument("--ip")
+    run.add_argument("--ip6")
+    run.add_argument("--network-alias", "--net-alias", action="append", default=[])
+    run.add_argument("-p", "--publish", action="append", default=[])
+    run.add_argument("-h", "--hostname")
+    run.add_argument("--dns", action="append", default=[])
+    run.add_argument("--rm", action="store_true")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+
+    ex = sub.add_parser("exec", help="run a command inside a running sandbox")
+    ex.add_argument("sandbox")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ps = sub.add_parser("ps")
+    ps.add_argument("-a", "--all", action="store_true")
+    ps.add_argument("-q", "--quiet", action="store_true")
+    ps.add_argument("--format")
+    ins = sub.add_parser("inspect")
+    ins.add_argument("names", nargs="+")
+    st = sub.add_parser("stop")
+    st.add_argument("-t", "--time", type=float, default=10)
+    st.add_argument("names", nargs="+")
+    rm = sub.add_parser("rm")
+    rm.add_argument("-f", "--force", action="store_true")
+    rm.add_argument("names", nargs="+")
+    lg = sub.add_parser("logs")
+    lg.add_argument("sandbox")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.root:
+        os.environ["NSNET_ROOT"] = args.root
+    if args.cmd == "daemon":
+        from ..daemon.server import serve
+
+        return serve(os.environ.get("NSNET_ROOT") or "/var/lib/nsnet")
+    client = Client()
+    try:
+        return COMMANDS[args.cmd](client, args)
+    except ApiError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_info(client: Client, args) -> int:
+    print(json.dumps(client.get("/info"), indent=2))
+    return 0
+
+
+def cmd_network(client: Client, args) -> int:
+    verb = {"list": "ls", "remove": "rm"}.get(args.netcmd, args.netcmd)
+    if verb == "create":
+        body = {"Name": args.name, "Driver": args.driver, "Subnets": args.subnet, "Gateways": args.gateway,
+                "IPRanges": args.ip_range, "AuxAddresses": _kv(args.aux_address, "--aux-address"),
+                "Options": _kv(args.opt, "option"), "Labels": _kv(args.label, "label"),
+                "Internal": args.internal, "Attachable": args.attachable, "EnableIPv6": args.ipv6,
+                "AllowOverlap": args.allow_overlap}
+        print(client.post("/networks", body)["Id"])
+    elif verb == "ls":
+        filters = _kv(args.filter, "filter")
+        from urllib.parse import quote
+
+        nets = client.get("/networks?filters=" + quote(json.dumps(filters)))
+        output.networks(nets, quiet=args.quiet, fmt=args.format, no_trunc=args.no_trunc)
+    elif verb == "inspect":
+        return _inspect_many(client, "/networks/", args.names)
+    elif verb == "rm":
+        code = 0
+        for name in args.names:
+            try:
+                client.delete("/networks/" + name)
+                print(name)
+            except ApiError as e:
+                print(f"Error: {e}", file=sys.stderr)
+                code = 1
+        return code
+    elif verb == "prune":
+        if not args.force and sys.stdin.isatty():
+            answer = input("WARNING! This will remove all custom networks not used by at least one sandbox.\n"
+                           "Are you sure you want to continue? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                return 0
+        deleted = client.post("/networks/prune")["NetworksDeleted"]
+        if deleted:
+            print("Deleted Networks:\n" + "\n".join(deleted))
+    elif verb == "connect":
+        client.post(f"/networks/{args.network}/connect",
+                    {"Sandbox": args.sandbox, "IP": args.ip, "IP6": args.ip6, "Aliases": args.alias})
+    elif verb == "disconnect":
+        client.post(f"/networks/{args.network}/disconnect", {"Sandbox": args.sandbox, "Force": args.force})
+    return 0
+
+
+def _inspect_many(client: Client, prefix: str, names: list[str]) -> int:
+    docs, code = [], 0
+    for name in names:
+        try:
+            docs.append(client.get(prefix + name))
+        except ApiError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            code = 1
+    print(json.dumps(docs, indent=4))
+    return code
+
+
+def cmd_run(client: Client, args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("Error: no command given: nsnet run [OPTIONS] -- CMD [ARGS...]", file=sys.stderr)
+        return 125
+    networks = args.network or ["bridge"]
+    spec = {"Name": args.name, "Hostname": args.hostname, "Cmd": command, "Ports": args.publish, "Dns": args.dns,
+            "AutoRemove": args.rm,
+            "Networks": [{"Network": n} for n in networks]}
+    first = spec["Networks"][0]
+    first.update({"IP": args.ip, "IP6": args.ip6, "Aliases": args.network_alias})
+    if args.detach:
+        try:
+            print(client.post("/sandboxes", spec)["Id"])
+        except ApiError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return 125
+        return 0
+    return _run_foreground(client, spec, host=networks == ["host"])
+
+
+def _run_foreground(client: Client, spec: dict, host: bool) -> int:
+    """The command runs as our child, with our terminal; the daemon builds its network first."""
+    import signal
+
+    from ..kernel.procs import Launch
+
+    launch = Launch(spec["Cmd"], netmode="host" if host else "own")
+    try:
+        made = client.post("/sandboxes", dict(spec, Pid=launch.pid))
+    except BaseException as e:
+        launch.abort()
+        if isinstance(e, ApiError):
+            print(f"Error: {e}", file=sys.stderr)
+            return 125
+        raise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets the terminal's ^C; we wait for it
+    launch.go(made["Files"], made["Hostname"])
+    code = launch.proc.wait()
+    code = 128 - code if code < 0 else code
+    try:
+        client.post(f"/sandboxes/{made['Id']}/exited", {"ExitCode": code})
+    except ApiError:
+        pass
+    return code
+
+
+def cmd_exec(client: Client, args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("Error: no command given: nsnet exec SANDBOX -- CMD [ARGS...]", file=sys.stderr)
+        return 125
+    doc = client.get("/sandboxes/" + args.sandbox)
+    if not doc["State"]["Running"]:
+        print(f"Error: sandbox {args.sandbox} is not running", file=sys.stderr)
+        return 125
+    from ..kernel.netns import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUTS, setns
+
+    pid = doc["State"]["Pid"]
+    for ns, flag in (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("mnt", CLONE_NEWNS)):
+        fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY)
+        try:
+            setns(fd, flag)
+        finally:
+            os.close(fd)
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        print(f"Error: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+def cmd_ps(client: Client, args) -> int:
+    output.sandboxes(client.get("/sandboxes" + ("?all=1" if args.all else "")), quiet=args.quiet, fmt=args.format)
+    return 0
+
+
+def cmd_inspect(client: Client, args) -> int:
+    return _inspect_many(client, "/sandboxes/", args.names)
+
+
+def _each(client: Client, names: list[str], call) -> int:
+    code = 0
+    for name in names:
+        try:
+            call(name)
+            print(name)
+        except ApiError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_stop(client: Client, args) -> int:
+    return _each(client, args.names, lambda n: client.post(f"/sandboxes/{n}/stop?t={args.time}"))
+
+
+def cmd_rm(client: Client, args) -> int:
+    return _each(client, args.names, lambda n: client.delete(f"/sandboxes/{n}" + ("?force=1" if args.force else "")))
+
+
+def cmd_logs(client: Client, args) -> int:
+    sys.stdout.write(client.get(f"/sandboxes/{args.sandbox}/logs")["Log"])
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "network": cmd_network, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
+            "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs}

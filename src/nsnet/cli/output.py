@@ -1,0 +1,42 @@
+"""Tables for people, JSON for programs (`--format json`)."""
+from __future__ import annotations
+
+import json
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    lines = ["   ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers] + rows]
+    return "\n".join(lines)
+
+
+def networks(nets: list[dict], *, quiet: bool, fmt: str | None, no_trunc: bool = False) -> None:
+    if quiet:
+        print("\n".join(n["Id"] if no_trunc else n["Id"][:12] for n in nets))
+    elif fmt == "json":
+        print(json.dumps(nets, indent=2))
+    elif fmt:
+        for n in nets:
+            print(fmt.replace("{{.Name}}", n["Name"]).replace("{{.ID}}", n["Id"][:12]).replace("{{.Driver}}", n["Driver"]))
+    else:
+        rows = [[n["Id"] if no_trunc else n["Id"][:12], n["Name"], n["Driver"], n["Scope"]] for n in nets]
+        print(table(["NETWORK ID", "NAME", "DRIVER", "SCOPE"], rows))
+
+
+def sandboxes(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
+    if quiet:
+        print("\n".join(d["Id"][:12] for d in docs))
+        return
+    if fmt == "json":
+        print(json.dumps(docs, indent=2))
+        return
+    rows = []
+    for d in docs:
+        state = d["State"]
+        status = "Up" if state["Running"] else f"Exited ({state['ExitCode']})"
+        ports = ", ".join(f"{b['HostIp']}:{b['HostPort']}->{k}" for k, v in d["NetworkSettings"]["Ports"].items()
+                          for b in v or [])
+        nets = ",".join(d["NetworkSettings"]["Networks"]) or d["HostConfig"]["NetworkMode"]
+        cmd = " ".join(d["Config"]["Cmd"])
+        rows.append([d["Id"][:12], d["Name"].lstrip("/"), (cmd[:30] + "…") if len(cmd) > 31 else cmd, status, ports, nets])
+    print(table(["SANDBOX ID", "NAME", "COMMAND", "STATUS", "PORTS", "NETWORKS"], rows))

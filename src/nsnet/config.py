@@ -1,0 +1,80 @@
+"""nsnet's configuration: `<root>/config.toml`, optional.
+
+    default-address-pools = [{base = "10.10.0.0/16", size = 24}]   # replaces Docker's defaults
+    reserved = ["172.22.0.0/16", "10.8.0.0/24"]                      # office, VPN: never allocate
+
+Unknown keys are refused rather than ignored: a typo in `reserved` silently dropping the office
+range is exactly the lockout this file exists to prevent.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+
+from nsnet.errors import NsnetError
+from nsnet.ipam.evidence import Network
+from nsnet.ipam.pools import DEFAULT_POOLS, Pool, parse_network, parse_pools
+
+FILENAME = "config.toml"
+KEYS = ("default-address-pools", "reserved")
+
+
+@dataclass(frozen=True)
+class Config:
+    pools: tuple[Pool, ...] = DEFAULT_POOLS
+    reserved: tuple[Network, ...] = ()
+    path: str | None = None          # the file read; None when there was none
+    pools_from_file: bool = False    # False: Docker's default pools are in force
+
+    def as_dict(self) -> dict:
+        """What `nsnet info` shows."""
+        return {
+            "ConfigFile": self.path,
+            "DefaultAddressPools": [p.as_dict() for p in self.pools],
+            "DefaultAddressPoolsSource": "config" if self.pools_from_file else "default",
+            "Reserved": [str(n) for n in self.reserved],
+        }
+
+
+def load(root: str) -> Config:
+    """Read `<root>/config.toml`; a missing file means the defaults."""
+    path = os.path.join(root, FILENAME)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return Config()
+    except tomllib.TOMLDecodeError as e:
+        raise NsnetError(f"cannot parse {path}: {e}; fix the TOML syntax") from None
+    except OSError as e:
+        raise NsnetError(f"cannot read {path}: {e.strerror}; check its permissions") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: dict, path: str = FILENAME) -> Config:
+    for key in data:
+        if key not in KEYS:
+            raise NsnetError(f"unknown key {key!r} in {path}; known keys are {', '.join(KEYS)}")
+    pools, from_file = DEFAULT_POOLS, False
+    if "default-address-pools" in data:
+        try:
+            pools = parse_pools(data["default-address-pools"])
+        except NsnetError as e:
+            raise NsnetError(f"{path}: {e}") from None
+        if not pools:
+            raise NsnetError(f"{path}: default-address-pools is empty; list at least one pool or remove the key")
+        from_file = True
+    reserved = []
+    raw = data.get("reserved", [])
+    if not isinstance(raw, list):
+        raise NsnetError(f"{path}: reserved must be a list of CIDR ranges, e.g. reserved = [\"172.22.0.0/16\"]")
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise NsnetError(f"{path}: reserved[{i}] must be a string such as \"172.22.0.0/16\", got {item!r}")
+        try:
+            reserved.append(parse_network(item, f"reserved[{i}]"))
+        except NsnetError as e:
+            raise NsnetError(f"{path}: {e}") from None
+    return Config(pools=pools, reserved=tuple(reserved), path=path, pools_from_file=from_file)

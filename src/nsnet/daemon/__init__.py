@@ -1,0 +1,1 @@
+"""The long-running engine process: API server, process watcher, reconcile (and later DNS, overlay)."""

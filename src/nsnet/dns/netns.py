@@ -1,0 +1,56 @@
+"""Sockets that live in another network namespace.
+
+A socket keeps the namespace it was created in for its whole life (its routing, its
+addresses, its bind), whichever thread later uses it. So the calling thread enters the
+sandbox's namespace with setns(2), creates the socket, and comes back; only that thread
+moves, and only for the few microseconds that takes.
+
+(The kernel layer may grow the same verb; this copy keeps the resolver free of other layers.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def open_netns(target: str | int) -> int:
+    """Our own fd for a namespace given as a path (/run/netns/X, /proc/PID/ns/net) or an fd."""
+    if isinstance(target, int):
+        return os.dup(target)
+    return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def inside(ns_fd: int) -> Iterator[None]:
+    """Run the body with this thread in namespace `ns_fd`, and always come back."""
+    # thread-self, not self: /proc/self is the main thread, which may live elsewhere.
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(ns_fd)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def socket_in(ns_fd: int | None, family: int, kind: int) -> socket.socket:
+    """A socket created in namespace `ns_fd` (None: the caller's own)."""
+    if ns_fd is None:
+        return socket.socket(family, kind)
+    with inside(ns_fd):
+        return socket.socket(family, kind)

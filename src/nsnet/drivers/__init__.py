@@ -1,0 +1,21 @@
+"""Network drivers: one module each, one small protocol (see base.Driver)."""
+from __future__ import annotations
+
+from ..errors import NsnetError
+from .base import Driver
+from .bridge import BridgeDriver
+from .host import HostDriver, NullDriver
+
+_DRIVERS: dict[str, type[Driver]] = {
+    "bridge": BridgeDriver,
+    "host": HostDriver,
+    "null": NullDriver,
+}
+ALIASES = {"none": "null"}
+
+
+def driver_class(name: str) -> type[Driver]:
+    cls = _DRIVERS.get(ALIASES.get(name, name))
+    if cls is None:
+        raise NsnetError(f'plugin "{name}" not found: nsnet has the drivers {", ".join(sorted(_DRIVERS))}', 404)
+    return cls

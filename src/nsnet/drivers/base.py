@@ -1,0 +1,43 @@
+"""The protocol every driver implements. A driver owns its kernel objects and nothing else."""
+from __future__ import annotations
+
+from ..errors import NsnetError
+from ..firewall import FwNetwork
+from ..model import Endpoint, Network
+
+MTU_KEY = "com.docker.network.driver.mtu"
+
+
+class Driver:
+    name = ""
+    options: frozenset[str] = frozenset()   # the -o keys this driver understands
+    needs_netns = True                      # does a sandbox on it get its own network namespace?
+    builds_endpoints = True                 # does joining make an interface (and take an address)?
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def validate(self, net: Network) -> None:
+        """Refuse options this driver does not know, before anything is built."""
+        unknown = sorted(set(net.options) - self.options)
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise NsnetError(f"unknown option {unknown[0]!r} for the {self.name} driver (it takes: {known})")
+        mtu = net.options.get(MTU_KEY)
+        if mtu is not None and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
+            raise NsnetError(f"invalid MTU {mtu!r}: give a number from 68 to 65535")
+
+    def create_network(self, net: Network) -> None: ...
+
+    def delete_network(self, net: Network) -> None: ...
+
+    def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None: ...
+
+    def leave(self, net: Network, ep: Endpoint) -> None: ...
+
+    def firewall(self, net: Network) -> FwNetwork | None:
+        return None
+
+    def kernel_names(self, net: Network) -> set[str]:
+        """Names of the host links this network owns (reconcile keeps these)."""
+        return set()

@@ -1,0 +1,105 @@
+"""The bridge driver, built as Docker builds it: a Linux bridge per network holding the gateway
+address, a veth pair per endpoint, NAT and isolation in nsnet's nftables table."""
+from __future__ import annotations
+
+import ipaddress
+
+from ..errors import NsnetError
+from ..firewall import FwNetwork
+from ..kernel import links, sysctl
+from ..model import Endpoint, Network
+from .base import MTU_KEY, Driver
+
+NAME_KEY = "com.docker.network.bridge.name"
+ICC_KEY = "com.docker.network.bridge.enable_icc"
+MASQ_KEY = "com.docker.network.bridge.enable_ip_masquerade"
+HOST_IP_KEY = "com.docker.network.bridge.host_binding_ipv4"
+DEFAULT_KEY = "com.docker.network.bridge.default_bridge"
+IFNAMSIZ = 15
+
+
+def bridge_name_for(network_id: str) -> str:
+    return "nsbr-" + network_id[:10]
+
+
+def valid_ifname(name: str) -> str | None:
+    """Why the kernel would refuse `name` as an interface name, or None."""
+    if not name or len(name) > IFNAMSIZ:
+        return f"interface name {name!r} is {len(name)} characters; the kernel allows at most {IFNAMSIZ}"
+    if name in (".", "..") or any(c in name for c in "/: \t\n"):
+        return f"interface name {name!r} has a character the kernel does not allow"
+    return None
+
+
+class BridgeDriver(Driver):
+    name = "bridge"
+    options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY,
+                         "com.docker.network.bridge.enable_ipv6"})
+
+    def validate(self, net: Network) -> None:
+        super().validate(net)
+        name = net.options.get(NAME_KEY)
+        if name is not None:
+            why = valid_ifname(name)
+            if why:
+                raise NsnetError(f"invalid bridge name: {why}")
+        for key in (ICC_KEY, MASQ_KEY):
+            v = net.options.get(key)
+            if v is not None and v.lower() not in ("true", "false", "1", "0"):
+                raise NsnetError(f"invalid value {v!r} for {key}: use true or false")
+        host_ip = net.options.get(HOST_IP_KEY)
+        if host_ip is not None:
+            try:
+                ipaddress.IPv4Address(host_ip)
+            except ValueError:
+                raise NsnetError(f"invalid {HOST_IP_KEY} {host_ip!r}: give an IPv4 address") from None
+
+    def _mtu(self, net: Network) -> int | None:
+        mtu = net.options.get(MTU_KEY)
+        return int(mtu) if mtu else None
+
+    def create_network(self, net: Network) -> None:
+        ipr = self.kernel.ipr
+        addrs = []
+        for s in net.subnets:
+            if s.gateway:
+                addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
+        links.ensure_bridge(ipr, net.bridge, mtu=self._mtu(net), addresses=addrs, alias=f"nsnet network {net.id}")
+        sysctl.write("net.ipv4.ip_forward", "1")
+        # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
+        sysctl.write_iface("ipv4", net.bridge, "route_localnet", "1")
+        if net.ipv6:
+            sysctl.write("net.ipv6.conf.all.forwarding", "1")
+
+    def delete_network(self, net: Network) -> None:
+        links.delete_link(self.kernel.ipr, net.bridge)
+
+    def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
+        ipr = self.kernel.ipr
+        bridge_index = links.index_of(ipr, net.bridge)
+        if bridge_index is None:  # deleted behind our back: rebuild it rather than fail
+            self.create_network(net)
+            bridge_index = links.index_of(ipr, net.bridge)
+        links.attach_veth(ipr, ep.host_ifname, bridge_index, sandbox.fd, ep.ifname, mac=ep.mac, mtu=self._mtu(net))
+        if not net.flag(ICC_KEY, True):
+            ipr.brport("set", index=links.index_of(ipr, ep.host_ifname), isolated=1)
+        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
+        links.configure_inside(sandbox.ipr, ep.ifname, addresses=addrs,
+                               gateway4=ep.gateway4 if default_route else None,
+                               gateway6=ep.gateway6 if default_route else None)
+
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        if ep.host_ifname:
+            links.delete_link(self.kernel.ipr, ep.host_ifname)
+
+    def firewall(self, net: Network) -> FwNetwork:
+        return FwNetwork(
+            bridge=net.bridge,
+            subnets=[s.subnet for s in net.subnets],
+            internal=net.internal,
+            icc=net.flag(ICC_KEY, True),
+            masquerade=net.flag(MASQ_KEY, True),
+        )
+
+    def kernel_names(self, net: Network) -> set[str]:
+        return {net.bridge}

@@ -1,0 +1,15 @@
+"""`host` (the sandbox shares the engine's network namespace) and `null` (loopback only)."""
+from __future__ import annotations
+
+from .base import Driver
+
+
+class HostDriver(Driver):
+    name = "host"
+    needs_netns = False
+    builds_endpoints = False
+
+
+class NullDriver(Driver):
+    name = "null"
+    builds_endpoints = False

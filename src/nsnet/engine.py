@@ -1,0 +1,743 @@
+"""The use cases, written once for every frontend: networks, sandboxes, connect, prune, reconcile.
+
+State lives in the store; the dicts below are a write-through copy of it (rebuilt at start), so the
+attach path never scans the store. Every mutation runs under one lock, checks everything it can
+before it builds anything, and undoes what it built when a later step fails.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import threading
+from dataclasses import replace
+
+from . import config as config_mod
+from . import requests as rq
+from .drivers import driver_class
+from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for, valid_ifname
+from .errors import Conflict, NotFound, NsnetError
+from .firewall import FwPort, Ruleset, render
+from .ipam.addresses import AddressPool, default_gateway, mac_for
+from .ipam.evidence import Evidence, overlapping, refusal
+from .ipam.pools import pick_subnet
+from .kernel import nft, probe, ports, procs
+from .kernel.host import Kernel
+from .model import (Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, from_dict, network_json, now_rfc3339,
+                    sandbox_json, to_dict)
+from .names import random_name
+from .store import SqliteStore
+
+log = logging.getLogger("nsnet.engine")
+
+BUILTIN = {
+    "bridge": dict(driver="bridge", bridge="nsnet0", subnet="172.17.0.0/16"),
+    "host": dict(driver="host"),
+    "none": dict(driver="null"),
+}
+VETH_PREFIX = "nsv"
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+class Engine:
+    def __init__(self, root: str):
+        self.root = root
+        self.config = config_mod.load(root)
+        self.store = SqliteStore(os.path.join(root, "state.db"))
+        self.kernel = Kernel()
+        self.lock = threading.RLock()
+        self.drivers = {name: driver_class(name)(self.kernel) for name in ("bridge", "host", "null")}
+        self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
+        self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
+        self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}
+        self._used: dict[str, set] = {}        # network id -> addresses taken (derived from self.eps)
+        self._port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
+        self.listeners: list = []               # called after sandboxes/endpoints change (DNS)
+        self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
+
+    # ---- lookups ---------------------------------------------------------------------------------
+
+    def _driver(self, net: Network):
+        return self.drivers[net.driver]
+
+    def network(self, ref: str) -> Network:
+        return self._lookup(self.nets, ref, "network")
+
+    def sandbox(self, ref: str) -> Sandbox:
+        return self._lookup(self.sbs, ref, "sandbox")
+
+    @staticmethod
+    def _lookup(table: dict, ref: str, what: str):
+        """By name, full ID or unique ID prefix, as Docker does."""
+        if not ref:
+            raise NotFound(f"{what} name is empty")
+        if ref in table:
+            return table[ref]
+        for obj in table.values():
+            if obj.name == ref:
+                return obj
+        matches = [obj for key, obj in table.items() if key.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NsnetError(f"{what} {ref} is ambiguous ({len(matches)} matches): give more of the ID")
+        raise NotFound(f"{what} {ref} not found")
+
+    def endpoints_of_sandbox(self, sb: Sandbox) -> list[Endpoint]:
+        return sorted((e for e in self.eps.values() if e.sandbox_id == sb.id), key=lambda e: int(e.ifname[3:] or 0))
+
+    def endpoints_of_network(self, net: Network) -> list[Endpoint]:
+        return [e for e in self.eps.values() if e.network_id == net.id]
+
+    def _used_addresses(self, net: Network) -> set:
+        used = self._used.get(net.id)
+        if used is None:
+            used = self._used[net.id] = set()
+            for ep in self.endpoints_of_network(net):
+                for a in (ep.ipv4, ep.ipv6):
+                    if a:
+                        used.add(ipaddress.ip_interface(a).ip)
+        return used
+
+    # ---- persistence (write-through) ------------------------------------------------------------
+
+    def _save_network(self, net: Network) -> None:
+        self.store.put("network", net.id, to_dict(net), name=net.name)
+        self.nets[net.id] = net
+
+    def _save_sandbox(self, sb: Sandbox) -> None:
+        self.store.put("sandbox", sb.id, to_dict(sb), name=sb.name)
+        self.sbs[sb.id] = sb
+
+    def _save_endpoint(self, ep: Endpoint) -> None:
+        self.store.put("endpoint", ep.id, to_dict(ep))
+        self.eps[ep.id] = ep
+
+    def _drop_endpoint(self, ep: Endpoint) -> None:
+        self.store.delete("endpoint", ep.id)
+        self.eps.pop(ep.id, None)
+        used = self._used.get(ep.network_id)
+        if used is not None:
+            for a in (ep.ipv4, ep.ipv6):
+                if a:
+                    used.discard(ipaddress.ip_interface(a).ip)
+
+    def _notify(self) -> None:
+        for fn in self.listeners:
+            try:
+                fn()
+            except Exception:  # a listener must never break the use case that changed state
+                log.exception("listener failed")
+
+    # ---- start-up --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the built-in networks, then make the kernel match the store."""
+        with self.lock:
+            if not self.store.meta("engine_id"):
+                self.store.set_meta("engine_id", new_id())
+            for name, spec in BUILTIN.items():
+                if not any(n.name == name and n.builtin for n in self.nets.values()):
+                    self._create_builtin(name, spec)
+            self.reconcile()
+
+    def _create_builtin(self, name: str, spec: dict) -> None:
+        net = Network(id=new_id(), name=name, driver=spec["driver"], created=now_rfc3339(), builtin=True)
+        if spec["driver"] == "bridge":
+            net.bridge = spec["bridge"]
+            net.options = {"com.docker.network.bridge.default_bridge": "true",
+                           "com.docker.network.bridge.enable_icc": "true",
+                           "com.docker.network.bridge.enable_ip_masquerade": "true",
+                           "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+                           NAME_KEY: spec["bridge"]}
+            subnet = ipaddress.ip_network(spec["subnet"])
+            evidence = self._evidence(exclude=None)
+            if overlapping(subnet, evidence):
+                subnet, skipped = pick_subnet(self.config.pools, evidence)
+                self._log_skipped(skipped)
+            net.subnets = [SubnetConfig(subnet=str(subnet), gateway=str(default_gateway(subnet)))]
+        with self.store.transaction():
+            self._save_network(net)
+        log.info("created built-in network %s", name)
+
+    # ---- networks --------------------------------------------------------------------------------
+
+    def _evidence(self, exclude: Network | None) -> list[Evidence]:
+        own = [s.subnet for n in self.nets.values() if n is not exclude for s in n.subnets]
+        return probe.gather(self.kernel.ipr, reserved=self.config.reserved, nsnet_subnets=own)
+
+    def _log_skipped(self, skipped) -> None:
+        for subnet, why in skipped:
+            log.info("pool candidate %s skipped: %s", subnet, "; ".join(e.detail for e in why))
+
+    def create_network(self, req: dict) -> Network:
+        with self.lock:
+            net = self._plan_network(req)
+            driver = self._driver(net)
+            with self.store.transaction():
+                self._save_network(net)
+                try:
+                    driver.create_network(net)
+                except Exception as e:
+                    self.nets.pop(net.id, None)
+                    driver.delete_network(net)
+                    raise NsnetError(f"could not build network {net.name}: {e}") from e
+            self._apply_firewall()
+            log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
+            return net
+
+    def _plan_network(self, req: dict) -> Network:
+        """Everything checked, nothing built."""
+        name = req.get("Name") or ""
+        rq.check_name(name, "network")
+        if any(n.name == name for n in self.nets.values()):
+            raise Conflict(f"network with name {name} already exists")
+        driver_name = req.get("Driver") or "bridge"
+        cls = driver_class(driver_name)
+        if cls.name in ("host", "null"):
+            raise Conflict(f'only one instance of "{cls.name}" network is allowed')
+        net = Network(id=new_id(), name=name, driver=cls.name, created=now_rfc3339(),
+                      ipv6=bool(req.get("EnableIPv6")), internal=bool(req.get("Internal")),
+                      attachable=bool(req.get("Attachable")), options=dict(req.get("Options") or {}),
+                      labels=dict(req.get("Labels") or {}), dns=True)
+        driver = self.drivers[cls.name]
+        driver.validate(net)
+        if cls.name == "bridge":
+            net.bridge = net.options.get(NAME_KEY) or bridge_name_for(net.id)
+            if net.bridge in {n.bridge for n in self.nets.values()}:
+                raise Conflict(f"bridge {net.bridge} is already used by another nsnet network")
+            if net.bridge in self.kernel.links():
+                raise Conflict(f"an interface named {net.bridge} already exists on this host: pick another "
+                               f"{NAME_KEY}")
+        net.subnets = self._plan_subnets(net, req)
+        return net
+
+    def _plan_subnets(self, net: Network, req: dict) -> list:
+        subnets = list(req.get("Subnets") or [])
+        configs = rq.subnet_configs(subnets, list(req.get("Gateways") or []), list(req.get("IPRanges") or []),
+                                    dict(req.get("AuxAddresses") or {}), net.ipv6)
+        if net.ipv6 and not any(ipaddress.ip_network(c.subnet).version == 6 for c in configs):
+            raise NsnetError("--ipv6 needs an IPv6 --subnet (for example --subnet fd00:1::/64)")
+        evidence = self._evidence(exclude=None)
+        others = [ipaddress.ip_network(s.subnet) for n in self.nets.values() for s in n.subnets]
+        for c in configs:
+            subnet = ipaddress.ip_network(c.subnet)
+            for o in others:
+                if subnet.overlaps(o):
+                    raise Conflict(f"subnet {subnet} overlaps {o} of another nsnet network: pick another subnet")
+            hits = [e for e in overlapping(subnet, evidence) if e.kind != "nsnet"]
+            if hits and not req.get("AllowOverlap"):
+                raise Conflict(refusal(subnet, hits))
+        if not any(ipaddress.ip_network(c.subnet).version == 4 for c in configs):
+            size = net.options.get("size")
+            subnet, skipped = pick_subnet(self.config.pools, evidence, size=int(size) if size else None)
+            self._log_skipped(skipped)
+            configs.insert(0, SubnetConfig(subnet=str(subnet)))
+        for c in configs:
+            subnet = ipaddress.ip_network(c.subnet)
+            if not c.gateway:
+                c.gateway = str(default_gateway(subnet))
+            AddressPool(subnet, gateway=ipaddress.ip_address(c.gateway),
+                        ip_range=ipaddress.ip_network(c.ip_range) if c.ip_range else None,
+                        aux={k: ipaddress.ip_address(v) for k, v in c.aux.items()}).validate()
+        return configs
+
+    def list_networks(self, filters: dict | None = None) -> list[Network]:
+        with self.lock:
+            nets = sorted(self.nets.values(), key=lambda n: n.created)
+        for key, value in (filters or {}).items():
+            if key == "name":
+                nets = [n for n in nets if value in n.name]
+            elif key == "driver":
+                nets = [n for n in nets if n.driver == driver_class(value).name]
+            elif key == "id":
+                nets = [n for n in nets if n.id.startswith(value)]
+            elif key == "label":
+                k, _, v = value.partition("=")
+                nets = [n for n in nets if k in n.labels and (not v or n.labels[k] == v)]
+            elif key == "type":
+                nets = [n for n in nets if n.builtin == (value == "builtin")]
+            else:
+                raise NsnetError(f"invalid filter {key!r}: use name=, driver=, id=, label= or type=")
+        return nets
+
+    def inspect_network(self, ref: str) -> dict:
+        with self.lock:
+            net = self.network(ref)
+            members = [(self.sbs[e.sandbox_id], e) for e in self.endpoints_of_network(net) if e.sandbox_id in self.sbs]
+            doc = network_json(net, members)
+            if net.driver == "bridge":
+                doc["Options"].setdefault(NAME_KEY, net.bridge)
+            return doc
+
+    def remove_network(self, ref: str) -> Network:
+        with self.lock:
+            net = self.network(ref)
+            if net.builtin:
+                raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
+            users = [self.sbs[e.sandbox_id].name for e in self.endpoints_of_network(net) if e.sandbox_id in self.sbs]
+            users += [sb.name for sb in self.sbs.values()
+                      if sb.name not in users and any(r.network_id == net.id for r in sb.requests)]
+            if users:
+                raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
+                               f"remove them or disconnect them first")
+            self._driver(net).delete_network(net)
+            with self.store.transaction():
+                self.store.delete("network", net.id)
+            self.nets.pop(net.id, None)
+            self._used.pop(net.id, None)
+            self._apply_firewall()
+            log.info("removed network %s", net.name)
+            return net
+
+    def prune_networks(self) -> list[str]:
+        removed = []
+        with self.lock:
+            for net in list(self.nets.values()):
+                if net.builtin:
+                    continue
+                try:
+                    self.remove_network(net.id)
+                    removed.append(net.name)
+                except Conflict:
+                    pass
+        return removed
+
+    # ---- firewall --------------------------------------------------------------------------------
+
+    def _ruleset(self) -> Ruleset:
+        rs = Ruleset()
+        for net in sorted(self.nets.values(), key=lambda n: n.created):
+            fw = self._driver(net).firewall(net)
+            if fw is not None:
+                rs.networks.append(fw)
+        for sb in self.sbs.values():
+            if sb.state != "running" or not sb.ports:
+                continue
+            target = self._port_target(sb)
+            if target is None:
+                continue
+            net, ep = target
+            default_ip = net.option(HOST_IP_KEY, "0.0.0.0")
+            for p in sb.ports:
+                host_ip = p.host_ip if p.host_ip not in ("0.0.0.0", "") else default_ip
+                rs.ports.append(FwPort(host_ip, p.host_port, p.proto, ep.ipv4.split("/")[0], p.port, net.bridge))
+        return rs
+
+    def _port_target(self, sb: Sandbox):
+        for ep in self.endpoints_of_sandbox(sb):
+            net = self.nets.get(ep.network_id)
+            if net is not None and net.driver == "bridge" and ep.ipv4:
+                return net, ep
+        return None
+
+    def _apply_firewall(self) -> None:
+        nft.run(render(self._ruleset()))
+
+    # ---- sandboxes -------------------------------------------------------------------------------
+
+    def run_sandbox(self, spec: dict, launch_detached) -> Sandbox:
+        """Create a sandbox and start its process. `spec["Pid"]` is a process the client started in fresh
+        namespaces (foreground run); without it, `launch_detached(sandbox, files)` starts one here."""
+        with self.lock:
+            sb, reqs = self._plan_sandbox(spec)
+            files = self._files_dir(sb)
+            sockets = []
+            launch = None
+            try:
+                for p in sb.ports:
+                    sockets.append(ports.hold(p))
+                with self.store.transaction():
+                    self._save_sandbox(sb)
+                if spec.get("Pid"):
+                    pid = int(spec["Pid"])
+                    sb.pid, sb.pid_start = pid, procs.start_time(pid)
+                else:
+                    launch = launch_detached(sb, files)
+                    sb.pid, sb.pid_start = launch.pid, launch.started
+                if sb.netmode != "host" and self.kernel.is_own_netns(sb.pid):
+                    raise NsnetError(f"process {sb.pid} is not in a network namespace of its own")
+                if sb.netmode != "host":
+                    from .kernel.links import loopback_up
+                    loopback_up(self.kernel.sandbox(sb.pid).ipr)
+                for req in reqs:
+                    self._join(sb, self.nets[req.network_id], req)
+                self._write_files(sb, files)
+                sb.state, sb.started = "running", now_rfc3339()
+                with self.store.transaction():
+                    self._save_sandbox(sb)
+                self._port_sockets[sb.id] = sockets
+                if sb.ports:
+                    self._apply_firewall()
+            except BaseException:
+                for s in sockets:
+                    s.close()
+                self._port_sockets.pop(sb.id, None)
+                self._teardown(sb)
+                with self.store.transaction():
+                    self.store.delete("sandbox", sb.id)
+                self.sbs.pop(sb.id, None)
+                if launch is not None:
+                    launch.abort()
+                raise
+            if launch is not None:
+                launch.go(files, sb.hostname)
+            if self.on_sandbox_running:
+                self.on_sandbox_running(sb, launch.proc if launch else None)
+            self._notify()
+            log.info("sandbox %s (%s) running, pid %s", sb.name, sb.id[:12], sb.pid)
+            return sb
+
+    def _plan_sandbox(self, spec: dict) -> tuple[Sandbox, list[NetworkRequest]]:
+        name = spec.get("Name") or self._free_name()
+        rq.check_name(name, "sandbox")
+        if any(s.name == name for s in self.sbs.values()):
+            other = next(s for s in self.sbs.values() if s.name == name)
+            raise Conflict(f'the name "{name}" is already in use by sandbox {other.id[:12]}: remove it or pick '
+                           f"another name")
+        cmd = list(spec.get("Cmd") or [])
+        if not cmd:
+            raise NsnetError("no command given: nsnet run [OPTIONS] -- CMD [ARGS...]")
+        hostname = spec.get("Hostname") or ""
+        sid = new_id()
+        sb = Sandbox(id=sid, name=name, hostname=hostname or sid[:12], created=now_rfc3339(), cmd=cmd,
+                     detached=not spec.get("Pid"), auto_remove=bool(spec.get("AutoRemove")),
+                     dns=list(spec.get("Dns") or []))
+        for d in sb.dns:
+            rq.parse_address(d, "DNS server")
+        wanted = spec.get("Networks") or [{"Network": "bridge"}]
+        reqs = []
+        for w in wanted:
+            net = self.network(w.get("Network", ""))
+            if any(r.network_id == net.id for r in reqs):
+                raise Conflict(f"sandbox is already connected to network {net.name}")
+            reqs.append(self._plan_request(sb, net, w))
+        modes = {self.nets[r.network_id].driver for r in reqs}
+        if modes & {"host", "null"} and len(reqs) > 1:
+            raise NsnetError("a sandbox on the host or none network cannot join other networks")
+        sb.netmode = {"host": "host", "null": "none"}.get(self.nets[reqs[0].network_id].driver, "bridge")
+        sb.requests = reqs
+        sb.ports = [rq.parse_port(p) if isinstance(p, str) else p for p in spec.get("Ports") or []]
+        if sb.ports and sb.netmode != "bridge":
+            raise NsnetError(f"published ports make no sense on the {sb.netmode} network: drop -p or use a bridge network")
+        for i, p in enumerate(sb.ports):
+            for q in sb.ports[:i]:
+                if rq.ports_clash(p, q):
+                    raise Conflict(f"port {p.host_port}/{p.proto} is published twice")
+            for other in self.sbs.values():
+                if other.state == "running" and any(rq.ports_clash(p, q) for q in other.ports):
+                    raise Conflict(f"port {p.host_ip}:{p.host_port}/{p.proto} is already published by sandbox "
+                                   f"{other.name}")
+        return sb, reqs
+
+    def _plan_request(self, sb: Sandbox, net: Network, w: dict) -> NetworkRequest:
+        req = NetworkRequest(network_id=net.id, ip=w.get("IP") or None, ip6=w.get("IP6") or None,
+                             aliases=list(w.get("Aliases") or []))
+        if req.aliases and not net.dns:
+            raise NsnetError(f"network-scoped aliases are only supported on user-defined networks, not {net.name}")
+        for a in req.aliases:
+            rq.check_name(a, "alias")
+        if (req.ip or req.ip6) and net.builtin:
+            raise NsnetError("user specified IP address is supported on user defined networks only")
+        used = self._used_addresses(net)
+        for ip, fam in ((req.ip, 4), (req.ip6, 6)):
+            if not ip:
+                continue
+            addr = rq.parse_address(ip, "IP address")
+            if addr.version != fam:
+                raise NsnetError(f"{ip} is not an IPv{fam} address")
+            cfg = self._subnet_for(net, addr)
+            if cfg is None:
+                raise NsnetError(f"{ip} is not in any subnet of network {net.name}")
+            self._pool(cfg).reserve(addr, used)  # checks; raises when taken or reserved
+        return req
+
+    def _free_name(self) -> str:
+        taken = {s.name for s in self.sbs.values()}
+        while True:
+            name = random_name()
+            if name not in taken:
+                return name
+
+    @staticmethod
+    def _pool(cfg) -> AddressPool:
+        return AddressPool(ipaddress.ip_network(cfg.subnet),
+                           gateway=ipaddress.ip_address(cfg.gateway) if cfg.gateway else None,
+                           ip_range=ipaddress.ip_network(cfg.ip_range) if cfg.ip_range else None,
+                           aux={k: ipaddress.ip_address(v) for k, v in cfg.aux.items()})
+
+    @staticmethod
+    def _subnet_for(net: Network, addr):
+        for cfg in net.subnets:
+            if addr in ipaddress.ip_network(cfg.subnet):
+                return cfg
+        return None
+
+    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest) -> Endpoint | None:
+        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure."""
+        driver = self._driver(net)
+        if not driver.builds_endpoints:
+            return None
+        used = self._used_addresses(net)
+        taken_names = {e.ifname for e in self.endpoints_of_sandbox(sb)}
+        ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
+        ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname,
+                      host_ifname=VETH_PREFIX + "", mac=None, ipv4=None, ipv6=None, gateway4=None, gateway6=None,
+                      aliases=list(req.aliases))
+        ep.host_ifname = VETH_PREFIX + ep.id[:12]
+        for cfg in net.subnets:
+            subnet = ipaddress.ip_network(cfg.subnet)
+            pool = self._pool(cfg)
+            static = req.ip if subnet.version == 4 else req.ip6
+            if static:
+                addr = ipaddress.ip_address(static)
+                if addr not in subnet:
+                    continue
+                pool.reserve(addr, used)
+            else:
+                addr = pool.allocate(used)
+            used.add(addr)
+            if subnet.version == 4 and ep.ipv4 is None:
+                ep.ipv4, ep.gateway4 = f"{addr}/{subnet.prefixlen}", cfg.gateway
+                ep.mac = mac_for(addr)
+            elif subnet.version == 6 and ep.ipv6 is None:
+                ep.ipv6, ep.gateway6 = f"{addr}/{subnet.prefixlen}", cfg.gateway
+        default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
+        try:
+            with self.store.transaction():
+                self._save_endpoint(ep)
+            driver.join(net, ep, self.kernel.sandbox(sb.pid), default_route)
+        except BaseException:
+            driver.leave(net, ep)
+            self._drop_endpoint(ep)
+            raise
+        return ep
+
+    def _teardown(self, sb: Sandbox) -> None:
+        """Remove every endpoint of `sb` (kernel objects and records) and let go of its namespace."""
+        for ep in self.endpoints_of_sandbox(sb):
+            net = self.nets.get(ep.network_id)
+            if net is not None:
+                try:
+                    self._driver(net).leave(net, ep)
+                except Exception:
+                    log.exception("leaving %s failed; reconcile will retry", net.name)
+            self._drop_endpoint(ep)
+        for s in self._port_sockets.pop(sb.id, []):
+            s.close()
+        if sb.pid:
+            self.kernel.forget(sb.pid)
+
+    def _files_dir(self, sb: Sandbox) -> str:
+        path = os.path.join(self.root, "sandboxes", sb.id)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def _write_files(self, sb: Sandbox, files: str) -> None:
+        eps = self.endpoints_of_sandbox(sb)
+        hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        for ep in eps[:1]:
+            for a in (ep.ipv4, ep.ipv6):
+                if a:
+                    hosts.append(f"{a.split('/')[0]}\t{sb.hostname}")
+        if sb.netmode == "host":
+            hosts.append(f"127.0.1.1\t{sb.hostname}")
+        resolv = self._resolv_conf(sb, eps)
+        for name, text in (("hosts", "\n".join(hosts) + "\n"), ("resolv.conf", resolv), ("hostname", sb.hostname + "\n")):
+            with open(os.path.join(files, name), "w") as f:
+                f.write(text)
+
+    def _resolv_conf(self, sb: Sandbox, eps: list[Endpoint]) -> str:
+        if any(self.nets[e.network_id].dns for e in eps if e.network_id in self.nets):
+            # The embedded resolver answers inside the sandbox; it forwards the rest upstream.
+            return "nameserver 127.0.0.11\noptions ndots:0\n"
+        servers = sb.dns or host_nameservers()
+        if sb.netmode != "host":
+            servers = [s for s in servers if not ipaddress.ip_address(s).is_loopback]
+        return "".join(f"nameserver {s}\n" for s in servers[:3])
+
+    def list_sandboxes(self, all_: bool = False) -> list[Sandbox]:
+        with self.lock:
+            sbs = sorted(self.sbs.values(), key=lambda s: s.created, reverse=True)
+        return [s for s in sbs if all_ or s.state == "running"]
+
+    def inspect_sandbox(self, ref: str) -> dict:
+        with self.lock:
+            sb = self.sandbox(ref)
+            members = [(self.nets[e.network_id], e) for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets]
+            doc = sandbox_json(sb, members)
+            if not members:
+                doc["NetworkSettings"]["Networks"] = {
+                    self.nets[r.network_id].name: {"NetworkID": r.network_id, "IPAddress": "", "Aliases": r.aliases}
+                    for r in sb.requests if r.network_id in self.nets}
+            return doc
+
+    def sandbox_exited(self, sid: str, code: int | None) -> None:
+        """The sandbox's process is gone: free its network, keep the record unless --rm."""
+        with self.lock:
+            sb = self.sbs.get(sid)
+            if sb is None:
+                return
+            if sb.state != "running":
+                if code is not None and sb.exit_code is None:
+                    sb.exit_code = code
+                    with self.store.transaction():
+                        self._save_sandbox(sb)
+                return
+            had_ports = bool(sb.ports)
+            self._teardown(sb)
+            sb.state, sb.exit_code, sb.finished = "exited", code, now_rfc3339()
+            with self.store.transaction():
+                if sb.auto_remove:
+                    self.store.delete("sandbox", sb.id)
+                    self.sbs.pop(sb.id, None)
+                else:
+                    self._save_sandbox(sb)
+            if had_ports:
+                self._apply_firewall()
+            self._notify()
+            log.info("sandbox %s exited (code %s)", sb.name, code)
+
+    def stop_sandbox(self, ref: str, timeout: float = 10.0) -> Sandbox:
+        with self.lock:
+            sb = self.sandbox(ref)
+            pid, started = sb.pid, sb.pid_start
+        if sb.state == "running":
+            procs.terminate(pid, started, timeout)
+            self.sandbox_exited(sb.id, None)
+        return sb
+
+    def remove_sandbox(self, ref: str, force: bool = False) -> Sandbox:
+        with self.lock:
+            sb = self.sandbox(ref)
+            if sb.state == "running" and not force:
+                raise Conflict(f"cannot remove sandbox {sb.name}: it is running; stop it first or use rm -f")
+        if sb.state == "running":
+            procs.terminate(sb.pid, sb.pid_start, timeout=0)
+            self.sandbox_exited(sb.id, None)
+        with self.lock:
+            if sb.id in self.sbs:
+                with self.store.transaction():
+                    self.store.delete("sandbox", sb.id)
+                self.sbs.pop(sb.id, None)
+            _rmtree(os.path.join(self.root, "sandboxes", sb.id))
+            self._notify()
+        return sb
+
+    def connect(self, net_ref: str, sb_ref: str, ip: str | None = None, ip6: str | None = None,
+                aliases: list[str] | None = None) -> Endpoint | None:
+        with self.lock:
+            net, sb = self.network(net_ref), self.sandbox(sb_ref)
+            if any(r.network_id == net.id for r in sb.requests):
+                raise Conflict(f"sandbox {sb.name} is already connected to network {net.name}")
+            if sb.netmode != "bridge" or net.driver in ("host", "null"):
+                raise NsnetError(f"cannot connect: a sandbox on the host or none network has no network of its own")
+            req = self._plan_request(sb, net, {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
+            ep = None
+            if sb.state == "running":
+                ep = self._join(sb, net, req)
+            sb.requests.append(req)
+            with self.store.transaction():
+                self._save_sandbox(sb)
+            self._notify()
+            return ep
+
+    def disconnect(self, net_ref: str, sb_ref: str, force: bool = False) -> None:
+        with self.lock:
+            net, sb = self.network(net_ref), self.sandbox(sb_ref)
+            if not any(r.network_id == net.id for r in sb.requests):
+                raise NsnetError(f"sandbox {sb.name} is not connected to network {net.name}")
+            for ep in self.endpoints_of_sandbox(sb):
+                if ep.network_id == net.id:
+                    self._driver(net).leave(net, ep)
+                    self._drop_endpoint(ep)
+            sb.requests = [r for r in sb.requests if r.network_id != net.id]
+            with self.store.transaction():
+                self._save_sandbox(sb)
+            if sb.ports:
+                self._apply_firewall()
+            self._notify()
+
+    # ---- reconcile -------------------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make the kernel match the store after a restart or crash; say what was done."""
+        done = []
+        with self.lock:
+            for sb in list(self.sbs.values()):
+                if sb.state == "running" and not procs.alive(sb.pid, sb.pid_start):
+                    done.append(f"sandbox {sb.name}: process {sb.pid} is gone; freed its network")
+                    self.sandbox_exited(sb.id, None)
+            # Endpoint records without a sandbox that runs (a crash between steps) are dropped.
+            for ep in list(self.eps.values()):
+                sb = self.sbs.get(ep.sandbox_id)
+                if sb is None or sb.state != "running":
+                    net = self.nets.get(ep.network_id)
+                    if net is not None:
+                        self._driver(net).leave(net, ep)
+                    self._drop_endpoint(ep)
+                    done.append(f"endpoint {ep.host_ifname}: no running sandbox; removed")
+            links = self.kernel.links()
+            for net in self.nets.values():
+                if net.driver == "bridge" and net.bridge not in links:
+                    self._driver(net).create_network(net)
+                    done.append(f"network {net.name}: bridge {net.bridge} was missing; rebuilt")
+            for sb in self.sbs.values():
+                if sb.state != "running":
+                    continue
+                for ep in self.endpoints_of_sandbox(sb):
+                    if ep.host_ifname and ep.host_ifname not in links:
+                        net = self.nets[ep.network_id]
+                        req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
+                        self._drop_endpoint(ep)
+                        self._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None))
+                        done.append(f"sandbox {sb.name}: endpoint on {net.name} was missing; rebuilt")
+                if sb.ports and sb.id not in self._port_sockets:
+                    held = []
+                    for p in sb.ports:
+                        try:
+                            held.append(ports.hold(p))
+                        except NsnetError as e:
+                            done.append(f"sandbox {sb.name}: {e}")
+                    self._port_sockets[sb.id] = held
+            ours = {n.bridge for n in self.nets.values() if n.bridge}
+            ours |= {e.host_ifname for e in self.eps.values() if e.host_ifname}
+            for name, info in self.kernel.links().items():
+                mine = (info["alias"] or "").startswith("nsnet network ") or (
+                    name.startswith(VETH_PREFIX) and info["kind"] == "veth")
+                if mine and name not in ours:
+                    from .kernel.links import delete_link
+                    delete_link(self.kernel.ipr, name)
+                    done.append(f"link {name}: carries nsnet's mark but has no record; removed")
+            self._apply_firewall()
+        for line in done:
+            log.info("reconcile: %s", line)
+        self._notify()
+        return done
+
+    def close(self) -> None:
+        self.kernel.close()
+        self.store.close()
+
+
+def host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    servers = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1])
+    except OSError:
+        pass
+    return servers
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

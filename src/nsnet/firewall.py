@@ -1,0 +1,106 @@
+"""nsnet's whole nftables state, rendered from the store as one text and applied atomically.
+
+One table is ours: `inet nsnet` (isolation, NAT, published ports). The render deletes and recreates
+it in one transaction, so after a crash the next render is the repair, and nothing else's rules are
+touched. (ICC off is traffic that never leaves the bridge: the bridge driver isolates those ports.)
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FwNetwork:
+    bridge: str
+    subnets: list[str]
+    internal: bool = False
+    icc: bool = True
+    masquerade: bool = True
+
+
+@dataclass
+class FwPort:
+    host_ip: str          # "0.0.0.0" / "::" / "" = every host address
+    host_port: int
+    proto: str
+    target_ip: str
+    target_port: int
+    bridge: str
+
+
+@dataclass
+class Ruleset:
+    networks: list[FwNetwork] = field(default_factory=list)
+    ports: list[FwPort] = field(default_factory=list)
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def render(rs: Ruleset) -> str:
+    bridges = [n.bridge for n in rs.networks]
+    out = [
+        # "add" then "delete" makes the delete valid whether or not the table exists yet.
+        "add table inet nsnet", "delete table inet nsnet",
+        "table inet nsnet {",
+    ]
+    if bridges:
+        out.append("  set bridges { type ifname; elements = { " + ", ".join(map(_q, bridges)) + " } }")
+    else:
+        out.append("  set bridges { type ifname; }")
+
+    out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
+    for n in rs.networks:
+        if n.internal:  # nothing in or out, whatever else allows it
+            out.append(f"    iifname {_q(n.bridge)} oifname != {_q(n.bridge)} drop")
+            out.append(f"    oifname {_q(n.bridge)} iifname != {_q(n.bridge)} drop")
+    out += [
+        "    ct state established,related accept",
+        "    ct state invalid drop",
+        "    ct status dnat accept",   # published ports, from anywhere (other networks' sandboxes included)
+    ]
+    for n in rs.networks:
+        verdict = "accept" if n.icc else "drop"
+        out.append(f"    iifname {_q(n.bridge)} oifname {_q(n.bridge)} {verdict}")
+    out += [
+        "    iifname @bridges oifname @bridges drop",   # no traffic between two networks
+        "    iifname @bridges accept",                  # out to the world
+        "    oifname @bridges drop",                    # unsolicited traffic into a network
+        "  }",
+    ]
+
+    out += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
+            "    fib daddr type local jump published", "  }",
+            "  chain output {", "    type nat hook output priority -100; policy accept;",
+            "    fib daddr type local jump published", "  }",
+            "  chain published {"]
+    for p in rs.ports:
+        out.append("    " + _dnat_rule(p))
+    out.append("  }")
+
+    out += ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;"]
+    for n in rs.networks:
+        b = _q(n.bridge)
+        # The host reaching a published port through 127.0.0.1, and a sandbox reaching a published port
+        # of its own network through the host: replies must come back through the host to be un-NATed.
+        out.append(f"    oifname {b} ip saddr 127.0.0.0/8 masquerade")
+        out.append(f"    oifname {b} iifname {b} ct status dnat masquerade")
+        if n.masquerade and not n.internal:
+            for s in n.subnets:
+                fam = "ip" if ipaddress.ip_network(s).version == 4 else "ip6"
+                out.append(f"    {fam} saddr {s} oifname != {b} masquerade")
+    out += ["  }", "}"]
+
+    return "\n".join(out) + "\n"
+
+
+def _dnat_rule(p: FwPort) -> str:
+    target = ipaddress.ip_address(p.target_ip)
+    fam = "ip" if target.version == 4 else "ip6"
+    match = f"meta nfproto {'ipv4' if fam == 'ip' else 'ipv6'} "
+    if p.host_ip and p.host_ip not in ("0.0.0.0", "::"):
+        match += f"{fam} daddr {p.host_ip} "
+    dest = f"{p.target_ip}:{p.target_port}" if fam == "ip" else f"[{p.target_ip}]:{p.target_port}"
+    return f"{match}{p.proto} dport {p.host_port} dnat {fam} to {dest}"

@@ -1,0 +1,58 @@
+"""The engine's view of the kernel: one netlink socket in its own namespace, one per sandbox, reused."""
+from __future__ import annotations
+
+import os
+import threading
+
+from pyroute2 import IPRoute
+
+from . import links
+from .netns import entered
+
+
+class SandboxNs:
+    """An open handle on a sandbox's network namespace: its fd and a netlink socket inside it."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        self.path = f"/proc/self/fd/{self.fd}"
+        with entered(self.path):
+            self.ipr = IPRoute()
+
+    def close(self) -> None:
+        # Both hold the namespace alive: close them so it dies with its last process.
+        self.ipr.close()
+        os.close(self.fd)
+
+
+class Kernel:
+    def __init__(self):
+        self.ipr = IPRoute()
+        self._sandboxes: dict[int, SandboxNs] = {}
+        self._lock = threading.Lock()
+        self.own_netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
+
+    def sandbox(self, pid: int) -> SandboxNs:
+        with self._lock:
+            ns = self._sandboxes.get(pid)
+            if ns is None:
+                ns = self._sandboxes[pid] = SandboxNs(pid)
+            return ns
+
+    def forget(self, pid: int | None) -> None:
+        with self._lock:
+            ns = self._sandboxes.pop(pid, None)
+        if ns is not None:
+            ns.close()
+
+    def is_own_netns(self, pid: int) -> bool:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == self.own_netns_inode
+
+    def links(self) -> dict[str, dict]:
+        return links.link_names(self.ipr)
+
+    def close(self) -> None:
+        for pid in list(self._sandboxes):
+            self.forget(pid)
+        self.ipr.close()

@@ -1,0 +1,43 @@
+"""nftables through libnftables (the library behind the `nft` command), without a subprocess."""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from ..errors import NsnetError
+
+_lib = None
+_ctx = None
+_lock = threading.Lock()
+
+
+def _context():
+    global _lib, _ctx
+    if _ctx is None:
+        try:
+            _lib = ctypes.CDLL("libnftables.so.1")
+        except OSError as e:
+            raise NsnetError("libnftables is missing: install Debian's nftables package") from e
+        _lib.nft_ctx_new.restype = ctypes.c_void_p
+        _lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        _lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_run_cmd_from_buffer",
+                   "nft_ctx_get_error_buffer", "nft_ctx_get_output_buffer"):
+            getattr(_lib, fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_char_p] if fn == "nft_run_cmd_from_buffer" else [])
+        ctx = _lib.nft_ctx_new(0)
+        _lib.nft_ctx_buffer_output(ctx)
+        _lib.nft_ctx_buffer_error(ctx)
+        _ctx = ctx
+    return _lib, _ctx
+
+
+def run(commands: str) -> str:
+    """Apply `commands` as one nft transaction (all or nothing); returns nft's output."""
+    with _lock:
+        lib, ctx = _context()
+        rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+    if rc != 0:
+        raise NsnetError("nftables refused the ruleset: " + " ".join(err.split())[:400])
+    return out

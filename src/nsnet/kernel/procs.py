@@ -1,0 +1,85 @@
+"""Processes of sandboxes: starting them through sandbox_init, and telling whether one still lives."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(pid: int | None, started: int | None) -> bool:
+    return bool(pid) and start_time(pid) == started
+
+
+class Launch:
+    """A sandbox's first process, held between 'namespaces exist' and 'go'."""
+
+    def __init__(self, cmd: list[str], *, netmode: str, stdin=None, stdout=None, stderr=None,
+                 new_session: bool = False):
+        ready_r, ready_w = os.pipe()
+        go_r, self._go_w = os.pipe()
+        args = [sys.executable, "-m", "nsnet.kernel.sandbox_init", "--netmode", netmode,
+                "--ready-fd", str(ready_w), "--go-fd", str(go_r)]
+        self.proc = subprocess.Popen(args + ["--"] + list(cmd), pass_fds=(ready_w, go_r), stdin=stdin,
+                                     stdout=stdout, stderr=stderr, start_new_session=new_session)
+        os.close(ready_w)
+        os.close(go_r)
+        try:
+            ready = os.read(ready_r, 1)
+        finally:
+            os.close(ready_r)
+        if ready != b"1":
+            self.proc.wait()
+            os.close(self._go_w)
+            raise OSError("the sandbox process failed to create its namespaces")
+        self.pid = self.proc.pid
+        self.started = start_time(self.pid)
+
+    def go(self, files: str, hostname: str) -> None:
+        """The network is built: bind `files` over /etc, set the hostname, run the command."""
+        os.write(self._go_w, json.dumps({"files": files, "hostname": hostname}).encode())
+        os.close(self._go_w)
+
+    def abort(self) -> None:
+        os.close(self._go_w)
+        self.proc.wait()
+
+
+def terminate(pid: int, started: int | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds, as `docker stop` does."""
+    import time
+
+    if not alive(pid, started):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid, started) or _zombie(pid):
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -1,0 +1,190 @@
+"""Throwaway machines for integration tests: network namespaces, never the machine's own.
+
+`host` is a namespace running its own nsnet engine (own NSNET_ROOT); `machines` makes other
+namespaces (an office PC, a router, an "internet" server) wired to it with veth pairs. Everything
+is removed at the end of the test, also when it fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+if os.geteuid() != 0:
+    pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
+
+
+def sh(cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd!r} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ns_add(name: str) -> None:
+    sh(f"ip netns add {name}")
+    sh(f"ip -n {name} link set lo up")
+
+
+def ns_del(name: str) -> None:
+    for pid in sh(f"ip netns pids {name}", check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh(f"ip netns del {name}", check=False)
+
+
+class Machines:
+    """Extra namespaces, wired together with veth pairs."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.names: list[str] = []
+        self.bg: list[subprocess.Popen] = []
+
+    def add(self, role: str) -> str:
+        name = f"nsnt-{role}-{self.tag}"[:40]
+        ns_add(name)
+        self.names.append(name)
+        return name
+
+    def wire(self, a: str, a_cidr: str, b: str, b_cidr: str) -> tuple[str, str]:
+        """A veth pair between namespaces a and b, addressed and up. Returns the two link names."""
+        n = len(self.names) + len(self.bg) + int(time.monotonic_ns() % 100000)
+        la, lb = f"tv{n}a", f"tv{n}b"
+        sh(f"ip link add {la} netns {a} type veth peer name {lb} netns {b}")
+        for ns, link, cidr in ((a, la, a_cidr), (b, lb, b_cidr)):
+            if cidr:
+                sh(f"ip -n {ns} addr add {cidr} dev {link}")
+            sh(f"ip -n {ns} link set {link} up")
+        return la, lb
+
+    def spawn(self, ns: str, cmd: str) -> subprocess.Popen:
+        p = subprocess.Popen(f"exec ip netns exec {ns} {cmd}", shell=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.bg.append(p)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self.bg:
+            p.kill()
+            p.wait()
+        for name in reversed(self.names):
+            ns_del(name)
+
+
+class Host:
+    """A namespace with its own nsnet engine, driven through the real CLI."""
+
+    def __init__(self, tag: str):
+        self.ns = f"nsnt-host-{tag}"
+        self.root = tempfile.mkdtemp(prefix="nsnt-root-")
+        ns_add(self.ns)
+
+    def nsnet(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
+        cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "nsnet", "--root", self.root, *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and p.returncode != 0:
+            raise AssertionError(f"nsnet {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def json(self, *args: str):
+        return json.loads(self.nsnet(*args).stdout)
+
+    def sh(self, cmd: str, check: bool = True, timeout: float = 60):
+        return sh(f"ip netns exec {self.ns} {cmd}", check=check, timeout=timeout)
+
+    def exec(self, sandbox: str, cmd: str, check: bool = True, timeout: float = 30):
+        return self.nsnet("exec", sandbox, "--", "sh", "-c", cmd, check=check, timeout=timeout)
+
+    def daemon_pid(self) -> int | None:
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"daemon" in argv and self.root.encode() in argv:
+                return int(d)
+        return None
+
+    def state(self) -> dict:
+        """What a refused command must leave unchanged: links, addresses, routes, rules, records."""
+        links = json.loads(self.sh("ip -j link show").stdout)
+        addrs = json.loads(self.sh("ip -j addr show").stdout)
+        return {
+            "links": sorted(l["ifname"] for l in links),
+            "addrs": sorted((a["ifname"], i["local"]) for a in addrs for i in a.get("addr_info", [])),
+            "routes": sorted(self.sh("ip route show table all").stdout.splitlines()),
+            "nft": self.sh("nft list ruleset").stdout,
+            "networks": sorted(n["Id"] for n in self.json("network", "ls", "--format", "json")),
+            "sandboxes": sorted(s["Id"] for s in self.json("ps", "-a", "--format", "json")),
+        }
+
+    def cleanup(self) -> None:
+        pids = []
+        db = os.path.join(self.root, "state.db")
+        if os.path.exists(db):
+            try:
+                con = sqlite3.connect(db)
+                for (doc,) in con.execute("SELECT doc FROM docs WHERE kind='sandbox'"):
+                    pid = json.loads(doc).get("pid")
+                    if pid:
+                        pids.append(pid)
+                con.close()
+            except sqlite3.Error:
+                pass
+        daemon = self.daemon_pid()
+        if daemon:
+            pids.append(daemon)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ns_del(self.ns)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+@pytest.fixture
+def host(tag):
+    h = Host(tag)
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+@pytest.fixture
+def machines(tag):
+    m = Machines(tag)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+def wait_for(fn, timeout: float = 10, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
