@@ -6,11 +6,13 @@ before it builds anything, and undoes what it built when a later step fails.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from . import config as config_mod
@@ -43,12 +45,28 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
+def on_kernel_thread(method):
+    """Run a use case on the engine's one kernel thread.
+
+    pyroute2 gives every thread its own netlink socket, opened in the namespace that thread is in
+    at first use; confining all netlink work to one thread keeps one socket per namespace, reused.
+    """
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if threading.get_ident() == self.kernel_thread:
+            return method(self, *args, **kwargs)
+        return self._worker.submit(method, self, *args, **kwargs).result()
+    return call
+
+
 class Engine:
     def __init__(self, root: str):
         self.root = root
         self.config = config_mod.load(root)
         self.store = SqliteStore(os.path.join(root, "state.db"))
-        self.kernel = Kernel()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.kernel_thread = self._worker.submit(threading.get_ident).result()
+        self.kernel = self._worker.submit(Kernel).result()
         self.lock = threading.RLock()
         self.drivers = {name: driver_class(name)(self.kernel) for name in ("bridge", "host", "null")}
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
@@ -135,6 +153,7 @@ class Engine:
 
     # ---- start-up --------------------------------------------------------------------------------
 
+    @on_kernel_thread
     def start(self) -> None:
         """Create the built-in networks, then make the kernel match the store."""
         with self.lock:
@@ -174,6 +193,7 @@ class Engine:
         for subnet, why in skipped:
             log.info("pool candidate %s skipped: %s", subnet, "; ".join(e.detail for e in why))
 
+    @on_kernel_thread
     def create_network(self, req: dict) -> Network:
         with self.lock:
             net = self._plan_network(req)
@@ -274,6 +294,7 @@ class Engine:
                 doc["Options"].setdefault(NAME_KEY, net.bridge)
             return doc
 
+    @on_kernel_thread
     def remove_network(self, ref: str) -> Network:
         with self.lock:
             net = self.network(ref)
@@ -294,6 +315,7 @@ class Engine:
             log.info("removed network %s", net.name)
             return net
 
+    @on_kernel_thread
     def prune_networks(self) -> list[str]:
         removed = []
         with self.lock:
@@ -340,6 +362,7 @@ class Engine:
 
     # ---- sandboxes -------------------------------------------------------------------------------
 
+    @on_kernel_thread
     def run_sandbox(self, spec: dict, launch_detached) -> Sandbox:
         """Create a sandbox and start its process. `spec["Pid"]` is a process the client started in fresh
         namespaces (foreground run); without it, `launch_detached(sandbox, files)` starts one here."""
@@ -576,6 +599,7 @@ class Engine:
                     for r in sb.requests if r.network_id in self.nets}
             return doc
 
+    @on_kernel_thread
     def sandbox_exited(self, sid: str, code: int | None) -> None:
         """The sandbox's process is gone: free its network, keep the record unless --rm."""
         with self.lock:
@@ -611,6 +635,7 @@ class Engine:
             self.sandbox_exited(sb.id, None)
         return sb
 
+    @on_kernel_thread
     def remove_sandbox(self, ref: str, force: bool = False) -> Sandbox:
         with self.lock:
             sb = self.sandbox(ref)
@@ -628,6 +653,7 @@ class Engine:
             self._notify()
         return sb
 
+    @on_kernel_thread
     def connect(self, net_ref: str, sb_ref: str, ip: str | None = None, ip6: str | None = None,
                 aliases: list[str] | None = None) -> Endpoint | None:
         with self.lock:
@@ -646,6 +672,7 @@ class Engine:
             self._notify()
             return ep
 
+    @on_kernel_thread
     def disconnect(self, net_ref: str, sb_ref: str, force: bool = False) -> None:
         with self.lock:
             net, sb = self.network(net_ref), self.sandbox(sb_ref)
@@ -664,6 +691,7 @@ class Engine:
 
     # ---- reconcile -------------------------------------------------------------------------------
 
+    @on_kernel_thread
     def reconcile(self) -> list[str]:
         """Make the kernel match the store after a restart or crash; say what was done."""
         done = []
@@ -719,6 +747,7 @@ class Engine:
         self._notify()
         return done
 
+    @on_kernel_thread
     def close(self) -> None:
         self.kernel.close()
         self.store.close()

@@ -27,11 +27,21 @@ class SandboxNs:
 
 
 class Kernel:
+    """Create and use it on one thread only (see engine.on_kernel_thread)."""
+
     def __init__(self):
-        self.ipr = IPRoute()
+        self._owner = threading.get_ident()
+        self._ipr = IPRoute()
         self._sandboxes: dict[int, SandboxNs] = {}
         self._lock = threading.Lock()
         self.own_netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
+
+    @property
+    def ipr(self):
+        # Another thread would silently get a new socket in whatever namespace it is in.
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("netlink used off the kernel thread")
+        return self._ipr
 
     def sandbox(self, pid: int) -> SandboxNs:
         with self._lock:
@@ -55,4 +65,4 @@ class Kernel:
     def close(self) -> None:
         for pid in list(self._sandboxes):
             self.forget(pid)
-        self.ipr.close()
+        self._ipr.close()

@@ -1,0 +1,152 @@
+"""Real packets through bridge networks: reachability, NAT, published ports, isolation."""
+import os
+import sys
+
+import pytest
+
+from conftest import wait_for
+
+NETCHECK = os.path.join(os.path.dirname(__file__), "netcheck.py")
+PY = sys.executable
+
+
+def ip_of(host, sandbox: str, network: str) -> str:
+    return host.json("inspect", sandbox)[0]["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+def serve(host, name: str, network: str, *extra: str, proto: str = "tcp", port: int = 80) -> None:
+    host.nsnet("run", "-d", "--name", name, "--network", network, *extra, "--", PY, NETCHECK, "serve", proto, str(port))
+    assert wait_for(lambda: "listening" in host.nsnet("logs", name).stdout), host.nsnet("logs", name).stdout
+
+
+def ask_from_sandbox(host, sandbox: str, proto: str, ip: str, port: int) -> str:
+    return host.exec(sandbox, f"{PY} {NETCHECK} ask {proto} {ip} {port}", check=False).stdout.strip()
+
+
+def ask_from_ns(ns: str, proto: str, ip: str, port: int) -> str:
+    from conftest import sh
+
+    return sh(f"ip netns exec {ns} {PY} {NETCHECK} ask {proto} {ip} {port}", check=False).stdout.strip()
+
+
+def ping(host, sandbox: str, ip: str) -> bool:
+    return host.exec(sandbox, f"ping -c1 -W1 {ip}", check=False).returncode == 0
+
+
+def test_red_blue_reach_each_other_and_the_gateway(host):
+    host.nsnet("network", "create", "red")
+    for n in ("a", "b"):
+        host.nsnet("run", "-d", "--name", n, "--network", "red", "--", "sleep", "300")
+    b_ip = ip_of(host, "b", "red")
+    gateway = host.json("network", "inspect", "red")[0]["IPAM"]["Config"][0]["Gateway"]
+    assert ping(host, "a", b_ip)
+    assert ping(host, "a", gateway)
+    inside = host.exec("a", "ip -o -4 addr show dev eth0; hostname; cat /etc/hosts").stdout
+    a_ip = ip_of(host, "a", "red")
+    assert f"inet {a_ip}/16" in inside
+    a_id = host.json("inspect", "a")[0]["Id"]
+    assert a_id[:12] in inside  # hostname defaults to the short ID, as Docker's
+
+
+def test_masquerade_shows_the_hosts_address_to_the_internet(host, machines):
+    inet = machines.add("inet")
+    machines.wire(host.ns, "203.0.113.1/24", inet, "203.0.113.2/24")
+    machines.spawn(inet, f"{PY} {NETCHECK} serve tcp 9000")
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    assert wait_for(lambda: ask_from_sandbox(host, "a", "tcp", "203.0.113.2", 9000) == "peer=203.0.113.1")
+
+
+def test_published_tcp_and_udp_answer_from_everywhere(host, machines):
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    host.nsnet("network", "create", "red")
+    host.nsnet("network", "create", "blue")
+    serve(host, "web", "red", "-p", "8080:80")
+    serve(host, "dns", "red", "-p", "5353:53/udp", proto="udp", port=53)
+    host.nsnet("run", "-d", "--name", "same", "--network", "red", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "other", "--network", "blue", "--", "sleep", "300")
+
+    # Another machine: the sandbox sees the real client address (no SNAT on the way in).
+    assert ask_from_ns(pc, "tcp", "203.0.113.1", 8080) == "peer=203.0.113.2"
+    assert ask_from_ns(pc, "udp", "203.0.113.1", 5353) == "peer=203.0.113.2"
+    # The host itself, through its own address and through loopback.
+    assert ask_from_ns(host.ns, "tcp", "203.0.113.1", 8080).startswith("peer=")
+    assert ask_from_ns(host.ns, "tcp", "127.0.0.1", 8080).startswith("peer=")
+    assert ask_from_ns(host.ns, "udp", "127.0.0.1", 5353).startswith("peer=")
+    # Sandboxes, on the same network (hairpin) and on another one.
+    assert ask_from_sandbox(host, "same", "tcp", "203.0.113.1", 8080).startswith("peer=")
+    assert ask_from_sandbox(host, "other", "tcp", "203.0.113.1", 8080).startswith("peer=")
+    assert ask_from_sandbox(host, "other", "udp", "203.0.113.1", 5353).startswith("peer=")
+    ports = host.json("inspect", "web")[0]["NetworkSettings"]["Ports"]
+    assert ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+
+    # After rm, the port is closed again: nothing answers.
+    host.nsnet("rm", "-f", "web")
+    assert ask_from_ns(pc, "tcp", "203.0.113.1", 8080).startswith("no answer")
+
+
+def test_published_port_on_one_host_ip_only(host, machines):
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    machines.wire(host.ns, "198.51.100.1/24", pc, "198.51.100.2/24")
+    host.nsnet("network", "create", "red")
+    serve(host, "web", "red", "-p", "198.51.100.1:8081:80")
+    assert ask_from_ns(pc, "tcp", "198.51.100.1", 8081) == "peer=198.51.100.2"
+    assert ask_from_ns(pc, "tcp", "203.0.113.1", 8081).startswith("no answer")
+
+
+def test_isolation_between_networks_internal_and_icc(host, machines):
+    inet = machines.add("inet")
+    machines.wire(host.ns, "203.0.113.1/24", inet, "203.0.113.2/24")
+    host.nsnet("network", "create", "red")
+    host.nsnet("network", "create", "blue")
+    host.nsnet("network", "create", "--internal", "vault")
+    host.nsnet("network", "create", "-o", "com.docker.network.bridge.enable_icc=false", "quiet")
+    for name, net in (("r", "red"), ("b", "blue"), ("v1", "vault"), ("v2", "vault"), ("q1", "quiet"), ("q2", "quiet")):
+        host.nsnet("run", "-d", "--name", name, "--network", net, "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "both", "--network", "red", "--network", "blue", "--", "sleep", "300")
+
+    assert not ping(host, "r", ip_of(host, "b", "blue"))           # two networks: no traffic
+    assert ping(host, "both", ip_of(host, "r", "red"))             # on both: reaches both
+    assert ping(host, "both", ip_of(host, "b", "blue"))
+    assert ping(host, "v1", ip_of(host, "v2", "vault"))            # internal: inside works
+    assert ping(host, "r", "203.0.113.2")                          # a normal network reaches out
+    assert not ping(host, "v1", "203.0.113.2")                     # internal: nothing out
+    assert not ping(host, "q1", ip_of(host, "q2", "quiet"))        # ICC off: not to each other
+    gateway = host.json("network", "inspect", "quiet")[0]["IPAM"]["Config"][0]["Gateway"]
+    assert ping(host, "q1", gateway)                               # ...but to the host
+
+
+def test_network_connect_and_disconnect_on_a_running_sandbox(host):
+    host.nsnet("network", "create", "red")
+    host.nsnet("network", "create", "blue")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "b", "--network", "blue", "--", "sleep", "300")
+    b_ip = ip_of(host, "b", "blue")
+    assert not ping(host, "a", b_ip)
+    host.nsnet("network", "connect", "blue", "a")
+    assert "eth1" in host.exec("a", "ip -o link").stdout
+    assert ping(host, "a", b_ip)
+    host.nsnet("network", "disconnect", "blue", "a")
+    assert "eth1" not in host.exec("a", "ip -o link").stdout
+    assert not ping(host, "a", b_ip)
+    assert set(host.json("inspect", "a")[0]["NetworkSettings"]["Networks"]) == {"red"}
+
+
+def test_foreground_run_streams_output_and_returns_the_exit_code(host):
+    host.nsnet("network", "create", "red")
+    p = host.nsnet("run", "--rm", "--network", "red", "--hostname", "box", "--", "sh", "-c",
+                   "hostname; ip -o -4 addr show dev eth0 | wc -l; exit 7", check=False)
+    assert p.returncode == 7
+    assert p.stdout.split() == ["box", "1"]
+    assert host.json("ps", "-a", "--format", "json") == []          # --rm: gone
+    assert not [l for l in host.state()["links"] if l.startswith("nsv")]
+
+
+def test_host_and_none_networks(host):
+    p = host.nsnet("run", "--rm", "--network", "none", "--", "ip", "-o", "link")
+    assert [l.split(":")[1].strip() for l in p.stdout.splitlines()] == ["lo"]
+    own = host.sh("ip -o link").stdout
+    p = host.nsnet("run", "--rm", "--network", "host", "--", "ip", "-o", "link")
+    assert p.stdout.split("\n")[0] == own.split("\n")[0] and "nsnet0" in p.stdout
