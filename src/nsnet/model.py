@@ -206,7 +206,7 @@ def sandbox_json(sb: Sandbox, members: list[tuple[Network, Endpoint]]) -> dict:
             "Status": sb.state,
             "Running": sb.state == "running",
             "Pid": sb.pid or 0,
-            "ExitCode": sb.exit_code if sb.exit_code is not None else 0,
+            "ExitCode": sb.exit_code if sb.exit_code is not None else -1,  # -1: nobody saw it end
             "StartedAt": sb.started or "",
             "FinishedAt": sb.finished or "",
         },

@@ -126,8 +126,10 @@ class Host:
         addrs = json.loads(self.sh("ip -j addr show").stdout)
         return {
             "links": sorted(l["ifname"] for l in links),
-            "addrs": sorted((a["ifname"], i["local"]) for a in addrs for i in a.get("addr_info", [])),
-            "routes": sorted(self.sh("ip route show table all").stdout.splitlines()),
+            "addrs": sorted((a["ifname"], i["local"]) for a in addrs for i in a.get("addr_info", [])
+                            if not i["local"].startswith("fe80:")),
+            # IPv6 link-local routes appear by themselves some time after a link comes up: not ours.
+            "routes": sorted(r for r in self.sh("ip route show table all").stdout.splitlines() if "fe80::" not in r),
             "nft": self.sh("nft list ruleset").stdout,
             "networks": sorted(n["Id"] for n in self.json("network", "ls", "--format", "json")),
             "sandboxes": sorted(s["Id"] for s in self.json("ps", "-a", "--format", "json")),

@@ -33,7 +33,7 @@ def sandboxes(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
     rows = []
     for d in docs:
         state = d["State"]
-        status = "Up" if state["Running"] else f"Exited ({state['ExitCode']})"
+        status = "Up" if state["Running"] else ("Exited" if state["ExitCode"] < 0 else f"Exited ({state['ExitCode']})")
         ports = ", ".join(f"{b['HostIp']}:{b['HostPort']}->{k}" for k, v in d["NetworkSettings"]["Ports"].items()
                           for b in v or [])
         nets = ",".join(d["NetworkSettings"]["Networks"]) or d["HostConfig"]["NetworkMode"]

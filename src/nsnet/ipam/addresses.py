@@ -55,6 +55,7 @@ class AddressPool:
         self._lo = int(rng.network_address)
         self._size = rng.num_addresses
         self._cls = type(self.subnet.network_address)
+        self._sub_lo, self._sub_hi = int(self.subnet.network_address), int(self.subnet.broadcast_address)
         # Addresses no container may get: network/broadcast, gateway, aux.
         excluded = {int(self.gateway)} | {int(ip) for ip in self.aux.values()}
         if self.subnet.num_addresses > 2:
@@ -99,17 +100,31 @@ class AddressPool:
         self._outside: set[int] = set()    # static addresses inside the subnet but outside ip-range
         self._hint = 0                     # no free offset below this
         self._strs = False
-        for value in used:
+        lo, size, version = self._lo, self._size, self.subnet.version
+        offsets = []
+        for value in used:  # the hot loop when a pool is built per request: keep it lean
             if isinstance(value, str):
                 self._strs = True
                 try:
                     value = ipaddress.ip_address(value)
                 except ValueError:
                     continue
-            if value.version == self.subnet.version:
-                self._mark_int(int(value))
-        for value in self._excluded:
-            self._mark_int(value)
+            if value.version == version:
+                off = int(value) - lo
+                if 0 <= off < size:
+                    offsets.append(off)
+                else:
+                    self._mark_int(int(value))
+        if offsets:
+            top = max(offsets)
+            if top < _BITMAP_CAP:
+                self._bm = bytearray(top + 1)
+                bm = self._bm
+                for off in offsets:
+                    bm[off] = 1
+            else:
+                for off in offsets:
+                    self._mark(off)
 
     def _sync(self, used) -> None:
         if used is not None and used is not self._src:
@@ -120,7 +135,7 @@ class AddressPool:
         off = value - self._lo
         if 0 <= off < self._size:
             self._mark(off)
-        elif int(self.subnet.network_address) <= value <= int(self.subnet.broadcast_address):
+        elif self._sub_lo <= value <= self._sub_hi:
             self._outside.add(value)
 
     def _mark(self, off: int) -> None:
@@ -156,7 +171,8 @@ class AddressPool:
             if off >= self._size:
                 raise NsnetError(f"no free address left in {self.range}; remove unused containers from this "
                                  "network or create it with a larger --subnet/--ip-range")
-            if off >= _BITMAP_CAP and off in self._far:
+            if (off >= _BITMAP_CAP and off in self._far) or self._lo + off in self._excluded:
+                self._mark(off)  # excluded ones are marked when first met, keeping the bitmap short
                 off += 1
                 continue
             ip = self._cls(self._lo + off)

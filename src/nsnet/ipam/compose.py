@@ -197,12 +197,21 @@ def suggest_fix(predictions, pools=DEFAULT_POOLS, evidence=(), existing=()) -> F
         if p.network_name not in fix_keys:
             avoid.append(Evidence("docker", p.subnet, f"the subnet of network '{p.network_name}'"))
     subnets: dict[str, Network] = {}
-    for p in sorted(predictions, key=lambda p: p.network_name):
-        if p.network_name not in fix_keys or p.network_name in subnets or p.subnet.version != 4:
-            continue
-        net, _ = pick_subnet(tuple(pools) + _FIX_SPACE, avoid, size=p.subnet.prefixlen)
-        subnets[p.network_name] = net
-        avoid.append(Evidence("nsnet", net, f"the subnet suggested for network '{p.network_name}'"))
+    todo = [p for p in sorted(predictions, key=lambda p: p.network_name)
+            if p.network_name in fix_keys and p.subnet.version == 4]
+    for p in todo:
+        if not p.collisions:  # pinned only because the order is not fixed: keep what it would get
+            subnets[p.network_name] = p.subnet
+            avoid.append(Evidence("nsnet", p.subnet, f"the subnet kept for network '{p.network_name}'"))
+    for p in todo:
+        if p.collisions and p.network_name not in subnets:
+            # Never suggest a subnet larger than its pool hands out (no 192.168.0.0/16 for a /16).
+            want = p.subnet.prefixlen
+            space = [Pool(q.base, want) for q in tuple(pools) + _FIX_SPACE if q.size <= want]
+            net, _ = pick_subnet(space, avoid)
+            subnets[p.network_name] = net
+            avoid.append(Evidence("nsnet", net, f"the subnet suggested for network '{p.network_name}'"))
+    subnets = dict(sorted(subnets.items()))
     try:
         base, _ = pick_subnet(_FIX_SPACE, avoid, size=16)
         pool = Pool(base, 24)

@@ -8,18 +8,25 @@ import subprocess
 import sys
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def alive(pid: int | None, started: int | None) -> bool:
-    return bool(pid) and start_time(pid) == started
+    """Is this still our process? A zombie is not: its namespaces are already gone."""
+    fields = _stat(pid) if pid else None
+    return bool(fields) and fields[0] not in ("Z", "X") and int(fields[19]) == started
 
 
 class Launch:
@@ -68,18 +75,10 @@ def terminate(pid: int, started: int | None, timeout: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive(pid, started) or _zombie(pid):
+        if not alive(pid, started):
             return
         time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
