@@ -1,0 +1,39 @@
+from nsnet.firewall import FwNetwork, FwPort, Ruleset, render
+
+
+def rules(rs):
+    return [l.strip() for l in render(rs).splitlines()]
+
+
+def test_empty_ruleset_replaces_the_table_atomically():
+    out = rules(Ruleset())
+    assert out[:2] == ["add table inet nsnet", "delete table inet nsnet"]
+    assert "set bridges { type ifname; }" in out
+
+
+def test_masquerade_only_for_external_networks_with_it_on():
+    rs = Ruleset([FwNetwork("br-a", ["10.1.0.0/16"]), FwNetwork("br-i", ["10.2.0.0/16"], internal=True),
+                  FwNetwork("br-n", ["10.3.0.0/16"], masquerade=False)])
+    out = rules(rs)
+    assert 'ip saddr 10.1.0.0/16 oifname != "br-a" masquerade' in out
+    assert not [l for l in out if "10.2.0.0/16" in l or "10.3.0.0/16" in l]
+    assert 'iifname "br-i" oifname != "br-i" drop' in out
+
+
+def test_isolation_rule_order_allows_same_bridge_before_dropping_cross_bridge():
+    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/16"]), FwNetwork("br-q", ["10.4.0.0/16"], icc=False)]))
+    same = out.index('iifname "br-a" oifname "br-a" accept')
+    assert 'iifname "br-q" oifname "br-q" drop' in out
+    assert same < out.index("iifname @bridges oifname @bridges drop") < out.index("iifname @bridges accept")
+    assert out.index("ct status dnat accept") < same
+
+
+def test_published_ports_dnat_by_family_and_host_ip():
+    rs = Ruleset([FwNetwork("br-a", ["10.1.0.0/16"])],
+                 [FwPort("0.0.0.0", 8080, "tcp", "10.1.0.2", 80, "br-a"),
+                  FwPort("192.0.2.1", 53, "udp", "10.1.0.3", 53, "br-a"),
+                  FwPort("::", 8443, "tcp", "fd00::2", 443, "br-a")])
+    out = rules(rs)
+    assert "meta nfproto ipv4 tcp dport 8080 dnat ip to 10.1.0.2:80" in out
+    assert "meta nfproto ipv4 ip daddr 192.0.2.1 udp dport 53 dnat ip to 10.1.0.3:53" in out
+    assert "meta nfproto ipv6 tcp dport 8443 dnat ip6 to [fd00::2]:443" in out
