@@ -150,3 +150,15 @@ def test_host_and_none_networks(host):
     own = host.sh("ip -o link").stdout
     p = host.nsnet("run", "--rm", "--network", "host", "--", "ip", "-o", "link")
     assert p.stdout.split("\n")[0] == own.split("\n")[0] and "nsnet0" in p.stdout
+
+
+def test_ipv6_network_gives_both_families(host):
+    host.nsnet("network", "create", "--ipv6", "--subnet", "fd00:77::/64", "--subnet", "10.66.0.0/24", "dual")
+    for n in ("a", "b"):
+        host.nsnet("run", "-d", "--name", n, "--network", "dual", "--", "sleep", "300")
+    net = host.json("inspect", "b")[0]["NetworkSettings"]["Networks"]["dual"]
+    assert net["IPAddress"] == "10.66.0.3" and net["GlobalIPv6Address"] == "fd00:77::3"
+    assert net["IPv6Gateway"] == "fd00:77::1"
+    assert ping(host, "a", "fd00:77::3")
+    assert ping(host, "a", "fd00:77::1")
+    assert "default via fd00:77::1" in host.exec("a", "ip -6 route").stdout

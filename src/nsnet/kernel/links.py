@@ -36,7 +36,7 @@ def add_address(ipr, index: int, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
     kw = {}
     if iface.version == 6:
-        kw["flags"] = 0x80  # IFA_F_NODAD: the address is ours alone on a fresh bridge/veth
+        kw["flags"] = 0x02  # IFA_F_NODAD: the address is ours alone; waiting for DAD delays the first packet
     try:
         ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kw)
     except NetlinkError as e:
