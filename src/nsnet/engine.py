@@ -73,6 +73,7 @@ class Engine:
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}
         self._used: dict[str, set] = {}        # network id -> addresses taken (derived from self.eps)
+        self._pools: dict[tuple, AddressPool] = {}  # (network id, subnet) -> its allocator over _used
         self._port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.listeners: list = []               # called after sandboxes/endpoints change (DNS)
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
@@ -139,10 +140,17 @@ class Engine:
         self.store.delete("endpoint", ep.id)
         self.eps.pop(ep.id, None)
         used = self._used.get(ep.network_id)
-        if used is not None:
-            for a in (ep.ipv4, ep.ipv6):
-                if a:
-                    used.discard(ipaddress.ip_interface(a).ip)
+        net = self.nets.get(ep.network_id)
+        for a in (ep.ipv4, ep.ipv6):
+            if not a:
+                continue
+            ip = ipaddress.ip_interface(a).ip
+            if used is not None:
+                used.discard(ip)
+            if net is not None:
+                cfg = self._subnet_for(net, ip)
+                if cfg is not None and (net.id, cfg.subnet) in self._pools:
+                    self._pools[(net.id, cfg.subnet)].release(ip)
 
     def _notify(self) -> None:
         for fn in self.listeners:
@@ -261,9 +269,7 @@ class Engine:
             subnet = ipaddress.ip_network(c.subnet)
             if not c.gateway:
                 c.gateway = str(default_gateway(subnet))
-            AddressPool(subnet, gateway=ipaddress.ip_address(c.gateway),
-                        ip_range=ipaddress.ip_network(c.ip_range) if c.ip_range else None,
-                        aux={k: ipaddress.ip_address(v) for k, v in c.aux.items()}).validate()
+            AddressPool(subnet, gateway=c.gateway, ip_range=c.ip_range, aux=c.aux)  # validates
         return configs
 
     def list_networks(self, filters: dict | None = None) -> list[Network]:
@@ -311,6 +317,8 @@ class Engine:
                 self.store.delete("network", net.id)
             self.nets.pop(net.id, None)
             self._used.pop(net.id, None)
+            for key in [k for k in self._pools if k[0] == net.id]:
+                del self._pools[key]
             self._apply_firewall()
             log.info("removed network %s", net.name)
             return net
@@ -476,7 +484,9 @@ class Engine:
             cfg = self._subnet_for(net, addr)
             if cfg is None:
                 raise NsnetError(f"{ip} is not in any subnet of network {net.name}")
-            self._pool(cfg).reserve(addr, used)  # checks; raises when taken or reserved
+            pool = self._pool(net, cfg)
+            pool.reserve(addr, used)  # raises when taken, reserved or outside; then give it back until the join
+            pool.release(addr)
         return req
 
     def _free_name(self) -> str:
@@ -486,12 +496,14 @@ class Engine:
             if name not in taken:
                 return name
 
-    @staticmethod
-    def _pool(cfg) -> AddressPool:
-        return AddressPool(ipaddress.ip_network(cfg.subnet),
-                           gateway=ipaddress.ip_address(cfg.gateway) if cfg.gateway else None,
-                           ip_range=ipaddress.ip_network(cfg.ip_range) if cfg.ip_range else None,
-                           aux={k: ipaddress.ip_address(v) for k, v in cfg.aux.items()})
+    def _pool(self, net: Network, cfg: SubnetConfig) -> AddressPool:
+        """One AddressPool per subnet, kept: it indexes the network's `used` set once, not per attach."""
+        key = (net.id, cfg.subnet)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = AddressPool(cfg.subnet, gateway=cfg.gateway, ip_range=cfg.ip_range,
+                                                  aux=cfg.aux)
+        return pool
 
     @staticmethod
     def _subnet_for(net: Network, addr):
@@ -514,7 +526,7 @@ class Engine:
         ep.host_ifname = VETH_PREFIX + ep.id[:12]
         for cfg in net.subnets:
             subnet = ipaddress.ip_network(cfg.subnet)
-            pool = self._pool(cfg)
+            pool = self._pool(net, cfg)
             static = req.ip if subnet.version == 4 else req.ip6
             if static:
                 addr = ipaddress.ip_address(static)

@@ -96,15 +96,16 @@ class _Index:
                         for e in evidence if e.network.version == version), key=lambda t: (t[0], t[1]))
         self.starts: list[int] = []
         self.ends: list[int] = []
-        self.members: list[list[Evidence]] = []
-        for s, end, ev in items:
+        self.members: list[list[tuple[int, int, Evidence]]] = []
+        for item in items:
+            s, end = item[0], item[1]
             if self.ends and s <= self.ends[-1]:
                 self.ends[-1] = max(self.ends[-1], end)
-                self.members[-1].append(ev)
+                self.members[-1].append(item)
             else:
                 self.starts.append(s)
                 self.ends.append(end)
-                self.members.append([ev])
+                self.members.append([item])
 
     def first_reaching(self, x: int) -> int:
         """Index of the first run that ends at or after x."""
@@ -114,9 +115,7 @@ class _Index:
         """Evidence overlapping [lo, hi], scanning runs from j."""
         out = []
         while j < len(self.starts) and self.starts[j] <= hi:
-            for ev in self.members[j]:
-                if int(ev.network.network_address) <= hi and int(ev.network.broadcast_address) >= lo:
-                    out.append(ev)
+            out += [ev for s, e, ev in self.members[j] if s <= hi and e >= lo]
             j += 1
         return out
 
@@ -144,8 +143,11 @@ def pick_subnet(pools, evidence, size: int | None = None):
             # Jump to the first aligned candidate after this run of evidence.
             nxt = base_lo + -(-(index.ends[j] + 1 - base_lo) // blk) * blk
             span_hi = min(nxt, base_hi + 1) - 1
-            for net in ipaddress.summarize_address_range(_addr(cur, base.version), _addr(span_hi, base.version)):
-                skipped.append((net, index.covering(int(net.network_address), int(net.broadcast_address), j)))
+            if span_hi - cur + 1 == blk:  # the common case: one candidate
+                skipped.append((_net(cur, want, base.version), index.covering(cur, span_hi, j)))
+            else:
+                for net in ipaddress.summarize_address_range(_addr(cur, base.version), _addr(span_hi, base.version)):
+                    skipped.append((net, index.covering(int(net.network_address), int(net.broadcast_address), j)))
             cur = nxt
     what = "the address pools" if size is None else f"the address pools (carved into /{size})"
     raise NsnetError(f"all of {what} are used or collide with this host's addresses; add a pool with "

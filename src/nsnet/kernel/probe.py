@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 
 from nsnet.ipam.evidence import Evidence, as_network
@@ -55,7 +56,12 @@ def _host(ip) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 # -- netlink -----------------------------------------------------------------------------------
 
 def _links(ipr) -> dict[int, str]:
-    return {m["index"]: m.get("ifname") or f"if{m['index']}" for m in ipr.get_links()}
+    """Interface names by index. libc's if_nameindex() asks the calling thread's namespace and
+    costs ~0.1 ms; pyroute2's get_links() parses every link attribute (~3 ms)."""
+    try:
+        return dict(socket.if_nameindex())
+    except OSError:
+        return {m["index"]: m.get("ifname") or f"if{m['index']}" for m in ipr.get_links()}
 
 
 def addresses(ipr, links=None, msgs=None) -> list[Evidence]:
@@ -122,17 +128,53 @@ def neighbours(ipr, links=None) -> list[Evidence]:
 # -- /proc -------------------------------------------------------------------------------------
 
 def _read(path: str) -> list[str]:
-    """A /proc file's lines. One big read: each read() of /proc/net/tcp walks the kernel's whole
-    socket hash (~2 ms with 262144 buckets), and the usual read-until-empty walks it twice."""
-    size = 1 << 22
+    """A /proc file's lines (seq_file hands out about a page per read(): loop to the end)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = [os.read(fd, size)]
-        while len(chunks[-1]) == size:
-            chunks.append(os.read(fd, size))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
     finally:
         os.close(fd)
     return b"".join(chunks).decode("ascii", "replace").splitlines()
+
+
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY = 4, 20
+_NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 0x1, 0x300, 2, 3
+
+
+def diag_tcp(family: int) -> list[tuple]:
+    """Established and listening TCP sockets of the calling thread's namespace, via sock_diag:
+    one walk of the kernel's socket hash with the state filter applied in the kernel (reading
+    /proc/net/tcp walks it page by page, twice as slow). Same tuples as parse_tcp()."""
+    states = (1 << 1) | (1 << 10)  # TCP_ESTABLISHED, TCP_LISTEN
+    req = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, states)
+    msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + req
+    alen = 4 if family == socket.AF_INET else 16
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2)
+        nl.sendto(msg, (0, 0))
+        while True:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == _NLMSG_DONE:
+                    return out
+                if kind == _NLMSG_ERROR:
+                    err = struct.unpack_from("=i", data, off + 16)[0]
+                    raise OSError(-err, "sock_diag dump failed")
+                state = data[off + 17]
+                sport, dport = struct.unpack_from(">HH", data, off + 20)
+                src = ipaddress.ip_address(data[off + 24:off + 24 + alen])
+                dst = ipaddress.ip_address(data[off + 40:off + 40 + alen])
+                if isinstance(src, ipaddress.IPv6Address):
+                    src, dst = src.ipv4_mapped or src, dst.ipv4_mapped or dst
+                out.append((src, sport, dst, dport, f"{state:02X}"))
+                off += (length + 3) & ~3
+            if not data:
+                return out
 
 
 def _hex_addr(text: str):
@@ -160,11 +202,18 @@ def parse_tcp(lines) -> list[tuple]:
 
 
 def tcp_peers(netdir: str | None = None) -> list[Evidence]:
-    netdir = netdir or _netdir()
+    """Peers of established TCP connections. Asks sock_diag; reads /proc/net/tcp{,6} when given
+    a `netdir` (tests) or when sock_diag is unavailable."""
     socks = []
-    for name in ("tcp", "tcp6"):
+    for family, name in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
         try:
-            socks += parse_tcp(_read(os.path.join(netdir, name)))
+            if netdir is None:
+                socks += diag_tcp(family)
+                continue
+        except OSError:
+            pass
+        try:
+            socks += parse_tcp(_read(os.path.join(netdir or _netdir(), name)))
         except OSError:
             continue
 
