@@ -18,6 +18,7 @@ from dataclasses import replace
 from . import config as config_mod
 from . import requests as rq
 from .drivers import driver_class
+from .drivers.base import SIZE_KEY
 from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for, valid_ifname
 from .errors import Conflict, NotFound, NsnetError
 from .firewall import FwPort, Ruleset, render
@@ -261,7 +262,7 @@ class Engine:
             if hits and not req.get("AllowOverlap"):
                 raise Conflict(refusal(subnet, hits))
         if not any(ipaddress.ip_network(c.subnet).version == 4 for c in configs):
-            size = net.options.get("size")
+            size = net.options.get(SIZE_KEY)
             subnet, skipped = pick_subnet(self.config.pools, evidence, size=int(size) if size else None)
             self._log_skipped(skipped)
             configs.insert(0, SubnetConfig(subnet=str(subnet)))

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..client import ApiError, Client
-from . import output
+from . import doctor, output
 
 
 def _kv(items: list[str], what: str) -> dict[str, str]:
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="+")
     lg = sub.add_parser("logs")
     lg.add_argument("sandbox")
+    doctor.add_parser(sub)
     return p
 
 
@@ -290,4 +291,5 @@ def cmd_logs(client: Client, args) -> int:
 
 
 COMMANDS = {"info": cmd_info, "network": cmd_network, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
-            "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs}
+            "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs,
+            "doctor": doctor.cmd_doctor}

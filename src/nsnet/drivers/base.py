@@ -6,6 +6,7 @@ from ..firewall import FwNetwork
 from ..model import Endpoint, Network
 
 MTU_KEY = "com.docker.network.driver.mtu"
+SIZE_KEY = "size"  # prefix length of the subnet taken from the pools (`-o size=24`), when none is given
 
 
 class Driver:
@@ -26,6 +27,9 @@ class Driver:
         mtu = net.options.get(MTU_KEY)
         if mtu is not None and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
             raise NsnetError(f"invalid MTU {mtu!r}: give a number from 68 to 65535")
+        size = net.options.get(SIZE_KEY)
+        if size is not None and not (size.isdigit() and 8 <= int(size) <= 30):
+            raise NsnetError(f"invalid size {size!r}: give a prefix length from 8 to 30, e.g. -o size=24")
 
     def create_network(self, net: Network) -> None: ...
 

@@ -8,7 +8,7 @@ from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network
-from .base import MTU_KEY, Driver
+from .base import MTU_KEY, SIZE_KEY, Driver
 
 NAME_KEY = "com.docker.network.bridge.name"
 ICC_KEY = "com.docker.network.bridge.enable_icc"
@@ -33,7 +33,7 @@ def valid_ifname(name: str) -> str | None:
 
 class BridgeDriver(Driver):
     name = "bridge"
-    options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY,
+    options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY, SIZE_KEY,
                          "com.docker.network.bridge.enable_ipv6"})
 
     def validate(self, net: Network) -> None:

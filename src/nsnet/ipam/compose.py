@@ -149,11 +149,12 @@ def _existing(existing) -> tuple[dict[str, Network], list[Evidence]]:
 
 
 def predict(compose_text: str, project: str | None, existing=(), pools=DEFAULT_POOLS, evidence=(),
-            profiles=()) -> list[Prediction]:
+            profiles=(), fallback_project: str | None = None) -> list[Prediction]:
     """The subnet each network of the Compose file would get from Docker here, with collisions.
-    `existing` lists Docker's current networks as subnets or (name, subnet) pairs."""
+    `existing` lists Docker's current networks as subnets or (name, subnet) pairs. The project
+    name is `project`, else the file's `name:`, else `fallback_project` (Compose: the folder)."""
     doc = _load(compose_text)
-    project = _project_name(project or str(doc.get("name") or ""))
+    project = _project_name(project or str(doc.get("name") or "") or fallback_project or "")
     if not project:
         raise NsnetError("the Compose project has no name; pass the project name (the directory name Compose would use)")
     evidence = list(evidence)

@@ -289,8 +289,8 @@ def resolvers(path: str = "/etc/resolv.conf") -> list[Evidence]:
     return out
 
 
-def docker_networks(sock_path: str | None = "/var/run/docker.sock", timeout: float = 0.25) -> list[Evidence]:
-    """Subnets of Docker's networks, when a Docker engine answers on its socket; else nothing."""
+def docker_list(sock_path: str | None = "/var/run/docker.sock", timeout: float = 0.25) -> list[tuple]:
+    """(name, id, [subnets]) of Docker's networks, when a Docker engine answers on its socket; else []."""
     if not sock_path or not os.path.exists(sock_path):
         return []
     try:
@@ -312,13 +312,24 @@ def docker_networks(sock_path: str | None = "/var/run/docker.sock", timeout: flo
         return []
     out = []
     for n in nets if isinstance(nets, list) else []:
+        subnets = []
         for cfg in ((n.get("IPAM") or {}).get("Config") or []):
             try:
-                net = ipaddress.ip_network(cfg.get("Subnet") or "", strict=False)
+                subnets.append(ipaddress.ip_network(cfg.get("Subnet") or "", strict=False))
             except ValueError:
                 continue
-            out.append(Evidence("docker", net, f"the subnet of Docker network '{n.get('Name', '?')}'"))
+        out.append((str(n.get("Name", "?")), str(n.get("Id", "")), subnets))
     return out
+
+
+def docker_evidence(listing) -> list[Evidence]:
+    return [Evidence("docker", net, f"the subnet of Docker network '{name}'") for name, _, subnets in listing
+            for net in subnets]
+
+
+def docker_networks(sock_path: str | None = "/var/run/docker.sock", timeout: float = 0.25) -> list[Evidence]:
+    """Subnets of Docker's networks, when a Docker engine answers on its socket; else nothing."""
+    return docker_evidence(docker_list(sock_path, timeout))
 
 
 def _named(items, kind: str, label) -> list[Evidence]:
