@@ -21,14 +21,15 @@ from .drivers import driver_class
 from .drivers.base import SIZE_KEY
 from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for, valid_ifname
 from .errors import Conflict, NotFound, NsnetError
-from .firewall import FwPort, Ruleset, render
+from .firewall import FwPort, Ruleset, render, render_dns_redirect
 from .ipam.addresses import AddressPool, default_gateway, mac_for
 from .ipam.evidence import Evidence, overlapping, refusal
 from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
-from .model import (Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, from_dict, network_json, now_rfc3339,
-                    sandbox_json, to_dict)
+from .dns.records import Record, RecordSet
+from .model import (Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
+                    network_json, now_rfc3339, sandbox_json, to_dict)
 from .names import random_name
 from .store import SqliteStore
 
@@ -69,14 +70,15 @@ class Engine:
         self.kernel_thread = self._worker.submit(threading.get_ident).result()
         self.kernel = self._worker.submit(Kernel).result()
         self.lock = threading.RLock()
-        self.drivers = {name: driver_class(name)(self.kernel) for name in ("bridge", "host", "null")}
+        self.drivers = {name: driver_class(name)(self.kernel)
+                        for name in ("bridge", "host", "null", "macvlan", "ipvlan")}
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}
         self._used: dict[str, set] = {}        # network id -> addresses taken (derived from self.eps)
         self._pools: dict[tuple, AddressPool] = {}  # (network id, subnet) -> its allocator over _used
         self._port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
-        self.listeners: list = []               # called after sandboxes/endpoints change (DNS)
+        self.dns = None                         # the embedded resolver (dns.server.DnsServer), set by the daemon
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
 
     # ---- lookups ---------------------------------------------------------------------------------
@@ -154,11 +156,41 @@ class Engine:
                     self._pools[(net.id, cfg.subnet)].release(ip)
 
     def _notify(self) -> None:
-        for fn in self.listeners:
-            try:
-                fn()
-            except Exception:  # a listener must never break the use case that changed state
-                log.exception("listener failed")
+        """Sandboxes or endpoints changed: the resolver answers from the new state before we return."""
+        if self.dns is not None:
+            self.dns.set_records(self._dns_records())
+
+    def _dns_records(self) -> RecordSet:
+        records = []
+        for ep in self.eps.values():
+            net, sb = self.nets.get(ep.network_id), self.sbs.get(ep.sandbox_id)
+            if net is None or sb is None or not net.dns:
+                continue
+            names = tuple(n.lower() for n in dns_names(net, sb, ep))
+            records.append(Record(sb.id, net.id, names, ipv4=ep.ipv4.split("/")[0] if ep.ipv4 else None,
+                                  ipv6=ep.ipv6.split("/")[0] if ep.ipv6 else None))
+        return RecordSet(records, {n.id: n.name for n in self.nets.values() if n.dns})
+
+    def serve_dns(self, server) -> None:
+        """Answer names through `server` from now on, for the sandboxes running already too."""
+        with self.lock:
+            self.dns = server
+            for sb in self.sbs.values():
+                if sb.state == "running":
+                    self._dns_attach(sb)
+            self._notify()
+
+    def _dns_attach(self, sb: Sandbox) -> None:
+        """Serve 127.0.0.11 inside `sb` once it is on a network with name resolution."""
+        if self.dns is None or sb.id in self.dns.sandboxes():
+            return
+        if any(self.nets[e.network_id].dns for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets):
+            path = f"/proc/{sb.pid}/ns/net"
+            self.dns.add_sandbox(sb.id, path, upstreams=sb.dns or None)
+            # As Docker does: the resolver listens on random ports and 127.0.0.11:53 is DNATed to them, so
+            # the sandbox's own programs can still bind port 53 (a DNS server in a sandbox is common).
+            udp, tcp = self.dns.ports(sb.id)
+            nft.run_in(path, render_dns_redirect(self.dns.address, udp, tcp))
 
     # ---- start-up --------------------------------------------------------------------------------
 
@@ -239,10 +271,11 @@ class Engine:
             net.bridge = net.options.get(NAME_KEY) or bridge_name_for(net.id)
             if net.bridge in {n.bridge for n in self.nets.values()}:
                 raise Conflict(f"bridge {net.bridge} is already used by another nsnet network")
-            if net.bridge in self.kernel.links():
-                raise Conflict(f"an interface named {net.bridge} already exists on this host: pick another "
-                               f"{NAME_KEY}")
+            link = self.kernel.links().get(net.bridge)
+            if link is not None:  # a bridge nsnet did not make is adopted (a flat LAN bridge); anything else refused
+                driver.adopt(net, link)
         net.subnets = self._plan_subnets(net, req)
+        driver.plan(net, list(self.nets.values()))
         return net
 
     def _plan_subnets(self, net: Network, req: dict) -> list:
@@ -252,6 +285,7 @@ class Engine:
         if net.ipv6 and not any(ipaddress.ip_network(c.subnet).version == 6 for c in configs):
             raise NsnetError("--ipv6 needs an IPv6 --subnet (for example --subnet fd00:1::/64)")
         evidence = self._evidence(exclude=None)
+        lan = self._driver(net).on_lan(net)  # the LAN's own subnet: its addresses are checked on the LAN instead
         others = [ipaddress.ip_network(s.subnet) for n in self.nets.values() for s in n.subnets]
         for c in configs:
             subnet = ipaddress.ip_network(c.subnet)
@@ -259,9 +293,9 @@ class Engine:
                 if subnet.overlaps(o):
                     raise Conflict(f"subnet {subnet} overlaps {o} of another nsnet network: pick another subnet")
             hits = [e for e in overlapping(subnet, evidence) if e.kind != "nsnet"]
-            if hits and not req.get("AllowOverlap"):
+            if hits and not req.get("AllowOverlap") and not lan:
                 raise Conflict(refusal(subnet, hits))
-        if not any(ipaddress.ip_network(c.subnet).version == 4 for c in configs):
+        if not lan and not any(ipaddress.ip_network(c.subnet).version == 4 for c in configs):
             size = net.options.get(SIZE_KEY)
             subnet, skipped = pick_subnet(self.config.pools, evidence, size=int(size) if size else None)
             self._log_skipped(skipped)
@@ -299,6 +333,9 @@ class Engine:
             doc = network_json(net, members)
             if net.driver == "bridge":
                 doc["Options"].setdefault(NAME_KEY, net.bridge)
+            notes = self._driver(net).notes(net)
+            if notes:  # not Docker's: what a user of this network should know (e.g. macvlan's host limit)
+                doc["Notes"] = notes
             return doc
 
     @on_kernel_thread
@@ -398,6 +435,8 @@ class Engine:
                     loopback_up(self.kernel.sandbox(sb.pid).ipr)
                 for req in reqs:
                     self._join(sb, self.nets[req.network_id], req)
+                self._dns_attach(sb)
+                self._notify()
                 self._write_files(sb, files)
                 sb.state, sb.started = "running", now_rfc3339()
                 with self.store.transaction():
@@ -420,7 +459,6 @@ class Engine:
                 launch.go(files, sb.hostname)
             if self.on_sandbox_running:
                 self.on_sandbox_running(sb, launch.proc if launch else None)
-            self._notify()
             log.info("sandbox %s (%s) running, pid %s", sb.name, sb.id[:12], sb.pid)
             return sb
 
@@ -488,6 +526,9 @@ class Engine:
             pool = self._pool(net, cfg)
             pool.reserve(addr, used)  # raises when taken, reserved or outside; then give it back until the join
             pool.release(addr)
+            why = self._driver(net).address_taken(net, addr)
+            if why:
+                raise Conflict(f"{why}: pick another --ip")
         return req
 
     def _free_name(self) -> str:
@@ -513,6 +554,21 @@ class Engine:
                 return cfg
         return None
 
+    def _allocate(self, net: Network, pool: AddressPool, used: set):
+        """The lowest free address; on a LAN, the lowest one nobody there answers for (ARP)."""
+        skipped = []
+        try:
+            while True:
+                addr = pool.allocate(used)
+                why = self._driver(net).address_taken(net, addr)
+                if not why:
+                    return addr
+                log.info("network %s: skipping %s: %s", net.name, addr, why)
+                skipped.append(addr)
+        finally:
+            for a in skipped:  # asked again next time: the machine may have left the LAN
+                pool.release(a)
+
     def _join(self, sb: Sandbox, net: Network, req: NetworkRequest) -> Endpoint | None:
         """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure."""
         driver = self._driver(net)
@@ -535,20 +591,23 @@ class Engine:
                     continue
                 pool.reserve(addr, used)
             else:
-                addr = pool.allocate(used)
+                addr = self._allocate(net, pool, used)
             used.add(addr)
             if subnet.version == 4 and ep.ipv4 is None:
                 ep.ipv4, ep.gateway4 = f"{addr}/{subnet.prefixlen}", cfg.gateway
                 ep.mac = mac_for(addr)
             elif subnet.version == 6 and ep.ipv6 is None:
                 ep.ipv6, ep.gateway6 = f"{addr}/{subnet.prefixlen}", cfg.gateway
+        driver.plan_endpoint(net, ep)
         default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
+        sandbox = None
         try:
             with self.store.transaction():
                 self._save_endpoint(ep)
-            driver.join(net, ep, self.kernel.sandbox(sb.pid), default_route)
+            sandbox = self.kernel.sandbox(sb.pid)
+            driver.join(net, ep, sandbox, default_route)
         except BaseException:
-            driver.leave(net, ep)
+            driver.leave(net, ep, sandbox)
             self._drop_endpoint(ep)
             raise
         return ep
@@ -565,6 +624,8 @@ class Engine:
             self._drop_endpoint(ep)
         for s in self._port_sockets.pop(sb.id, []):
             s.close()
+        if self.dns is not None:
+            self.dns.remove_sandbox(sb.id)  # its sockets would keep the namespace alive
         if sb.pid:
             self.kernel.forget(sb.pid)
 
@@ -679,6 +740,7 @@ class Engine:
             ep = None
             if sb.state == "running":
                 ep = self._join(sb, net, req)
+                self._dns_attach(sb)
             sb.requests.append(req)
             with self.store.transaction():
                 self._save_sandbox(sb)
@@ -693,7 +755,8 @@ class Engine:
                 raise NsnetError(f"sandbox {sb.name} is not connected to network {net.name}")
             for ep in self.endpoints_of_sandbox(sb):
                 if ep.network_id == net.id:
-                    self._driver(net).leave(net, ep)
+                    # The sandbox lives on: links inside it (macvlan's) must go too.
+                    self._driver(net).leave(net, ep, self.kernel.sandbox(sb.pid) if sb.state == "running" else None)
                     self._drop_endpoint(ep)
             sb.requests = [r for r in sb.requests if r.network_id != net.id]
             with self.store.transaction():
@@ -724,9 +787,13 @@ class Engine:
                     done.append(f"endpoint {ep.host_ifname}: no running sandbox; removed")
             links = self.kernel.links()
             for net in self.nets.values():
-                if net.driver == "bridge" and net.bridge not in links:
-                    self._driver(net).create_network(net)
-                    done.append(f"network {net.name}: bridge {net.bridge} was missing; rebuilt")
+                missing = ", ".join(sorted(self._driver(net).kernel_names(net) - links.keys()))
+                if missing:
+                    try:
+                        self._driver(net).create_network(net)
+                        done.append(f"network {net.name}: {missing} was missing; rebuilt")
+                    except Exception as e:  # one network must not stop the repair of the others
+                        done.append(f"network {net.name}: {missing} is missing and could not be rebuilt: {e}")
             for sb in self.sbs.values():
                 if sb.state != "running":
                     continue
@@ -745,7 +812,7 @@ class Engine:
                         except NsnetError as e:
                             done.append(f"sandbox {sb.name}: {e}")
                     self._port_sockets[sb.id] = held
-            ours = {n.bridge for n in self.nets.values() if n.bridge}
+            ours = set().union(*(self._driver(n).kernel_names(n) for n in self.nets.values()))
             ours |= {e.host_ifname for e in self.eps.values() if e.host_ifname}
             for name, info in self.kernel.links().items():
                 mine = (info["alias"] or "").startswith("nsnet network ") or (

@@ -104,3 +104,13 @@ def _dnat_rule(p: FwPort) -> str:
         match += f"{fam} daddr {p.host_ip} "
     dest = f"{p.target_ip}:{p.target_port}" if fam == "ip" else f"[{p.target_ip}]:{p.target_port}"
     return f"{match}{p.proto} dport {p.host_port} dnat {fam} to {dest}"
+
+
+def render_dns_redirect(address: str, udp_port: int, tcp_port: int) -> str:
+    """Inside a sandbox: queries to ADDRESS:53 reach the resolver's real ports (replies are un-NATed
+    by conntrack)."""
+    return ("add table ip nsnet_dns\ndelete table ip nsnet_dns\n"  # replaces the ports of a previous daemon
+            f"table ip nsnet_dns {{\n"
+            f"  chain output {{\n    type nat hook output priority -100; policy accept;\n"
+            f"    ip daddr {address} udp dport 53 dnat to {address}:{udp_port}\n"
+            f"    ip daddr {address} tcp dport 53 dnat to {address}:{tcp_port}\n  }}\n}}\n")

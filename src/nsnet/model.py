@@ -34,6 +34,7 @@ class Network:
     bridge: str | None = None        # kernel name of the bridge, for the bridge driver
     builtin: bool = False            # bridge/host/none: exist from the start, cannot be removed
     dns: bool = False                # embedded name resolution (user-defined networks only, as Docker)
+    adopted: bool = False            # bridge: an existing (flat LAN) bridge nsnet uses but does not own
 
     def option(self, key: str, default: str | None = None) -> str | None:
         return self.options.get(key, default)

@@ -86,9 +86,17 @@ class Machines:
 class Host:
     """A namespace with its own nsnet engine, driven through the real CLI."""
 
+    # The engine's "host resolvers": `ip netns exec` shows /etc/netns/NS/resolv.conf as /etc/resolv.conf,
+    # so forwarded queries go to a test namespace's address (unreachable unless a test serves it), never
+    # to this machine's real resolvers.
+    RESOLVER = "203.0.113.53"
+
     def __init__(self, tag: str):
         self.ns = f"nsnt-host-{tag}"
         self.root = tempfile.mkdtemp(prefix="nsnt-root-")
+        os.makedirs(f"/etc/netns/{self.ns}", exist_ok=True)
+        with open(f"/etc/netns/{self.ns}/resolv.conf", "w") as f:
+            f.write(f"nameserver {self.RESOLVER}\n")
         ns_add(self.ns)
 
     def nsnet(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
@@ -158,6 +166,7 @@ class Host:
                 pass
         ns_del(self.ns)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(f"/etc/netns/{self.ns}", ignore_errors=True)
 
 
 @pytest.fixture

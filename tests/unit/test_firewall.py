@@ -1,4 +1,4 @@
-from nsnet.firewall import FwNetwork, FwPort, Ruleset, render
+from nsnet.firewall import FwNetwork, FwPort, Ruleset, render, render_dns_redirect
 
 
 def rules(rs):
@@ -37,3 +37,10 @@ def test_published_ports_dnat_by_family_and_host_ip():
     assert "meta nfproto ipv4 tcp dport 8080 dnat ip to 10.1.0.2:80" in out
     assert "meta nfproto ipv4 ip daddr 192.0.2.1 udp dport 53 dnat ip to 10.1.0.3:53" in out
     assert "meta nfproto ipv6 tcp dport 8443 dnat ip6 to [fd00::2]:443" in out
+
+
+def test_dns_redirect_replaces_its_table_and_dnats_both_protocols():
+    out = [l.strip() for l in render_dns_redirect("127.0.0.11", 40001, 40002).splitlines()]
+    assert out[:2] == ["add table ip nsnet_dns", "delete table ip nsnet_dns"]
+    assert "ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40001" in out
+    assert "ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:40002" in out

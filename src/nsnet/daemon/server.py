@@ -12,6 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 
+from ..dns.server import DnsServer
 from ..engine import Engine
 from ..kernel.procs import Launch, alive
 from . import api
@@ -78,6 +79,9 @@ class Daemon:
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
                 self.watcher.watch(sb.id, sb.pid)
+        dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 DNATed to them
+        dns.start()
+        self.engine.serve_dns(dns)
 
 
 def serve(root: str) -> int:

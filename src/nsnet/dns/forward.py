@@ -14,7 +14,7 @@ connect+send+recv with a deadline is the simplest correct code for it); it posts
 from __future__ import annotations
 
 import logging
-import random
+import secrets
 import socket
 import struct
 import threading
@@ -23,7 +23,7 @@ from typing import Protocol
 
 from . import netns, wire
 from .handler import servfail
-from .loop import ERR, IN, EventLoop, Timer
+from .loop import IN, EventLoop, Timer
 from .upstream import UpstreamAddr
 
 MAX_PENDING = 1024  # Docker's limit on concurrent forwarded queries
@@ -130,9 +130,11 @@ class Forwarder:
                 # retried per query, so a sandbox that gains a route later starts working.
                 up.sock.connect(up.addr.sockaddr)
                 up.connected = True
-            qid = random.getrandbits(16)
+            # Unpredictable IDs: the socket's port is fixed for its life, so the ID (and the
+            # question, checked on return) is what stands between a sandbox and forged answers.
+            qid = secrets.randbits(16)
             while qid in up.pending:
-                qid = random.getrandbits(16)
+                qid = secrets.randbits(16)
             up.sock.send(struct.pack("!H", qid) + p.data[2:])
         except OSError as e:
             self._warn("dns: upstream %s unreachable: %s", up.addr, e)

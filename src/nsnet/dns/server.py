@@ -149,6 +149,11 @@ class DnsServer:
             netns_close(ns_fd)
             raise
 
+    def ports(self, sandbox_id: str) -> tuple[int, int]:
+        """The UDP and TCP ports the resolver listens on inside that sandbox (for port=0)."""
+        sb = self._sandboxes[sandbox_id]
+        return sb.udp.getsockname()[1], sb.tcp.getsockname()[1]
+
     def remove_sandbox(self, sandbox_id: str) -> None:
         self._loop.call(lambda: self._detach(sandbox_id))
 
@@ -216,9 +221,7 @@ class DnsServer:
         for _ in range(256):
             try:
                 data, addr = recvfrom(4096)
-            except BlockingIOError:
-                return
-            except OSError:
+            except OSError:  # drained (BlockingIOError) or a socket error: wait for epoll
                 return
             hit = cache.get(data[2:])
             if hit is not None:

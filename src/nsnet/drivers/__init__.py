@@ -5,11 +5,15 @@ from ..errors import NsnetError
 from .base import Driver
 from .bridge import BridgeDriver
 from .host import HostDriver, NullDriver
+from .ipvlan import IpvlanDriver
+from .macvlan import MacvlanDriver
 
 _DRIVERS: dict[str, type[Driver]] = {
     "bridge": BridgeDriver,
     "host": HostDriver,
     "null": NullDriver,
+    "macvlan": MacvlanDriver,
+    "ipvlan": IpvlanDriver,
 }
 ALIASES = {"none": "null"}
 

@@ -31,13 +31,33 @@ class Driver:
         if size is not None and not (size.isdigit() and 8 <= int(size) <= 30):
             raise NsnetError(f"invalid size {size!r}: give a prefix length from 8 to 30, e.g. -o size=24")
 
+    def on_lan(self, net: Network) -> bool:
+        """Is the subnet the LAN's own (macvlan, flat bridge)? Then host evidence does not refuse it, and
+        addresses are checked on the LAN instead (address_taken)."""
+        return False
+
+    def plan(self, net: Network, others: list[Network]) -> None:
+        """Checks (and choices) that need the planned subnets and the other networks; nothing built."""
+
+    def address_taken(self, net: Network, addr) -> str | None:
+        """Why `addr` is not free outside nsnet's records (e.g. it answers ARP on the LAN), or None."""
+        return None
+
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
+        """Adjust a new endpoint before it is recorded (no host link, another MAC...)."""
+
+    def notes(self, net: Network) -> list[str]:
+        """Facts a user should know about this network (shown by `network inspect` as Notes)."""
+        return []
+
     def create_network(self, net: Network) -> None: ...
 
     def delete_network(self, net: Network) -> None: ...
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None: ...
 
-    def leave(self, net: Network, ep: Endpoint) -> None: ...
+    def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
+        """Undo join. `sandbox` is given when the sandbox lives on (disconnect), so links inside it go too."""
 
     def firewall(self, net: Network) -> FwNetwork | None:
         return None

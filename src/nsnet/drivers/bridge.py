@@ -8,6 +8,7 @@ from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network
+from . import flat
 from .base import MTU_KEY, SIZE_KEY, Driver
 
 NAME_KEY = "com.docker.network.bridge.name"
@@ -58,7 +59,26 @@ class BridgeDriver(Driver):
         mtu = net.options.get(MTU_KEY)
         return int(mtu) if mtu else None
 
+    # An adopted (flat) bridge is the LAN's, not ours: see flat.py.
+    def adopt(self, net: Network, link: dict) -> None:
+        flat.adopt(net, link)
+
+    def on_lan(self, net: Network) -> bool:
+        return net.adopted
+
+    def plan(self, net: Network, others: list[Network]) -> None:
+        if net.adopted:
+            flat.plan(net)
+
+    def address_taken(self, net: Network, addr) -> str | None:
+        return flat.address_taken(self.kernel, net, addr) if net.adopted else None
+
+    def notes(self, net: Network) -> list[str]:
+        return flat.notes(net) if net.adopted else []
+
     def create_network(self, net: Network) -> None:
+        if net.adopted:
+            return
         ipr = self.kernel.ipr
         addrs = []
         for s in net.subnets:
@@ -72,11 +92,14 @@ class BridgeDriver(Driver):
             sysctl.write("net.ipv6.conf.all.forwarding", "1")
 
     def delete_network(self, net: Network) -> None:
-        links.delete_link(self.kernel.ipr, net.bridge)
+        if not net.adopted:
+            links.delete_link(self.kernel.ipr, net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         ipr = self.kernel.ipr
         bridge_index = links.index_of(ipr, net.bridge)
+        if bridge_index is None and net.adopted:
+            raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
         if bridge_index is None:  # deleted behind our back: rebuild it rather than fail
             self.create_network(net)
             bridge_index = links.index_of(ipr, net.bridge)
@@ -88,11 +111,13 @@ class BridgeDriver(Driver):
                                gateway4=ep.gateway4 if default_route else None,
                                gateway6=ep.gateway6 if default_route else None)
 
-    def leave(self, net: Network, ep: Endpoint) -> None:
+    def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:
             links.delete_link(self.kernel.ipr, ep.host_ifname)
 
-    def firewall(self, net: Network) -> FwNetwork:
+    def firewall(self, net: Network) -> FwNetwork | None:
+        if net.adopted:  # out of the isolation set: its sandboxes and the LAN must reach each other
+            return None
         return FwNetwork(
             bridge=net.bridge,
             subnets=[s.subnet for s in net.subnets],
@@ -102,4 +127,4 @@ class BridgeDriver(Driver):
         )
 
     def kernel_names(self, net: Network) -> set[str]:
-        return {net.bridge}
+        return set() if net.adopted else {net.bridge}

@@ -1,0 +1,72 @@
+"""Netlink verbs for sandboxes on the LAN: macvlan/ipvlan links, 802.1Q parents, the host shim."""
+from __future__ import annotations
+
+import ipaddress
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import links
+
+ESRCH, ENOENT = 3, 2
+
+
+def add_in_netns(ipr, kind: str, ifname: str, parent_index: int, netns_fd: int, *, mtu: int | None,
+                 **attrs) -> None:
+    """One request: a `kind` link on the parent, created directly inside the sandbox's namespace."""
+    kw = dict(attrs)
+    if mtu:
+        kw["mtu"] = mtu
+    ipr.link("add", ifname=ifname, kind=kind, link=parent_index, net_ns_fd=netns_fd, **kw)
+
+
+def ensure_vlan(ipr, name: str, base: str, vid: int, *, alias: str) -> int:
+    """802.1Q sub-interface `name` (VLAN `vid` on `base`), marked as ours and up."""
+    idx = links.index_of(ipr, name)
+    if idx is None:
+        ipr.link("add", ifname=name, kind="vlan", link=links.index_of(ipr, base), vlan_id=vid)
+        idx = links.index_of(ipr, name)
+        ipr.link("set", index=idx, ifalias=alias)
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def alias_of(ipr, name: str) -> str | None:
+    idx = links.index_of(ipr, name)
+    if idx is None:
+        return None
+    return ipr.get_links(idx)[0].get("ifalias")
+
+
+def delete_if_alias(ipr, name: str, alias: str) -> bool:
+    """Remove link `name` only when it carries `alias` (so a link someone else made always stays)."""
+    if alias_of(ipr, name) != alias:
+        return False
+    return links.delete_link(ipr, name)
+
+
+def ensure_shim(ipr, name: str, parent: str, address: str, *, alias: str) -> int:
+    """A bridge-mode macvlan on the parent in the host's namespace, holding `address`/32, up.
+
+    /32 and no subnet route: the host keeps reaching the rest of the LAN through the parent, as before.
+    """
+    idx = links.index_of(ipr, name)
+    if idx is None:
+        ipr.link("add", ifname=name, kind="macvlan", link=links.index_of(ipr, parent), macvlan_mode="bridge")
+        idx = links.index_of(ipr, name)
+        ipr.link("set", index=idx, ifalias=alias)
+    links.add_address(ipr, idx, f"{address}/32")
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def host_route(ipr, op: str, ifname: str, cidr: str) -> None:
+    """Add ("replace") or remove ("del") the host's route to one sandbox address through `ifname`."""
+    idx = links.index_of(ipr, ifname)
+    if idx is None:
+        return
+    dst = ipaddress.ip_interface(cidr).ip
+    try:
+        ipr.route(op, dst=f"{dst}/{dst.max_prefixlen}", oif=idx)
+    except NetlinkError as e:
+        if not (op == "del" and e.code in (ESRCH, ENOENT)):
+            raise

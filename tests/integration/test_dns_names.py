@@ -1,0 +1,89 @@
+"""Sandboxes find each other by name through the engine's embedded resolver (real lookups)."""
+import os
+import signal
+import sys
+
+
+from conftest import wait_for
+
+FAKEDNS = os.path.join(os.path.dirname(__file__), "fakedns.py")
+
+
+def getent(host, sandbox: str, name: str) -> list[str]:
+    out = host.exec(sandbox, f"getent ahostsv4 {name}", check=False).stdout
+    return sorted({line.split()[0] for line in out.splitlines()})
+
+
+def dig(host, sandbox: str, *args: str) -> str:
+    return host.exec(sandbox, "dig +short +time=2 +tries=1 @127.0.0.11 " + " ".join(args), check=False).stdout
+
+
+def ip_on(host, sandbox, net):
+    return host.json("inspect", sandbox)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+
+
+def test_names_aliases_networks_and_reverse(host):
+    host.nsnet("network", "create", "red")
+    host.nsnet("network", "create", "blue")
+    host.nsnet("run", "-d", "--name", "web1", "--network", "red", "--network-alias", "web", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "web2", "--network", "red", "--network-alias", "web", "--hostname", "w2",
+               "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "client", "--network", "red", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "stranger", "--network", "blue", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "bridged", "--", "sleep", "300")      # default bridge: no names
+
+    w1, w2 = ip_on(host, "web1", "red"), ip_on(host, "web2", "red")
+    assert getent(host, "client", "web1") == [w1]
+    assert getent(host, "client", "WEB1") == [w1]                           # case-insensitive
+    assert getent(host, "client", "web") == sorted([w1, w2])               # alias: every holder
+    assert getent(host, "client", "w2") == [w2]                            # hostname
+    assert getent(host, "client", "web1.red") == [w1]
+    assert getent(host, "client", "stranger") == []                        # another network: invisible
+    assert getent(host, "stranger", "web1") == []
+    assert dig(host, "client", "-x", w1).strip() == "web1.red."
+    assert host.exec("client", "ping -c1 -W1 web2", check=False).returncode == 0
+    assert "nameserver 127.0.0.11" not in host.exec("bridged", "cat /etc/resolv.conf").stdout
+    # A sandbox on two networks is found on each by the address it has there.
+    host.nsnet("network", "connect", "blue", "web1")
+    assert getent(host, "stranger", "web1") == [ip_on(host, "web1", "blue")]
+    names = host.json("network", "inspect", "red")[0]["Containers"]
+    assert any(c["Name"] == "web2" and "web" in c["DNSNames"] and "w2" in c["DNSNames"] for c in names.values())
+
+
+def test_records_follow_rm_and_survive_a_daemon_restart(host):
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "b", "--network", "red", "--", "sleep", "300")
+    assert getent(host, "b", "a") == [ip_on(host, "a", "red")]
+    host.nsnet("rm", "-f", "a")
+    assert getent(host, "b", "a") == []                                     # gone at once
+    host.nsnet("run", "-d", "--name", "c", "--network", "red", "--", "sleep", "300")
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.nsnet("ps")                                                        # a new daemon
+    assert getent(host, "b", "c") == [ip_on(host, "c", "red")]
+    assert getent(host, "c", "b") == [ip_on(host, "b", "red")]
+
+
+def test_other_names_are_forwarded_to_the_hosts_resolver(host, machines):
+    inet = machines.add("inet")
+    machines.wire(host.ns, "203.0.113.1/24", inet, host.RESOLVER + "/24")
+    upstream = machines.spawn(inet, f"{sys.executable} {FAKEDNS} {host.RESOLVER}")
+    assert upstream.stdout.readline().strip() == "listening"
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    assert dig(host, "a", "example.test").strip() == "192.0.2.7"
+    assert "status: NXDOMAIN" in host.exec("a", "dig +time=2 +tries=1 @127.0.0.11 nosuchbox", check=False).stdout
+    upstream.kill()
+    upstream.wait()
+    out = host.exec("a", "dig +time=3 +tries=1 @127.0.0.11 other.test", check=False, timeout=10).stdout
+    assert "status: SERVFAIL" in out
+    assert getent(host, "a", "a") == [ip_on(host, "a", "red")]             # local names still answer
+
+
+def test_malformed_packets_then_a_good_query(host):
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    junk = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "[s.sendto(p, ('127.0.0.11', 53)) for p in (b'', b'x', b'\\xff'*12, b'\\x00'*512, bytes(range(256))*2)]")
+    host.exec("a", f"{sys.executable} -c \"{junk}\"")
+    assert getent(host, "a", "a") == [ip_on(host, "a", "red")]
