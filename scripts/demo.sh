@@ -23,8 +23,8 @@ ip netns add $H && ip -n $H link set lo up
 step network create --subnet 172.30.0.0/16 demo-net
 step run -d --name red --network demo-net -- sleep 600
 step run -d --name blue --network demo-net -- sleep 600
-BLUE=$(n inspect blue | "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["NetworkSettings"]["Networks"]["demo-net"]["IPAddress"])')
-step exec red -- ping -c 2 -W 1 "$BLUE"
+step exec red -- ping -c 2 -W 1 blue          # by name: the embedded resolver at 127.0.0.11
+step exec red -- getent hosts blue
 step run -d --name web --network demo-net -p 8080:80 -- "$PY" -m http.server 80
 for i in $(seq 50); do ip netns exec $H "$PY" -c 'import socket; socket.create_connection(("127.0.0.1", 8080), 0.2)' 2>/dev/null && break; sleep 0.1; done
 printf '\n\033[1m$ curl http://127.0.0.1:8080/  (from the host, through the published port)\033[0m\n'
