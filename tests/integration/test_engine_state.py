@@ -158,3 +158,22 @@ def test_kill_9_of_the_daemon_then_restart_loses_and_leaks_nothing(host):
     host.nsnet("run", "-d", "--name", "new", "--network", "red", "--", "sleep", "300")
     host.nsnet("rm", "-f", "keep", "new")
     host.nsnet("network", "rm", "red")
+
+
+def test_detached_logs_stop_exit_code_and_rm(host):
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "talker", "--network", "red", "--", "sh", "-c",
+               "echo hello from $(hostname); exec sleep 300")
+    assert wait_for(lambda: "hello from" in host.nsnet("logs", "talker").stdout)
+    host.nsnet("run", "-d", "--name", "quitter", "--network", "red", "--", "sh", "-c", "exit 3")
+    assert wait_for(lambda: host.json("inspect", "quitter")[0]["State"]["Status"] == "exited")
+    assert host.json("inspect", "quitter")[0]["State"]["ExitCode"] == 3
+    host.nsnet("stop", "-t", "1", "talker")
+    state = host.json("inspect", "talker")[0]["State"]
+    assert state["Status"] == "exited" and not state["Running"]
+    assert host.nsnet("ps", "-q").stdout.strip() == ""
+    assert len(host.nsnet("ps", "-aq").stdout.split()) == 2
+    assert not [l for l in host.state()["links"] if l.startswith("nsv")]     # stopped: no endpoints
+    p = host.nsnet("rm", "talker", "quitter")
+    assert p.stdout.split() == ["talker", "quitter"]
+    assert host.json("ps", "-a", "--format", "json") == []
