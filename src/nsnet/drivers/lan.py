@@ -79,14 +79,14 @@ class LanDriver(Driver):
         if base not in present:
             raise NsnetError(f"parent {parent} would be VLAN {vid} on {base}, but {base} does not exist in this "
                              f"host's network namespace: pick one that `ip link` lists")
-        features.require("vlan", f"parent {parent} (VLAN {vid} on {base}, a sub-interface nsnet would create)")
+        features.require("vlan", f"the 802.1Q sub-interface {parent} (VLAN {vid} on {base}) for the parent")
 
     def plan(self, net: Network, others: list[Network]) -> None:
         parent = self.parent(net)
         for o in others:
             if o.driver in ("macvlan", "ipvlan") and o.options.get(PARENT_KEY) == parent:
-                raise Conflict(f"network {o.name} is already using parent interface {parent}: one {o.driver} or "
-                               f"{self.name} network per parent (use an 802.1Q parent such as {parent}.10 for another)")
+                raise Conflict(f"network {o.name} is already using parent interface {parent}: one macvlan/ipvlan "
+                               f"network per parent (use an 802.1Q parent such as {parent}.10 for another)")
         if self.on_lan(net) and not net.subnets:
             raise NsnetError(f"{self.name} networks use the LAN's own addresses: give its subnet with --subnet and "
                              f"its router with --gateway{self._hint(parent)}")
@@ -119,7 +119,7 @@ class LanDriver(Driver):
         parent = self.parent(net)
         if links.index_of(self.kernel.ipr, parent) is None and split_vlan(parent):
             base, vid = split_vlan(parent)
-            features.require("vlan", f"parent {parent}")
+            features.require("vlan", f"the 802.1Q sub-interface {parent}")
             lan.ensure_vlan(self.kernel.ipr, parent, base, vid, alias=owner_alias(net))
 
     def delete_network(self, net: Network) -> None:

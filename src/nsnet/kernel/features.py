@@ -37,12 +37,12 @@ def missing(kind: str) -> str | None:
     return None if supported(kind) else CONFIG[kind]
 
 
-def require(kind: str, why: str) -> None:
-    """Raise the one-line refusal when the kernel lacks `kind`; `why` says what needed it."""
+def require(kind: str, what: str) -> None:
+    """Raise the one-line refusal when the kernel lacks `kind`; `what` is what could not be created."""
     if not supported(kind):
         raise KernelFeatureMissing(
-            f"{why} needs {WHAT[kind]} links, and this kernel has no {WHAT[kind]} support ({CONFIG[kind]} is not "
-            f"set and no module could be loaded): use a kernel built with {CONFIG[kind]}")
+            f"cannot create {what}: this kernel has no {WHAT[kind]} support ({CONFIG[kind]} is not set, and no "
+            f"module could be loaded); use a kernel built with {CONFIG[kind]}")
 
 
 def _throwaway_iproute():
