@@ -122,7 +122,8 @@ def owner(view: HostView, dev: str | None) -> Owner:
     link = view.links.get(dev) or Link(dev)
     alias = link.alias or ""
     for n in view.nsnet:
-        if n.bridge == dev or alias == NSNET_ALIAS + n.id:
+        # Only bridges nsnet made carry its alias; an adopted (flat LAN) bridge is the LAN's, not ours.
+        if alias == NSNET_ALIAS + n.id or (n.bridge == dev and alias.startswith(NSNET_ALIAS)):
             return Owner("nsnet", n.name, f"bridge {dev} of nsnet network '{n.name}'")
     if alias.startswith(NSNET_ALIAS):  # no daemon answered: the alias still says whose it is
         nid = alias[len(NSNET_ALIAS):][:12]

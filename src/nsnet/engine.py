@@ -784,7 +784,7 @@ class Engine:
                     if net is not None:
                         self._driver(net).leave(net, ep)
                     self._drop_endpoint(ep)
-                    done.append(f"endpoint {ep.host_ifname}: no running sandbox; removed")
+                    done.append(f"endpoint {ep.ifname} of sandbox {ep.sandbox_id[:12]}: no running sandbox; removed")
             links = self.kernel.links()
             for net in self.nets.values():
                 missing = ", ".join(sorted(self._driver(net).kernel_names(net) - links.keys()))
