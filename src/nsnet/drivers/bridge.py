@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
@@ -36,6 +38,10 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY, SIZE_KEY,
                          "com.docker.network.bridge.enable_ipv6"})
+
+    def __init__(self, kernel):
+        super().__init__(kernel)
+        self._indexes: dict[str, int] = {}   # bridge name -> ifindex
 
     def validate(self, net: Network) -> None:
         super().validate(net)
@@ -92,24 +98,40 @@ class BridgeDriver(Driver):
             sysctl.write("net.ipv6.conf.all.forwarding", "1")
 
     def delete_network(self, net: Network) -> None:
+        self._indexes.pop(net.bridge, None)
         if not net.adopted:
             links.delete_link(self.kernel.ipr, net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         ipr = self.kernel.ipr
-        bridge_index = links.index_of(ipr, net.bridge)
-        if bridge_index is None and net.adopted:
-            raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
-        if bridge_index is None:  # deleted behind our back: rebuild it rather than fail
-            self.create_network(net)
-            bridge_index = links.index_of(ipr, net.bridge)
-        links.attach_veth(ipr, ep.host_ifname, bridge_index, sandbox.fd, ep.ifname, mac=ep.mac, mtu=self._mtu(net))
+        try:
+            host_index, peer_index = links.attach_veth(ipr, ep.host_ifname, self._bridge_index(net), sandbox.fd,
+                                                       ep.ifname, mac=ep.mac, mtu=self._mtu(net))
+        except NetlinkError as e:
+            if e.code != links.ENODEV:
+                raise
+            self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it
+            host_index, peer_index = links.attach_veth(ipr, ep.host_ifname, self._bridge_index(net), sandbox.fd,
+                                                       ep.ifname, mac=ep.mac, mtu=self._mtu(net))
         if not net.flag(ICC_KEY, True):
-            ipr.brport("set", index=links.index_of(ipr, ep.host_ifname), isolated=1)
+            ipr.brport("set", index=host_index or links.index_of(ipr, ep.host_ifname), isolated=1)
         addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-        links.configure_inside(sandbox.ipr, ep.ifname, addresses=addrs,
+        links.configure_inside(sandbox.ipr, peer_index or ep.ifname, addresses=addrs,
                                gateway4=ep.gateway4 if default_route else None,
                                gateway6=ep.gateway6 if default_route else None)
+
+    def _bridge_index(self, net: Network) -> int:
+        """The bridge's ifindex, looked up once: the attach path then makes no lookup of its own."""
+        index = self._indexes.get(net.bridge)
+        if index is None:
+            index = links.index_of(self.kernel.ipr, net.bridge)
+            if index is None and net.adopted:
+                raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
+            if index is None:  # deleted behind our back: rebuild it rather than fail
+                self.create_network(net)
+                index = links.index_of(self.kernel.ipr, net.bridge)
+            self._indexes[net.bridge] = index
+        return index
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:

@@ -59,8 +59,10 @@ def delete_link(ipr, ifname: str) -> bool:
 
 
 def attach_veth(ipr, host_name: str, bridge_index: int, netns_fd: int, peer_name: str,
-                *, mac: str | None, mtu: int | None) -> None:
-    """One netlink request: the veth pair, its peer created directly inside the sandbox, enslaved and up."""
+                *, mac: str | None, mtu: int | None) -> tuple[int | None, int | None]:
+    """One netlink request: the veth pair, its peer created directly inside the sandbox, enslaved and up.
+    Returns the host end's index and the peer's index inside the sandbox, read from the kernel's echo
+    of the new link (IFLA_LINK), so that neither needs a lookup; None where the socket does not echo."""
     peer = {"ifname": peer_name, "net_ns_fd": netns_fd}
     kw = {}
     if mac:
@@ -68,13 +70,18 @@ def attach_veth(ipr, host_name: str, bridge_index: int, netns_fd: int, peer_name
     if mtu:
         peer["mtu"] = mtu
         kw["mtu"] = mtu
-    ipr.link("add", ifname=host_name, kind="veth", peer=peer, master=bridge_index, state="up", **kw)
+    echoed = ipr.link("add", ifname=host_name, kind="veth", peer=peer, master=bridge_index, state="up", **kw)
+    for msg in echoed or ():
+        if msg.get("ifname") == host_name:
+            return msg["index"], msg.get("link")
+    return None, None
 
 
-def configure_inside(sipr, ifname: str, *, addresses: list[str], gateway4: str | None,
+def configure_inside(sipr, iface: str | int, *, addresses: list[str], gateway4: str | None,
                      gateway6: str | None) -> None:
-    """Inside the sandbox: addresses on `ifname`, link up, default routes via the gateways."""
-    idx = index_of(sipr, ifname)
+    """Inside the sandbox: addresses on `iface` (a name, or an index when known), link up, default
+    routes via the gateways."""
+    idx = iface if isinstance(iface, int) else index_of(sipr, iface)
     for cidr in addresses:
         add_address(sipr, idx, cidr)
     sipr.link("set", index=idx, state="up")
