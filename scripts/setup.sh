@@ -15,5 +15,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.
+.venv/bin/python -m compileall -q src/nsnet
 ln -sf "$PWD/.venv/bin/nsnet" /usr/local/bin/nsnet
 echo "nsnet installed: $(command -v nsnet)"

@@ -180,17 +180,21 @@ class Engine:
                     self._dns_attach(sb)
             self._notify()
 
-    def _dns_attach(self, sb: Sandbox) -> None:
-        """Serve 127.0.0.11 inside `sb` once it is on a network with name resolution."""
+    def _dns_attach(self, sb: Sandbox) -> str | None:
+        """Serve 127.0.0.11 inside `sb` when it is on a network with name resolution. As Docker does, the
+        resolver listens on random ports, kept in the record so a restarted daemon binds the same ones, and
+        127.0.0.11:53 is DNATed to them inside the sandbox, so its own programs can still bind port 53.
+        Returns that DNAT ruleset for a new sandbox (its first process applies it), else None."""
         if self.dns is None or sb.id in self.dns.sandboxes():
-            return
-        if any(self.nets[e.network_id].dns for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets):
-            path = f"/proc/{sb.pid}/ns/net"
-            self.dns.add_sandbox(sb.id, path, upstreams=sb.dns or None)
-            # As Docker does: the resolver listens on random ports and 127.0.0.11:53 is DNATed to them, so
-            # the sandbox's own programs can still bind port 53 (a DNS server in a sandbox is common).
-            udp, tcp = self.dns.ports(sb.id)
-            nft.run_in(path, render_dns_redirect(self.dns.address, udp, tcp))
+            return None
+        if not any(self.nets[e.network_id].dns for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets):
+            return None
+        self.dns.add_sandbox(sb.id, f"/proc/{sb.pid}/ns/net", upstreams=sb.dns or None,
+                             ports=tuple(sb.dns_ports) if sb.dns_ports else None)
+        if sb.dns_ports:
+            return None
+        sb.dns_ports = list(self.dns.ports(sb.id))
+        return render_dns_redirect(self.dns.address, *sb.dns_ports)
 
     # ---- start-up --------------------------------------------------------------------------------
 
@@ -435,7 +439,7 @@ class Engine:
                     loopback_up(self.kernel.sandbox(sb.pid).ipr)
                 for req in reqs:
                     self._join(sb, self.nets[req.network_id], req)
-                self._dns_attach(sb)
+                sb_nft = self._dns_attach(sb)
                 self._notify()
                 self._write_files(sb, files)
                 sb.state, sb.started = "running", now_rfc3339()
@@ -456,7 +460,7 @@ class Engine:
                     launch.abort()
                 raise
             if launch is not None:
-                launch.go(files, sb.hostname)
+                launch.go(files, sb.hostname, sb_nft)
             if self.on_sandbox_running:
                 self.on_sandbox_running(sb, launch.proc if launch else None)
             log.info("sandbox %s (%s) running, pid %s", sb.name, sb.id[:12], sb.pid)
@@ -740,7 +744,6 @@ class Engine:
             ep = None
             if sb.state == "running":
                 ep = self._join(sb, net, req)
-                self._dns_attach(sb)
             sb.requests.append(req)
             with self.store.transaction():
                 self._save_sandbox(sb)

@@ -221,7 +221,7 @@ def _run_foreground(client: Client, spec: dict, host: bool) -> int:
             return 125
         raise
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets the terminal's ^C; we wait for it
-    launch.go(made["Files"], made["Hostname"])
+    launch.go(made["Files"], made["Hostname"], made.get("Nft"))
     code = launch.proc.wait()
     code = 128 - code if code < 0 else code
     try:

@@ -7,6 +7,7 @@ import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import NsnetError, NotFound
+from ..firewall import render_dns_redirect
 from ..model import to_dict
 
 ROUTES = []
@@ -94,7 +95,8 @@ def sandboxes(d, query, body):
 def sandbox_run(d, query, body):
     sb = d.run_sandbox(body)
     files = os.path.join(d.engine.root, "sandboxes", sb.id)
-    return {"Id": sb.id, "Name": sb.name, "Pid": sb.pid, "Files": files, "Hostname": sb.hostname}
+    nft = render_dns_redirect(d.engine.dns.address, *sb.dns_ports) if sb.dns_ports and d.engine.dns else None
+    return {"Id": sb.id, "Name": sb.name, "Pid": sb.pid, "Files": files, "Hostname": sb.hostname, "Nft": nft}
 
 
 @route("GET", "/sandboxes/([^/]+)")

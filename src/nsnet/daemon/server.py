@@ -5,6 +5,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socketserver
 import subprocess
@@ -93,6 +94,11 @@ def serve(root: str) -> int:
         print(f"nsnet: a daemon already runs for {root}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Each sandbox holds a few fds (its namespace, netlink and resolver sockets, a pidfd): a thousand
+    # sandboxes need more than the usual soft limit of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     daemon = Daemon(root)
     daemon.start()
     sock = os.path.join(root, "nsnet.sock")

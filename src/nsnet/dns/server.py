@@ -121,10 +121,11 @@ class DnsServer:
         return list(self._sandboxes)
 
     def add_sandbox(self, sandbox_id: str, netns_path_or_fd: str | int,
-                    upstreams: list[str] | None = None) -> None:
+                    upstreams: list[str] | None = None, ports: tuple[int, int] | None = None) -> None:
         """Serve 127.0.0.11:53 (UDP and TCP) inside that namespace. `upstreams`: the sandbox's
-        own --dns servers (reached from its namespace), else the host's. Again for a known
-        sandbox: its sockets are replaced."""
+        own --dns servers (reached from its namespace), else the host's. `ports`: UDP and TCP
+        ports to bind instead of the server's port (to serve again where a previous daemon did).
+        Again for a known sandbox: its sockets are replaced."""
         if sandbox_id in self._sandboxes:
             self.remove_sandbox(sandbox_id)
         addrs = (resolve_upstreams(upstreams, from_host=False, own_address=self.address)
@@ -134,8 +135,8 @@ class DnsServer:
         route = None
         try:
             with netns.inside(ns_fd):
-                udp = self._listener(socket.SOCK_DGRAM)
-                tcp = self._listener(socket.SOCK_STREAM)
+                udp = self._listener(socket.SOCK_DGRAM, ports[0] if ports else self.port)
+                tcp = self._listener(socket.SOCK_STREAM, ports[1] if ports else self.port)
             route = Route.open(ns_fd, addrs)
             sb = _Sandbox(sandbox_id, ns_fd, udp, tcp, route)
             self._loop.call(lambda: self._attach(sb))
@@ -161,7 +162,7 @@ class DnsServer:
         return {"sandboxes": len(self._sandboxes), "forwarding": self._fwd.count}
 
     # --- loop-thread side ------------------------------------------------------------------
-    def _listener(self, kind: int) -> socket.socket:
+    def _listener(self, kind: int, port: int) -> socket.socket:
         s = socket.socket(socket.AF_INET, kind)
         try:
             s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
@@ -169,7 +170,7 @@ class DnsServer:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             else:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # ride out bursts
-            s.bind((self.address, self.port))
+            s.bind((self.address, port))
             if kind == socket.SOCK_STREAM:
                 s.listen(128)
             s.setblocking(False)

@@ -6,6 +6,8 @@ import threading
 
 from ..errors import NsnetError
 
+# One context for the engine's namespace, made at the first render (at start, while fds are low:
+# libnftables select()s on its socket and aborts on an fd above 1023).
 _lib = None
 _ctx = None
 _lock = threading.Lock()
@@ -24,30 +26,11 @@ def _context():
         for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_run_cmd_from_buffer",
                    "nft_ctx_get_error_buffer", "nft_ctx_get_output_buffer"):
             getattr(_lib, fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_char_p] if fn == "nft_run_cmd_from_buffer" else [])
-        _lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
         ctx = _lib.nft_ctx_new(0)
         _lib.nft_ctx_buffer_output(ctx)
         _lib.nft_ctx_buffer_error(ctx)
         _ctx = ctx
     return _lib, _ctx
-
-
-def run_in(netns_path: str, commands: str) -> None:
-    """Apply `commands` inside another network namespace (a context of its own, made and freed there)."""
-    from .netns import entered
-
-    lib, _ = _context()
-    with entered(netns_path):
-        ctx = lib.nft_ctx_new(0)
-        try:
-            lib.nft_ctx_buffer_output(ctx)
-            lib.nft_ctx_buffer_error(ctx)
-            rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
-            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
-        finally:
-            lib.nft_ctx_free(ctx)
-    if rc != 0:
-        raise NsnetError("nftables refused the ruleset: " + " ".join(err.split())[:400])
 
 
 def run(commands: str) -> str:

@@ -50,6 +50,12 @@ def main(argv: list[str]) -> int:
         return 125  # the engine refused or failed: nothing to run
     spec = json.loads(go)
     files, hostname = spec.get("files"), spec.get("hostname")
+    if spec.get("nft"):
+        # Applied here, by a process with few fds: libnftables' select() aborts on fds above 1023,
+        # which a daemon serving hundreds of sandboxes has.
+        from .nft import run
+
+        run(spec["nft"])
 
     _mount(None, "/", MS_REC | MS_PRIVATE)  # our binds stay ours
     if files:
