@@ -1,0 +1,125 @@
+"""Figure 7: data plane, iperf3 TCP throughput (one stream) between two namespaces:
+
+- nsnet bridge: two sandboxes on one nsnet bridge network (nsnet's nftables table is live in that host);
+- nsnet published port: a client in another namespace, routed to the nsnet host over a veth, reaching a
+  sandbox through `-p 15201:5201` (DNAT); and the same port from the host itself through 127.0.0.1;
+- references built by hand in the same run: a bare veth pair, and two namespaces on a bare Linux bridge
+  with no rules at all (the kernel's own cost of bridging).
+Each figure is the median of `reps` runs of `seconds` s.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+from common import Figure, Skip, have, sh, share, verdict
+from peer_nsnet import NsnetEngine
+
+
+def _client(ns, addr: str, port: int, seconds: float) -> float:
+    """Gbit/s received by the server, one iperf3 client run inside `ns` (retries while the server starts)."""
+    last = ""
+    for _ in range(20):
+        cp = sh(["iperf3", "-c", addr, "-p", str(port), "-t", str(seconds), "-J"], ns, check=False,
+                timeout=seconds + 60)
+        try:
+            doc = json.loads(cp.stdout)
+        except ValueError:
+            doc = {}
+        if cp.returncode == 0 and "end" in doc:
+            return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        last = doc.get("error") or cp.stderr.strip() or cp.stdout.strip()[:200]
+        time.sleep(0.25)
+    raise RuntimeError(f"iperf3 to {addr}:{port} failed: {last}")
+
+
+def _runs(ns, addr, port, ctx) -> list[float]:
+    return [_client(ns, addr, port, ctx.iperf_seconds) for _ in range(ctx.iperf_reps)]
+
+
+def run(ctx) -> Figure:
+    h = ctx.h
+    fig = Figure("7", f"Data plane: iperf3 TCP throughput ({ctx.iperf_reps} x {ctx.iperf_seconds} s, one stream)")
+    if not have("iperf3"):
+        fig.skipped.append("iperf3 is missing (apt-get install iperf3)")
+        return fig
+    res: dict[str, list[float]] = {}
+
+    # ---- references, by hand --------------------------------------------------------------------------
+    mark = h.mark()
+    try:
+        va, vb = h.netns("f7va"), h.netns("f7vb")
+        sh(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", vb], va)
+        sh(["ip", "addr", "add", "10.72.0.1/24", "dev", "eth0"], va)
+        sh(["ip", "addr", "add", "10.72.0.2/24", "dev", "eth0"], vb)
+        sh(["ip", "link", "set", "eth0", "up"], va)
+        sh(["ip", "link", "set", "eth0", "up"], vb)
+        h.spawn(["iperf3", "-s", "-p", "5201"], va)
+        res["bare veth pair"] = _runs(vb, "10.72.0.1", 5201, ctx)
+
+        br, b1, b2 = h.netns("f7br"), h.netns("f7b1"), h.netns("f7b2")
+        sh(["ip", "link", "add", "br0", "type", "bridge"], br)
+        sh(["ip", "link", "set", "br0", "up"], br)
+        for i, ns in ((1, b1), (2, b2)):
+            sh(["ip", "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns], br)
+            sh(["ip", "link", "set", f"v{i}", "master", "br0", "up"], br)
+            sh(["ip", "addr", "add", f"10.73.0.{i}/24", "dev", "eth0"], ns)
+            sh(["ip", "link", "set", "eth0", "up"], ns)
+        h.spawn(["iperf3", "-s", "-p", "5201"], b1)
+        res["bare bridge"] = _runs(b2, "10.73.0.1", 5201, ctx)
+    finally:
+        h.close_upto(mark)
+
+    # ---- nsnet ----------------------------------------------------------------------------------------------
+    mark = h.mark()
+    try:
+        eng = NsnetEngine(h, "f7")
+        eng.create_network("dp", "10.70.0.0/24")
+        eng.run("srv", "dp", cmd=["iperf3", "-s", "-p", "5201"])
+        cli = eng.run("cli", "dp")
+        srv_ip = eng.ip_of("srv", "dp")
+        res["nsnet bridge"] = _runs(cli, srv_ip, 5201, ctx)
+
+        eng.run("pub", "dp", cmd=["iperf3", "-s", "-p", "5201"], ports=["15201:5201"])
+        x = h.netns("f7x")
+        sh(["ip", "link", "add", "nsbx0", "type", "veth", "peer", "name", "eth0", "netns", x], eng.ns)
+        sh(["ip", "addr", "add", "10.71.0.1/30", "dev", "nsbx0"], eng.ns)
+        sh(["ip", "link", "set", "nsbx0", "up"], eng.ns)
+        sh(["ip", "addr", "add", "10.71.0.2/30", "dev", "eth0"], x)
+        sh(["ip", "link", "set", "eth0", "up"], x)
+        sh(["ip", "route", "add", "default", "via", "10.71.0.1"], x)
+        try:
+            res["nsnet published port"] = _runs(x, "10.71.0.1", 15201, ctx)
+        except RuntimeError as e:
+            fig.skipped.append(f"nsnet published port from another namespace: {e}")
+        try:
+            res["nsnet published port, host 127.0.0.1"] = _runs(eng.ns, "127.0.0.1", 15201, ctx)
+        except RuntimeError as e:
+            fig.skipped.append(f"nsnet published port through 127.0.0.1: {e}")
+    except Skip as e:
+        fig.skipped.append(f"nsnet: {e}")
+    finally:
+        h.close_upto(mark)
+
+    med = {k: statistics.median(v) for k, v in res.items()}
+    fig.data = {"gbit_s": res, "median_gbit_s": med}
+    ref = med.get("bare bridge")
+    for what, target in (("nsnet bridge", 0.95), ("nsnet published port", 0.85)):
+        if what in med:
+            r, txt = share(med[what], ref)
+            fig.row(measure=f"{what}" + (" (client in another namespace)" if "port" in what else " (sandbox to sandbox)"),
+                    value=med[what], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge",
+                    peer_value=ref, ratio=r, ratio_text=txt, target=f">= {target * 100:.0f}% of bare bridge",
+                    verdict=verdict(r >= target) if r else "INFO")
+    if "nsnet published port, host 127.0.0.1" in med:
+        r, txt = share(med["nsnet published port, host 127.0.0.1"], ref)
+        fig.row(measure="nsnet published port (from the host, 127.0.0.1)", value=med["nsnet published port, host 127.0.0.1"],
+                unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge", peer_value=ref,
+                ratio=r, ratio_text=txt)
+    if "bare veth pair" in med and ref:
+        r, txt = share(ref, med["bare veth pair"])
+        fig.row(measure="reference: bare bridge vs bare veth pair", value=ref, unit="Gbit/s",
+                reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare veth pair", peer_value=med["bare veth pair"],
+                ratio=r, ratio_text=txt, note="the kernel's own cost of bridging")
+    return fig

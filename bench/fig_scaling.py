@@ -1,0 +1,189 @@
+"""Figure 2: attach latency as one network fills (10, 100, 500, 1,000 sandboxes), nsnet's daemon memory at each
+step, and what happens at the Linux bridge's port limit (1,024 ports, port 0 reserved).
+
+At each level the network holds that many sandboxes; probe sandboxes (not counted) are then attached and
+detached one at a time, so each sample is "the (level+1)-th sandbox joins".
+"""
+from __future__ import annotations
+
+import time
+
+from common import Figure, Skip, ms_since, summary, verdict
+from peer_cni import Cni
+from peer_netavark import Netavark
+from peer_nsnet import NsnetEngine
+
+from nsnet.client import ApiError
+
+
+def _t(fn, *a) -> float:
+    t0 = time.perf_counter()
+    fn(*a)
+    return ms_since(t0)
+
+
+def run(ctx) -> Figure:
+    h, levels, reps = ctx.h, ctx.levels, ctx.scale_reps
+    fig = Figure("2", f"Scaling: attach latency vs sandboxes on one network ({', '.join(map(str, levels))})")
+    curves: dict[str, dict] = {}
+
+    # ---- nsnet -----------------------------------------------------------------------------------------
+    mark = h.mark()
+    try:
+        eng = NsnetEngine(h, "f2")
+        eng.create_network("scale", "10.40.0.0/16")
+        eng.create_network("pbase", "10.41.0.0/16")
+        base = eng.probe_base("pbase", "q0")
+        probes = ["q0"] + [f"q{i}" for i in range(1, reps)]
+        for p in probes[1:]:
+            eng.run(p, base)
+        curve, filled, run_ms = {}, 0, []
+        rss0 = eng.rss_kb()
+        for level in levels:
+            t_fill = time.perf_counter()
+            while filled < level:
+                run_ms.append(_t(eng.run, f"f{filled}", "scale"))
+                filled += 1
+            fill_s = time.perf_counter() - t_fill
+            for p in probes[:2]:  # warm-up, not counted
+                eng.connect("scale", p)
+                eng.disconnect("scale", p)
+            att, det = [], []
+            for p in probes:
+                att.append(_t(eng.connect, "scale", p))
+                det.append(_t(eng.disconnect, "scale", p))
+            curve[level] = {"attach": summary(att), "detach": summary(det), "rss_kb": eng.rss_kb(),
+                            "fill_s": fill_s, "attach_ms": att}
+            ctx.log(f"    nsnet  {level:5d} sandboxes: attach p50 {curve[level]['attach']['p50']:.2f} ms, "
+                    f"daemon RSS {curve[level]['rss_kb'] / 1024:.0f} MiB")
+        curves["nsnet API"] = curve
+        fig.data["nsnet_rss_kb_empty"] = rss0
+        fig.data["nsnet_run_ms"] = summary(run_ms)
+        fig.row(measure="sandbox start (`run -d` on a bridge network), API", value=summary(run_ms)["p50"],
+                p95=summary(run_ms)["p95"], unit="ms", reps=str(len(run_ms)),
+                note="includes starting the sandbox's process")
+        if ctx.bridge_limit and levels[-1] >= 1000:
+            _bridge_limit(ctx, fig, eng, filled)
+        elif not ctx.bridge_limit or levels[-1] < 1000:
+            fig.skipped.append("bridge port limit (1,024): probed only in the full run (needs 1,000+ sandboxes)")
+    finally:
+        h.close_upto(mark)
+
+    # ---- netavark, CNI -----------------------------------------------------------------------------------
+    for label, make, up, down in (("netavark", lambda: Netavark(h, "f2nv", "10.89"), "setup_ms", "teardown_ms"),
+                                  ("CNI bridge", lambda: Cni(h, "f2cni", "10.88.0.0/16"), "add_ms", "del_ms")):
+        mark = h.mark()
+        try:
+            peer = make()
+            curve, filled = {}, 0
+            probe_ids = list(range(60000, 60000 + reps))  # addresses 10.x.240.y: clear of the fill
+            for level in levels:
+                peer.prepare(list(range(filled, level)) + probe_ids)
+                while filled < level:
+                    getattr(peer, up)(filled)
+                    filled += 1
+                for p in probe_ids[:2]:  # warm-up, not counted
+                    getattr(peer, up)(p)
+                    getattr(peer, down)(p)
+                att, det = [], []
+                for p in probe_ids:
+                    att.append(getattr(peer, up)(p))
+                    det.append(getattr(peer, down)(p))
+                curve[level] = {"attach": summary(att), "detach": summary(det), "attach_ms": att}
+                ctx.log(f"    {label:10s} {level:5d}: attach p50 {curve[level]['attach']['p50']:.1f} ms")
+            curves[label] = curve
+        except Skip as e:
+            fig.skipped.append(f"{label}: {e}")
+        finally:
+            h.close_upto(mark)
+
+    # ---- Docker -----------------------------------------------------------------------------------------
+    docker = ctx.docker()
+    if docker is None:
+        fig.skipped.append(f"Docker: {ctx.docker_skip}")
+    else:
+        dl = [lv for lv in levels if lv <= ctx.docker_scale_max]
+        if len(dl) < len(levels):
+            fig.skipped.append(f"Docker beyond {ctx.docker_scale_max} sandboxes: each `docker run` costs about half a "
+                               f"second here, so filling {levels[-1]} would take minutes (raise --docker-scale-max)")
+        try:
+            docker.create_network("dscale", "10.42.0.0/16")
+            docker.create_network("dpbase", "10.43.0.0/16")
+            probes = [f"dq{i}" for i in range(reps)]
+            for p in probes:
+                docker.run(p, "dpbase")
+            curve, filled = {}, 0
+            for level in dl:
+                while filled < level:
+                    docker.run(f"df{filled}", "dscale")
+                    filled += 1
+                for p in probes[:2]:  # warm-up, not counted
+                    docker.connect("dscale", p)
+                    docker.disconnect("dscale", p)
+                att, det = [], []
+                for p in probes:
+                    att.append(_t(docker.connect, "dscale", p))
+                    det.append(_t(docker.disconnect, "dscale", p))
+                curve[level] = {"attach": summary(att), "detach": summary(det), "rss_kb": docker.rss_kb(),
+                                "attach_ms": att}
+                ctx.log(f"    Docker     {level:5d}: attach p50 {curve[level]['attach']['p50']:.1f} ms")
+            curves["Docker API"] = curve
+        finally:
+            docker.clear()
+
+    fig.data["curves"] = {k: {str(lv): v for lv, v in c.items()} for k, c in curves.items()}
+
+    # ---- rows --------------------------------------------------------------------------------------------
+    ns = curves.get("nsnet API")
+    if ns:
+        lo, hi = levels[0], levels[-1]
+        a_lo, a_hi = ns[lo]["attach"]["p50"], ns[hi]["attach"]["p50"]
+        growth = a_hi / a_lo if a_lo else None
+        for lv in levels:
+            row = dict(measure=f"attach at {lv} sandboxes, nsnet API", value=ns[lv]["attach"]["p50"],
+                       p95=ns[lv]["attach"]["p95"], unit="ms", reps=str(reps),
+                       note=f"daemon RSS {ns[lv]['rss_kb'] / 1024:.0f} MiB" if ns[lv]["rss_kb"] else "")
+            peers = [(curves[p][lv]["attach"], p) for p in ("netavark", "CNI bridge", "Docker API")
+                     if p in curves and lv in curves[p]]
+            if peers:  # the fastest peer at this level (all of them are in the JSON and the plot)
+                p, name = min(peers, key=lambda x: x[0]["p50"])
+                r = p["p50"] / ns[lv]["attach"]["p50"]
+                row.update(peer=f"{name} (fastest peer)", peer_value=p["p50"], peer_p95=p["p95"], ratio=r,
+                           ratio_text=f"{r:.1f}x faster" if r >= 1 else f"{1 / r:.1f}x slower")
+            fig.row(**row)
+        target = "<= 1.5x at 1,000 vs 10" if hi >= 1000 else f"<= 1.5x ({hi} vs {lo}; 1,000 in the full run)"
+        fig.row(measure=f"attach growth {lo} -> {hi} sandboxes, nsnet", value=growth, unit="x", reps=str(reps),
+                target=target, verdict=verdict(growth <= 1.5) if growth else "INFO")
+        for peer in ("netavark", "CNI bridge", "Docker API"):
+            c = curves.get(peer)
+            if c and lo in c:
+                top = max(c)
+                g = c[top]["attach"]["p50"] / c[lo]["attach"]["p50"]
+                fig.row(measure=f"attach growth {lo} -> {top}, {peer}", value=g, unit="x", reps=str(reps),
+                        note="peer, for comparison")
+        mem = [(lv, ns[lv]["rss_kb"]) for lv in levels if ns[lv]["rss_kb"]]
+        if len(mem) >= 2:
+            (l0, m0), (l1, m1) = mem[0], mem[-1]
+            fig.row(measure=f"nsnet daemon memory per sandbox ({l0} -> {l1})", value=(m1 - m0) / (l1 - l0),
+                    unit="KiB", reps="1", note=f"RSS {m0 / 1024:.0f} -> {m1 / 1024:.0f} MiB")
+    return fig
+
+
+def _bridge_limit(ctx, fig: Figure, eng: NsnetEngine, filled: int) -> None:
+    """Keep adding sandboxes past 1,023 bridge ports and record what nsnet says."""
+    msg, ok = None, filled
+    for i in range(filled, 1030):
+        try:
+            eng.run(f"f{i}", "scale")
+            ok = i + 1
+        except ApiError as e:
+            msg = str(e)
+            break
+    fig.data["bridge_limit"] = {"sandboxes_ok": ok, "error": msg}
+    if msg:
+        clear = any(w in msg.lower() for w in ("1024", "1,024", "port", "full", "limit"))
+        fig.row(measure="bridge port limit: sandboxes that joined one network", value=ok, unit="sandboxes", reps="1",
+                target="a clear error at the limit", verdict=verdict(clear), note=f"then: {msg[:160]}")
+    else:
+        fig.row(measure="bridge port limit: sandboxes that joined one network", value=ok, unit="sandboxes", reps="1",
+                target="a clear error at the limit", verdict="INFO", note="no error up to 1,030 (handled)")
