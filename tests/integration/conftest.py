@@ -137,7 +137,9 @@ class Host:
             "addrs": sorted((a["ifname"], i["local"]) for a in addrs for i in a.get("addr_info", [])
                             if not i["local"].startswith("fe80:")),
             # IPv6 link-local routes appear by themselves some time after a link comes up: not ours.
-            "routes": sorted(r for r in self.sh("ip route show table all").stdout.splitlines() if "fe80::" not in r),
+            # ...and "linkdown" is the carrier of the moment, not configuration.
+            "routes": sorted(r.replace(" linkdown", "") for r in self.sh("ip route show table all").stdout.splitlines()
+                             if "fe80::" not in r),
             "nft": self.sh("nft list ruleset").stdout,
             "networks": sorted(n["Id"] for n in self.json("network", "ls", "--format", "json")),
             "sandboxes": sorted(s["Id"] for s in self.json("ps", "-a", "--format", "json")),
@@ -190,6 +192,12 @@ def machines(tag):
         yield m
     finally:
         m.cleanup()
+
+
+def changes(before: dict, after: dict) -> dict:
+    """What differs between two Host.state() snapshots: {key: (gone, new)}; empty when equal."""
+    return {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k])))
+            for k in before if before[k] != after[k]}
 
 
 def wait_for(fn, timeout: float = 10, interval: float = 0.05):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import wait_for
+from conftest import changes, wait_for
 
 
 def subnet_of(host, net: str) -> str:
@@ -123,10 +123,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(host):
             assert p.returncode != 0, (args, p.stdout)
             err = p.stderr.strip()
             assert err.startswith("Error:") and len(err.splitlines()) == 1, (args, err)
-            after = host.state()
-            changed = {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k])))
-                       for k in before if before[k] != after[k]}
-            assert not changed, (args, changed)
+            assert not changes(before, host.state()), args
     finally:
         os.kill(int(squatter), signal.SIGKILL)
 
@@ -177,3 +174,20 @@ def test_detached_logs_stop_exit_code_and_rm(host):
     p = host.nsnet("rm", "talker", "quitter")
     assert p.stdout.split() == ["talker", "quitter"]
     assert host.json("ps", "-a", "--format", "json") == []
+
+
+def test_a_full_bridge_is_refused_clearly_and_changes_nothing(host):
+    host.nsnet("network", "create", "--subnet", "10.88.0.0/16", "big")
+    bridge = host.json("network", "inspect", "big")[0]["Options"]["com.docker.network.bridge.name"]
+    # Fill the bridge to the kernel's limit (1,023 ports) by hand, fast, leaving nsnet no room.
+    batch = os.path.join(host.root, "fill.batch")
+    with open(batch, "w") as f:
+        for i in range(1023):
+            f.write(f"link add tf{i}a type veth peer name tf{i}b\nlink set tf{i}a master {bridge}\n")
+    host.sh(f"ip -batch {batch}", timeout=120)
+    before = host.state()
+    p = host.nsnet("run", "-d", "--network", "big", "--", "sleep", "300", check=False)
+    assert p.returncode != 0
+    assert "is full" in p.stderr, open(os.path.join(host.root, "daemon.log")).read()[-3000:]
+    assert "is full" in p.stderr and "1023 ports" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not changes(before, host.state())

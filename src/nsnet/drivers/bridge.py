@@ -19,6 +19,8 @@ MASQ_KEY = "com.docker.network.bridge.enable_ip_masquerade"
 HOST_IP_KEY = "com.docker.network.bridge.host_binding_ipv4"
 DEFAULT_KEY = "com.docker.network.bridge.default_bridge"
 IFNAMSIZ = 15
+BR_MAX_PORTS = 1023  # ports a Linux bridge takes (BR_MAX_PORTS is 1024 with port 0 reserved); one more: EXFULL
+EXFULL = 54
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -108,6 +110,9 @@ class BridgeDriver(Driver):
             host_index, peer_index = links.attach_veth(ipr, ep.host_ifname, self._bridge_index(net), sandbox.fd,
                                                        ep.ifname, mac=ep.mac, mtu=self._mtu(net))
         except NetlinkError as e:
+            if e.code == EXFULL:
+                raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
+                                 f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
             if e.code != links.ENODEV:
                 raise
             self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it

@@ -31,7 +31,7 @@ class Kernel:
 
     def __init__(self):
         self._owner = threading.get_ident()
-        self._ipr = IPRoute(nlm_echo=True)  # new links come back with their indexes: no lookups on attach
+        self._ipr = IPRoute()
         self._sandboxes: dict[int, SandboxNs] = {}
         self._lock = threading.Lock()
         self.own_netns_inode = os.stat("/proc/thread-self/ns/net").st_ino

@@ -61,8 +61,9 @@ def delete_link(ipr, ifname: str) -> bool:
 def attach_veth(ipr, host_name: str, bridge_index: int, netns_fd: int, peer_name: str,
                 *, mac: str | None, mtu: int | None) -> tuple[int | None, int | None]:
     """One netlink request: the veth pair, its peer created directly inside the sandbox, enslaved and up.
-    Returns the host end's index and the peer's index inside the sandbox, read from the kernel's echo
-    of the new link (IFLA_LINK), so that neither needs a lookup; None where the socket does not echo."""
+    Returns the host end's index and the peer's index inside the sandbox (its IFLA_LINK), read with one
+    `get`. (Not from NLM_F_ECHO: pyroute2 then returns the echo and drops a later error, e.g. EXFULL
+    from a full bridge, after which the kernel has already removed the link.)"""
     peer = {"ifname": peer_name, "net_ns_fd": netns_fd}
     kw = {}
     if mac:
@@ -70,11 +71,9 @@ def attach_veth(ipr, host_name: str, bridge_index: int, netns_fd: int, peer_name
     if mtu:
         peer["mtu"] = mtu
         kw["mtu"] = mtu
-    echoed = ipr.link("add", ifname=host_name, kind="veth", peer=peer, master=bridge_index, state="up", **kw)
-    for msg in echoed or ():
-        if msg.get("ifname") == host_name:
-            return msg["index"], msg.get("link")
-    return None, None
+    ipr.link("add", ifname=host_name, kind="veth", peer=peer, master=bridge_index, state="up", **kw)
+    (msg,) = ipr.link("get", ifname=host_name)
+    return msg["index"], msg.get("link")
 
 
 def configure_inside(sipr, iface: str | int, *, addresses: list[str], gateway4: str | None,
