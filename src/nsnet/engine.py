@@ -79,6 +79,8 @@ class Engine:
         self._pools: dict[tuple, AddressPool] = {}  # (network id, subnet) -> its allocator over _used
         self._port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.dns = None                         # the embedded resolver (dns.server.DnsServer), set by the daemon
+        self._dns_rs: RecordSet | None = None   # what the resolver answers from, changed incrementally
+        self._dns_pending: dict[tuple, Record | None] = {}  # (sandbox, network) -> record, None = gone
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
 
     # ---- lookups ---------------------------------------------------------------------------------
@@ -138,10 +140,12 @@ class Engine:
     def _save_endpoint(self, ep: Endpoint) -> None:
         self.store.put("endpoint", ep.id, to_dict(ep))
         self.eps[ep.id] = ep
+        self._dns_pending[(ep.sandbox_id, ep.network_id)] = self._dns_record(ep)
 
     def _drop_endpoint(self, ep: Endpoint) -> None:
         self.store.delete("endpoint", ep.id)
         self.eps.pop(ep.id, None)
+        self._dns_pending[(ep.sandbox_id, ep.network_id)] = None
         used = self._used.get(ep.network_id)
         net = self.nets.get(ep.network_id)
         for a in (ep.ipv4, ep.ipv6):
@@ -157,24 +161,30 @@ class Engine:
 
     def _notify(self) -> None:
         """Sandboxes or endpoints changed: the resolver answers from the new state before we return."""
-        if self.dns is not None:
-            self.dns.set_records(self._dns_records())
+        pending, self._dns_pending = self._dns_pending, {}
+        if self.dns is None:
+            return
+        if self._dns_rs is None:  # the first time: everything
+            records = [r for r in map(self._dns_record, self.eps.values()) if r is not None]
+            self._dns_rs = RecordSet(records, {n.id: n.name for n in self.nets.values() if n.dns})
+        elif pending:
+            self._dns_rs = self._dns_rs.changed(add=[r for r in pending.values() if r is not None],
+                                                remove=[k for k, r in pending.items() if r is None])
+        else:
+            return
+        self.dns.set_records(self._dns_rs)
 
-    def _dns_records(self) -> RecordSet:
-        records = []
-        for ep in self.eps.values():
-            net, sb = self.nets.get(ep.network_id), self.sbs.get(ep.sandbox_id)
-            if net is None or sb is None or not net.dns:
-                continue
-            names = tuple(n.lower() for n in dns_names(net, sb, ep))
-            records.append(Record(sb.id, net.id, names, ipv4=ep.ipv4.split("/")[0] if ep.ipv4 else None,
-                                  ipv6=ep.ipv6.split("/")[0] if ep.ipv6 else None))
-        return RecordSet(records, {n.id: n.name for n in self.nets.values() if n.dns})
+    def _dns_record(self, ep: Endpoint) -> Record | None:
+        net, sb = self.nets.get(ep.network_id), self.sbs.get(ep.sandbox_id)
+        if net is None or sb is None or not net.dns:
+            return None
+        return Record(sb.id, net.id, tuple(n.lower() for n in dns_names(net, sb, ep)),
+                      ipv4=ep.ipv4.split("/")[0] if ep.ipv4 else None, ipv6=ep.ipv6.split("/")[0] if ep.ipv6 else None)
 
     def serve_dns(self, server) -> None:
         """Answer names through `server` from now on, for the sandboxes running already too."""
         with self.lock:
-            self.dns = server
+            self.dns, self._dns_rs = server, None
             for sb in self.sbs.values():
                 if sb.state == "running":
                     self._dns_attach(sb)
@@ -252,6 +262,7 @@ class Engine:
                     driver.delete_network(net)
                     raise NsnetError(f"could not build network {net.name}: {e}") from e
             self._apply_firewall()
+            self._dns_rs = None  # its name joins the resolver's domains at the next change
             log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
             return net
 
