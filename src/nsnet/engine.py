@@ -19,7 +19,7 @@ from . import config as config_mod
 from . import requests as rq
 from .drivers import driver_class
 from .drivers.base import SIZE_KEY
-from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for, valid_ifname
+from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for
 from .errors import Conflict, NotFound, NsnetError
 from .firewall import FwPort, Ruleset, render, render_dns_redirect
 from .ipam.addresses import AddressPool, default_gateway, mac_for
@@ -592,10 +592,10 @@ class Engine:
         used = self._used_addresses(net)
         taken_names = {e.ifname for e in self.endpoints_of_sandbox(sb)}
         ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
-        ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname,
-                      host_ifname=VETH_PREFIX + "", mac=None, ipv4=None, ipv6=None, gateway4=None, gateway6=None,
-                      aliases=list(req.aliases))
-        ep.host_ifname = VETH_PREFIX + ep.id[:12]
+        ep_id = new_id()
+        ep = Endpoint(id=ep_id, network_id=net.id, sandbox_id=sb.id, ifname=ifname,
+                      host_ifname=VETH_PREFIX + ep_id[:12], mac=None, ipv4=None, ipv6=None, gateway4=None,
+                      gateway6=None, aliases=list(req.aliases))
         for cfg in net.subnets:
             subnet = ipaddress.ip_network(cfg.subnet)
             pool = self._pool(net, cfg)
@@ -750,7 +750,7 @@ class Engine:
             if any(r.network_id == net.id for r in sb.requests):
                 raise Conflict(f"sandbox {sb.name} is already connected to network {net.name}")
             if sb.netmode != "bridge" or net.driver in ("host", "null"):
-                raise NsnetError(f"cannot connect: a sandbox on the host or none network has no network of its own")
+                raise NsnetError("cannot connect: a sandbox on the host or none network has no network of its own")
             req = self._plan_request(sb, net, {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
             ep = None
             if sb.state == "running":

@@ -4,7 +4,6 @@ import signal
 import sys
 
 
-from conftest import wait_for
 
 FAKEDNS = os.path.join(os.path.dirname(__file__), "fakedns.py")
 

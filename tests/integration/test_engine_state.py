@@ -1,10 +1,8 @@
 """Network lifecycle, Docker's shapes and pool order, refused input, and recovery after kill -9."""
-import json
 import os
 import signal
 import sys
 
-import pytest
 
 from conftest import changes, wait_for
 
