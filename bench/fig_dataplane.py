@@ -80,6 +80,11 @@ def run(ctx) -> Figure:
         cli = eng.run("cli", "dp")
         srv_ip = eng.ip_of("srv", "dp")
         res["nsnet bridge"] = _runs(cli, srv_ip, 5201, ctx)
+        brnf = sh(["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"], eng.ns, check=False).stdout.strip()
+        if brnf == "1":
+            fig.notes.append("br_netfilter is loaded and net.bridge.bridge-nf-call-iptables=1 in nsnet's host (the "
+                             "default in a new namespace): frames bridged between two sandboxes also pass nsnet's "
+                             "nftables forward chain and conntrack; the bare bridge's namespace has no ruleset, so no hooks")
 
         eng.run("pub", "dp", cmd=["iperf3", "-s", "-p", "5201"], ports=["15201:5201"])
         x = h.netns("f7x")

@@ -57,6 +57,8 @@ def run(ctx) -> Figure:
             ctx.log(f"    nsnet  {level:5d} sandboxes: attach p50 {curve[level]['attach']['p50']:.2f} ms, "
                     f"daemon RSS {curve[level]['rss_kb'] / 1024:.0f} MiB")
         curves["nsnet API"] = curve
+        if ctx.profile:
+            _profile_full(ctx, fig, eng, probes[0], filled)
         fig.data["nsnet_rss_kb_empty"] = rss0
         fig.data["nsnet_run_ms"] = summary(run_ms)
         fig.row(measure="sandbox start (`run -d` on a bridge network), API", value=summary(run_ms)["p50"],
@@ -187,3 +189,20 @@ def _bridge_limit(ctx, fig: Figure, eng: NsnetEngine, filled: int) -> None:
     else:
         fig.row(measure="bridge port limit: sandboxes that joined one network", value=ok, unit="sandboxes", reps="1",
                 target="a clear error at the limit", verdict="INFO", note="no error up to 1,030 (handled)")
+
+
+def _profile_full(ctx, fig: Figure, eng: NsnetEngine, probe: str, level: int) -> None:
+    """py-spy over connect+disconnect cycles with the network at its fullest: what grows with the fill."""
+    from profile_attach import profile, summary_line
+
+    def cycle():
+        eng.connect("scale", probe)
+        eng.disconnect("scale", probe)
+    try:
+        top = profile(ctx.h, eng.daemon_pid, cycle, max(30, ctx.profile_cycles // 3), ctx.out, tag=f"attach_at_{level}")
+    except Skip as e:
+        fig.skipped.append(f"profile at {level} sandboxes: {e}")
+        return
+    fig.data[f"profile_at_{level}"] = top
+    fig.notes.append(f"py-spy at {level} sandboxes ({top['cycles']} cycles, {top['samples']} samples): "
+                     f"{summary_line(top)} - full list in profile_attach_at_{level}.txt")

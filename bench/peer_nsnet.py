@@ -15,6 +15,10 @@ from common import PY, Harness, kill_pid, ms_since, proc_start, rss_kb, sh
 from nsnet.client import ApiError, Client
 
 
+class NsnetFailed(Exception):
+    """nsnet itself refused or broke (a CLI call exited non-zero): a finding, not a harness error."""
+
+
 class NsnetEngine:
     def __init__(self, h: Harness, tag: str):
         self.h = h
@@ -33,7 +37,11 @@ class NsnetEngine:
         return [PY, "-m", "nsnet", "--root", self.root] + args
 
     def cli(self, args: list[str], check: bool = True, timeout: float = 120):
-        return sh(self.cli_cmd(args), self.ns, check=check, timeout=timeout)
+        cp = sh(self.cli_cmd(args), self.ns, check=False, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise NsnetFailed(f"`nsnet {' '.join(args)}` exited {cp.returncode}: "
+                              f"{(cp.stderr or cp.stdout).strip()[-400:]}")
+        return cp
 
     def cli_ms(self, args: list[str]) -> float:
         t0 = time.perf_counter()

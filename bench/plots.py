@@ -71,7 +71,7 @@ def make(figs: dict, out: str) -> list[str]:
             st = f.data["stats"]
             fig, axes = plt.subplots(1, 2, figsize=(10, 4))
             for ax, op in zip(axes, ("create", "rm")):
-                labels = list(st)
+                labels = [k for k in st if st[k][op].get("n")]
                 bars(ax, labels, [st[k][op]["p50"] for k in labels], [st[k][op]["p95"] for k in labels], "ms",
                      f"network {op}: p50, p95")
             save(fig, name)

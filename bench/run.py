@@ -256,10 +256,12 @@ def main(argv=None) -> int:
             except KeyboardInterrupt:
                 raise
             except Exception as e:
+                from peer_nsnet import NsnetFailed
+
                 from nsnet.client import ApiError
 
                 f = Figure(key, FIGURES[key])
-                if isinstance(e, ApiError):
+                if isinstance(e, (ApiError, NsnetFailed)):
                     f.skipped.append(f"nsnet failed during this figure: {e}")
                 else:
                     harness_broke = True
