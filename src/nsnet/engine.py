@@ -447,7 +447,7 @@ class Engine:
                     raise NsnetError(f"process {sb.pid} is not in a network namespace of its own")
                 if sb.netmode != "host":
                     from .kernel.links import loopback_up
-                    loopback_up(self.kernel.sandbox(sb.pid).ipr)
+                    loopback_up(self.kernel.sandbox(sb.pid).rtnl)
                 for req in reqs:
                     self._join(sb, self.nets[req.network_id], req)
                 sb_nft = self._dns_attach(sb)
@@ -833,7 +833,7 @@ class Engine:
                     name.startswith(VETH_PREFIX) and info["kind"] == "veth")
                 if mine and name not in ours:
                     from .kernel.links import delete_link
-                    delete_link(self.kernel.ipr, name)
+                    delete_link(self.kernel.rtnl, name)
                     done.append(f"link {name}: carries nsnet's mark but has no record; removed")
             self._apply_firewall()
         for line in done:

@@ -102,12 +102,12 @@ class BridgeDriver(Driver):
     def delete_network(self, net: Network) -> None:
         self._indexes.pop(net.bridge, None)
         if not net.adopted:
-            links.delete_link(self.kernel.ipr, net.bridge)
+            links.delete_link(self.kernel.rtnl, net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        ipr = self.kernel.ipr
+        chan = self.kernel.rtnl
         try:
-            host_index, peer_index = links.attach_veth(ipr, ep.host_ifname, self._bridge_index(net), sandbox.fd,
+            host_index, peer_index = links.attach_veth(chan, ep.host_ifname, self._bridge_index(net), sandbox.fd,
                                                        ep.ifname, mac=ep.mac, mtu=self._mtu(net))
         except NetlinkError as e:
             if e.code == EXFULL:
@@ -116,12 +116,12 @@ class BridgeDriver(Driver):
             if e.code != links.ENODEV:
                 raise
             self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it
-            host_index, peer_index = links.attach_veth(ipr, ep.host_ifname, self._bridge_index(net), sandbox.fd,
+            host_index, peer_index = links.attach_veth(chan, ep.host_ifname, self._bridge_index(net), sandbox.fd,
                                                        ep.ifname, mac=ep.mac, mtu=self._mtu(net))
         if not net.flag(ICC_KEY, True):
-            ipr.brport("set", index=host_index or links.index_of(ipr, ep.host_ifname), isolated=1)
+            self.kernel.ipr.brport("set", index=host_index, isolated=1)
         addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-        links.configure_inside(sandbox.ipr, peer_index or ep.ifname, addresses=addrs,
+        links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
                                gateway4=ep.gateway4 if default_route else None,
                                gateway6=ep.gateway6 if default_route else None)
 
@@ -140,7 +140,7 @@ class BridgeDriver(Driver):
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:
-            links.delete_link(self.kernel.ipr, ep.host_ifname)
+            links.delete_link(self.kernel.rtnl, ep.host_ifname)
 
     def firewall(self, net: Network) -> FwNetwork | None:
         if net.adopted:  # out of the isolation set: its sandboxes and the LAN must reach each other

@@ -124,7 +124,7 @@ class LanDriver(Driver):
 
     def delete_network(self, net: Network) -> None:
         # Only a sub-interface nsnet made for this network (its alias says so) goes; a user's stays.
-        lan.delete_if_alias(self.kernel.ipr, self.parent(net), owner_alias(net))
+        lan.delete_if_alias(self.kernel, self.parent(net), owner_alias(net))
 
     def link_options(self, net: Network, ep: Endpoint) -> dict:
         """kind-specific attributes of the endpoint's link (mode, MAC)."""
@@ -140,14 +140,14 @@ class LanDriver(Driver):
         self.configure(net, ep, sandbox, default_route)
 
     def configure(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        links.configure_inside(sandbox.ipr, ep.ifname, addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
+        links.configure_inside(sandbox.rtnl, links.index_in(sandbox.rtnl, ep.ifname), addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
                                gateway4=ep.gateway4 if default_route else None,
                                gateway6=ep.gateway6 if default_route else None)
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         # A dying sandbox takes its link along; a disconnect from a live one must remove it.
         if sandbox is not None:
-            links.delete_link(sandbox.ipr, ep.ifname)
+            links.delete_link(sandbox.rtnl, ep.ifname)
 
     def kernel_names(self, net: Network) -> set[str]:
         parent = self.parent(net)

@@ -126,7 +126,7 @@ class MacvlanDriver(LanDriver):
             lan.ensure_shim(self.kernel.ipr, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net))
 
     def delete_network(self, net: Network) -> None:
-        lan.delete_if_alias(self.kernel.ipr, shim_name_for(net.id), owner_alias(net))
+        lan.delete_if_alias(self.kernel, shim_name_for(net.id), owner_alias(net))
         super().delete_network(net)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:

@@ -37,11 +37,11 @@ def alias_of(ipr, name: str) -> str | None:
     return ipr.get_links(idx)[0].get("ifalias")
 
 
-def delete_if_alias(ipr, name: str, alias: str) -> bool:
+def delete_if_alias(kernel, name: str, alias: str) -> bool:
     """Remove link `name` only when it carries `alias` (so a link someone else made always stays)."""
-    if alias_of(ipr, name) != alias:
+    if alias_of(kernel.ipr, name) != alias:
         return False
-    return links.delete_link(ipr, name)
+    return links.delete_link(kernel.rtnl, name)
 
 
 def ensure_shim(ipr, name: str, parent: str, address: str, *, alias: str) -> int:

@@ -1,6 +1,7 @@
-"""Idempotent netlink verbs on links, addresses and routes (pyroute2 IPRoute passed in).
+"""Idempotent netlink verbs on links, addresses and routes.
 
-Every verb takes an open IPRoute so that callers reuse one socket per namespace.
+Every verb takes an open socket so that callers reuse one per namespace: a pyroute2 IPRoute (`ipr`)
+for the cold paths, or the hot path's rtnl.Channel (`chan`) for attach and detach.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import ipaddress
 import os
 
 from pyroute2.netlink.exceptions import NetlinkError
+
+from . import rtnl
 
 ENODEV = 19
 EEXIST = 17
@@ -44,54 +47,48 @@ def add_address(ipr, index: int, cidr: str) -> None:
             raise
 
 
-def delete_link(ipr, ifname: str) -> bool:
-    """Remove a link if it is there; True when something was removed."""
-    idx = index_of(ipr, ifname)
-    if idx is None:
+def delete_link(chan, ifname: str) -> bool:
+    """Remove a link if it is there (one request, by name); True when something was removed."""
+    (reply,) = chan.run(rtnl.del_link(ifname))
+    if reply.error == ENODEV:
         return False
-    try:
-        ipr.link("del", index=idx)
-    except NetlinkError as e:
-        if e.code != ENODEV:
-            raise
-        return False
+    reply.check()
     return True
 
 
-def attach_veth(ipr, host_name: str, bridge_index: int, netns_fd: int, peer_name: str,
-                *, mac: str | None, mtu: int | None) -> tuple[int | None, int | None]:
-    """One netlink request: the veth pair, its peer created directly inside the sandbox, enslaved and up.
-    Returns the host end's index and the peer's index inside the sandbox (its IFLA_LINK), read with one
-    `get`. (Not from NLM_F_ECHO: pyroute2 then returns the echo and drops a later error, e.g. EXFULL
-    from a full bridge, after which the kernel has already removed the link.)"""
-    peer = {"ifname": peer_name, "net_ns_fd": netns_fd}
-    kw = {}
-    if mac:
-        peer["address"] = mac
-    if mtu:
-        peer["mtu"] = mtu
-        kw["mtu"] = mtu
-    ipr.link("add", ifname=host_name, kind="veth", peer=peer, master=bridge_index, state="up", **kw)
-    (msg,) = ipr.link("get", ifname=host_name)
-    return msg["index"], msg.get("link")
+def index_in(chan, ifname: str) -> int | None:
+    (reply,) = chan.run(rtnl.get_link(ifname))
+    if reply.error == ENODEV:
+        return None
+    reply.check()
+    return rtnl.link_indexes(reply.data)[0]
 
 
-def configure_inside(sipr, iface: str | int, *, addresses: list[str], gateway4: str | None,
+def attach_veth(chan, host_name: str, bridge_index: int, netns_fd: int, peer_name: str,
+                *, mac: str | None, mtu: int | None) -> tuple[int, int]:
+    """One sendmsg: the veth pair, its peer created directly inside the sandbox, enslaved and up, and
+    a lookup of the new link. Returns the host end's index and the peer's index inside the sandbox
+    (its IFLA_LINK). Raises the creation's error (e.g. EXFULL from a full bridge) first."""
+    _, got = chan.call(rtnl.new_veth(host_name, master=bridge_index, peer_name=peer_name, peer_netns_fd=netns_fd,
+                                     peer_mac=mac, mtu=mtu),
+                       rtnl.get_link(host_name))
+    return rtnl.link_indexes(got.data)
+
+
+def configure_inside(chan, index: int, *, addresses: list[str], gateway4: str | None,
                      gateway6: str | None) -> None:
-    """Inside the sandbox: addresses on `iface` (a name, or an index when known), link up, default
-    routes via the gateways."""
-    idx = iface if isinstance(iface, int) else index_of(sipr, iface)
-    for cidr in addresses:
-        add_address(sipr, idx, cidr)
-    sipr.link("set", index=idx, state="up")
-    if gateway4:
-        sipr.route("replace", dst="0.0.0.0/0", gateway=gateway4)
-    if gateway6:
-        sipr.route("replace", dst="::/0", gateway=gateway6, family=10)
+    """Inside the sandbox, in one sendmsg: addresses on link `index` (one already there is fine), the
+    link up, default routes via the gateways."""
+    requests = [rtnl.new_address(index, cidr) for cidr in addresses]
+    requests.append(rtnl.link_up(index))
+    requests += [rtnl.default_route(gw) for gw in (gateway4, gateway6) if gw]
+    for i, reply in enumerate(chan.run(*requests)):
+        if not (i < len(addresses) and reply.error == EEXIST):
+            reply.check()
 
 
-def loopback_up(sipr) -> None:
-    sipr.link("set", index=1, state="up")
+def loopback_up(chan) -> None:
+    chan.call(rtnl.link_up(1))
 
 
 def link_names(ipr) -> dict[str, dict]:

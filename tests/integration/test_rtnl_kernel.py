@@ -1,0 +1,70 @@
+"""The hot-path netlink channel against the real kernel, in throwaway namespaces."""
+import os
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nsnet.kernel import rtnl
+from nsnet.kernel.netns import entered
+
+from conftest import ns_add, ns_del, sh
+
+
+@pytest.fixture
+def two_ns(tag):
+    a, b = f"nsnt-rta-{tag}", f"nsnt-rtb-{tag}"
+    ns_add(a)
+    ns_add(b)
+    sh(f"ip -n {a} link add br0 type bridge && ip -n {a} addr add 10.9.0.1/24 dev br0 && ip -n {a} link set br0 up")
+    try:
+        with entered(f"/run/netns/{a}"):
+            host = rtnl.Channel()
+        with entered(f"/run/netns/{b}"):
+            inside = rtnl.Channel()
+        fd = os.open(f"/run/netns/{b}", os.O_RDONLY)
+        yield a, b, host, inside, fd
+        os.close(fd)
+        host.close()
+        inside.close()
+    finally:
+        ns_del(a)
+        ns_del(b)
+
+
+def test_attach_builds_a_working_path(two_ns):
+    a, b, host, inside, fd = two_ns
+    br = int(sh(f"ip netns exec {a} cat /sys/class/net/br0/ifindex").stdout)
+    _, got = host.call(rtnl.new_veth("nsvt1", master=br, peer_name="eth7", peer_netns_fd=fd,
+                                     peer_mac="02:42:0a:09:00:05", mtu=1400), rtnl.get_link("nsvt1"))
+    index, peer = rtnl.link_indexes(got.data)
+    assert index == int(sh(f"ip netns exec {a} cat /sys/class/net/nsvt1/ifindex").stdout)
+    assert peer == int(sh(f"ip netns exec {b} cat /sys/class/net/eth7/ifindex").stdout)
+    inside.call(rtnl.new_address(peer, "10.9.0.5/24"), rtnl.link_up(peer), rtnl.default_route("10.9.0.1"))
+    link = sh(f"ip -n {b} -o link show eth7").stdout
+    assert "mtu 1400" in link and "02:42:0a:09:00:05" in link
+    assert "master br0" in sh(f"ip -n {a} -o link show nsvt1").stdout
+    assert "10.9.0.5/24 brd 10.9.0.255" in sh(f"ip -n {b} -o addr show eth7").stdout
+    assert "default via 10.9.0.1 dev eth7" in sh(f"ip -n {b} route").stdout
+    sh(f"ip netns exec {b} ping -c1 -W2 10.9.0.1")
+    host.call(rtnl.del_link("nsvt1"))
+    assert "eth7" not in sh(f"ip -n {b} -o link").stdout
+
+
+def test_errors_come_back_per_request(two_ns):
+    a, b, host, inside, fd = two_ns
+    br = int(sh(f"ip netns exec {a} cat /sys/class/net/br0/ifindex").stdout)
+    host.call(rtnl.new_veth("nsvt2", master=br, peer_name="eth1", peer_netns_fd=fd))
+    made, lookup = host.run(rtnl.new_veth("nsvt2", master=br, peer_name="eth2", peer_netns_fd=fd),
+                            rtnl.get_link("nsvt2"))
+    assert made.error == 17 and lookup.error == 0 and lookup.data  # EEXIST, and the next message still ran
+    with pytest.raises(NetlinkError) as e:
+        host.call(rtnl.del_link("nosuch0"))
+    assert e.value.code == 19
+    with pytest.raises(NetlinkError) as e:  # a master that is not there: nothing is left behind
+        host.call(rtnl.new_veth("nsvt3", master=99999, peer_name="eth3", peer_netns_fd=fd))
+    assert "nsvt3" not in sh(f"ip -n {a} -o link").stdout and "eth3" not in sh(f"ip -n {b} -o link").stdout
+    peer = int(sh(f"ip netns exec {b} cat /sys/class/net/eth1/ifindex").stdout)
+    inside.call(rtnl.new_address(peer, "fd00:9::5/64"), rtnl.link_up(peer))
+    assert "fd00:9::5/64" in sh(f"ip -n {b} -o addr show eth1").stdout
+    again = inside.run(rtnl.new_address(peer, "fd00:9::5/64"))[0]
+    assert again.error == 17
