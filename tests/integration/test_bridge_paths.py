@@ -47,6 +47,21 @@ def test_red_blue_reach_each_other_and_the_gateway(host):
     assert a_id[:12] in inside  # hostname defaults to the short ID, as Docker's
 
 
+def test_ipv4_network_links_carry_no_ipv6(host):
+    """As Docker: no IPv6 on a container's interface of an IPv4-only network; and the bridge's ports
+    (layer 2 only) get no link-local address of their own. Multicast snooping is off on nsnet's bridges."""
+    host.nsnet("network", "create", "v4only")
+    host.nsnet("run", "-d", "--name", "a", "--network", "v4only", "--", "sleep", "300")
+    gateway = host.json("inspect", "a")[0]["NetworkSettings"]["Networks"]["v4only"]["Gateway"]
+    assert ping(host, "a", gateway)  # carrier is up: a link-local address would be there by now
+    assert host.exec("a", "ip -6 -o addr show dev eth0").stdout.strip() == ""
+    (port_line,) = host.sh("ip -o link show type veth").stdout.splitlines()
+    port = port_line.split(": ")[1].split("@")[0]
+    bridge = port_line.split(" master ")[1].split()[0]
+    assert host.sh(f"ip -6 -o addr show dev {port}").stdout.strip() == ""
+    assert host.sh(f"cat /sys/class/net/{bridge}/bridge/multicast_snooping").stdout.strip() == "0"
+
+
 def test_masquerade_shows_the_hosts_address_to_the_internet(host, machines):
     inet = machines.add("inet")
     machines.wire(host.ns, "203.0.113.1/24", inet, "203.0.113.2/24")
@@ -161,3 +176,4 @@ def test_ipv6_network_gives_both_families(host):
     assert ping(host, "a", "fd00:77::3")
     assert ping(host, "a", "fd00:77::1")
     assert "default via fd00:77::1" in host.exec("a", "ip -6 route").stdout
+    assert "inet6 fe80::" in host.exec("a", "ip -6 -o addr show dev eth0").stdout  # link-local kept for IPv6

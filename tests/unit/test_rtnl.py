@@ -80,3 +80,11 @@ def test_link_indexes_reads_peer():
     msg["attrs"] = [("IFLA_IFNAME", "br0")]
     msg.encode()
     assert rtnl.link_indexes(bytes(msg.data)) == (8, None)
+
+
+def test_no_link_local_matches_pyroute2():
+    req = rtnl.no_link_local(name="nsv1")
+    want = pyroute2_bytes(ifinfmsg(), {}, [
+        ("IFLA_IFNAME", "nsv1"), ("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})])
+    assert req.body == want
+    assert rtnl.no_link_local(index=4).body[4:8] == struct.pack("=i", 4)

@@ -123,7 +123,7 @@ class BridgeDriver(Driver):
         addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
         links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
                                gateway4=ep.gateway4 if default_route else None,
-                               gateway6=ep.gateway6 if default_route else None)
+                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
 
     def _bridge_index(self, net: Network) -> int:
         """The bridge's ifindex, looked up once: the attach path then makes no lookup of its own."""

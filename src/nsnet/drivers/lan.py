@@ -140,9 +140,10 @@ class LanDriver(Driver):
         self.configure(net, ep, sandbox, default_route)
 
     def configure(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        links.configure_inside(sandbox.rtnl, links.index_in(sandbox.rtnl, ep.ifname), addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
+        links.configure_inside(sandbox.rtnl, links.index_in(sandbox.rtnl, ep.ifname),
+                               addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
                                gateway4=ep.gateway4 if default_route else None,
-                               gateway6=ep.gateway6 if default_route else None)
+                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         # A dying sandbox takes its link along; a disconnect from a live one must remove it.

@@ -27,7 +27,9 @@ NETLINK_EXT_ACK = 11              # socket option: the kernel says why, in words
 NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 5, 10, 18
-IFLA_NET_NS_FD = 28
+IFLA_AF_SPEC, IFLA_NET_NS_FD = 26, 28
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
+EEXIST, EAFNOSUPPORT = 17, 97
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
@@ -97,6 +99,17 @@ def get_link(name: str) -> Request:
 
 def del_link(name: str) -> Request:
     return Request(RTM_DELLINK, 0, _IFINFOMSG.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name))
+
+
+def no_link_local(*, name: str | None = None, index: int = 0) -> Request:
+    """No IPv6 link-local address on this link (addr_gen_mode none). Sent before the link has carrier,
+    it keeps the link from ever starting IPv6 (DAD, router solicitations, MLD reports that a bridge
+    floods to every port). Refused with EAFNOSUPPORT where the kernel runs without IPv6."""
+    body = _IFINFOMSG.pack(0, 0, index, 0, 0)
+    if name:
+        body += attr_str(IFLA_IFNAME, name)
+    spec = attr(socket.AF_INET6, attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
+    return Request(RTM_NEWLINK, 0, body + attr(IFLA_AF_SPEC, spec))
 
 
 def link_up(index: int) -> Request:
