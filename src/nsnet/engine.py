@@ -148,10 +148,10 @@ class Engine:
         self._dns_pending[(ep.sandbox_id, ep.network_id)] = None
         used = self._used.get(ep.network_id)
         net = self.nets.get(ep.network_id)
-        for a in (ep.ipv4, ep.ipv6):
-            if not a:
-                continue
-            ip = ipaddress.ip_interface(a).ip
+        given_up = [ipaddress.ip_interface(a).ip for a in (ep.ipv4, ep.ipv6) if a]
+        if given_up:
+            self.kernel.forget_flows(given_up)
+        for ip in given_up:
             if used is not None:
                 used.discard(ip)
             if net is not None:
@@ -366,6 +366,7 @@ class Engine:
                 raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
                                f"remove them or disconnect them first")
             self._driver(net).delete_network(net)
+            self.kernel.forget_flows([ipaddress.ip_address(s.gateway) for s in net.subnets if s.gateway])
             with self.store.transaction():
                 self.store.delete("network", net.id)
             self.nets.pop(net.id, None)

@@ -68,6 +68,25 @@ def test_static_ip_and_ip_range(host):
     assert host.exec("dyn", "ping -c1 -W1 10.77.0.10", check=False).returncode == 0
 
 
+def test_a_removed_networks_pool_is_given_out_again(host):
+    """As Docker: remove a network and the next one gets its subnet back. Its sandboxes' flows tracked
+    by the host (here pings to the gateway and between them) must not linger as lockout evidence."""
+    host.nsnet("network", "create", "first")
+    subnet = subnet_of(host, "first")
+    for n in ("a", "b"):
+        host.nsnet("run", "-d", "--name", n, "--network", "first", "--", "sleep", "300")
+    net = host.json("inspect", "b")[0]["NetworkSettings"]["Networks"]["first"]
+    host.exec("a", f"ping -c1 -W1 {net['Gateway']} && ping -c1 -W1 {net['IPAddress']}")
+    tracked = host.sh("cat /proc/net/nf_conntrack").stdout
+    assert f"dst={net['Gateway']}" in tracked  # the flows are there to be forgotten
+    host.nsnet("rm", "-f", "a", "b")
+    host.nsnet("network", "rm", "first")
+    prefix = subnet.split("/")[0].rsplit(".", 2)[0] + "."
+    assert f"={prefix}" not in host.sh("cat /proc/net/nf_conntrack").stdout
+    host.nsnet("network", "create", "second")
+    assert subnet_of(host, "second") == subnet
+
+
 def test_rm_refuses_a_network_in_use_and_prune_keeps_it(host):
     host.nsnet("network", "create", "busy")
     host.nsnet("network", "create", "idle")

@@ -5,13 +5,16 @@ rest, opened in a sandbox only when something there asks for it (it costs ~1 ms 
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from pyroute2 import IPRoute
 
-from . import links, rtnl
+from . import conntrack, links, rtnl
 from .netns import entered
+
+log = logging.getLogger("nsnet.kernel")
 
 
 class SandboxNs:
@@ -47,22 +50,37 @@ class Kernel:
         self._owner = threading.get_ident()
         self._ipr = IPRoute()
         self._rtnl = rtnl.Channel()
+        self._ctnl: rtnl.Channel | None = None   # conntrack's netlink, opened at first use
         self._sandboxes: dict[int, SandboxNs] = {}
         self._lock = threading.Lock()
         self.own_netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
 
-    @property
-    def ipr(self):
-        # Another thread would silently get a new socket in whatever namespace it is in.
+    def _on_owner(self) -> None:
+        # pyroute2 would silently give another thread a new socket in whatever namespace it is in,
+        # and two threads on one Channel would mix up their replies.
         if threading.get_ident() != self._owner:
             raise RuntimeError("netlink used off the kernel thread")
+
+    @property
+    def ipr(self):
+        self._on_owner()
         return self._ipr
 
     @property
     def rtnl(self) -> rtnl.Channel:
-        if threading.get_ident() != self._owner:
-            raise RuntimeError("netlink used off the kernel thread")
+        self._on_owner()
         return self._rtnl
+
+    def forget_flows(self, ips) -> None:
+        """Flush the host's tracked flows of addresses nsnet has given up (see kernel/conntrack.py)."""
+        self._on_owner()
+        if self._ctnl is None:
+            try:
+                self._ctnl = rtnl.Channel(conntrack.NETLINK_NETFILTER)
+            except OSError as e:  # no nfnetlink in this kernel: nothing is tracked by it either
+                log.debug("no conntrack netlink: %s", e)
+                return
+        conntrack.forget(self._ctnl, ips)
 
     def sandbox(self, pid: int) -> SandboxNs:
         with self._lock:
@@ -88,3 +106,5 @@ class Kernel:
             self.forget(pid)
         self._ipr.close()
         self._rtnl.close()
+        if self._ctnl is not None:
+            self._ctnl.close()

@@ -169,10 +169,11 @@ def link_indexes(data: bytes) -> tuple[int, int | None]:
 
 
 class Channel:
-    """A NETLINK_ROUTE socket in the current thread's namespace, used by one thread at a time."""
+    """A netlink socket (NETLINK_ROUTE unless told) in the current thread's namespace, used by one
+    thread at a time."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    def __init__(self, protocol: int = socket.NETLINK_ROUTE):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self._texts = True  # the kernel's error texts, where both options are there to frame them
         for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
             try:
