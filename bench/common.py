@@ -7,6 +7,8 @@ runs inside one.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import ctypes
 import json
 import os
@@ -268,6 +270,20 @@ class Harness:
 
     def mark(self) -> int:
         return len(self._undo)
+
+    @contextmanager
+    def scope(self, fig=None, label: str = "", catch=Skip):
+        """What the block makes is removed when it ends. With a figure, an exception of `catch` ends the
+        block as a line in the figure's skipped list ("label: why") instead of ending the figure."""
+        mark = self.mark()
+        try:
+            yield
+        except catch as e:
+            if fig is None:
+                raise
+            fig.skipped.append(f"{label}: {e}")
+        finally:
+            self.close_upto(mark)
 
     def _undo_one(self, kind: str, obj) -> None:
         if kind == "call":

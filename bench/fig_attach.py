@@ -28,8 +28,7 @@ def run(ctx) -> Figure:
     series: dict[str, dict] = {}
 
     # ---- nsnet ------------------------------------------------------------------------------------
-    mark = h.mark()
-    try:
+    with h.scope():
         eng = NsnetEngine(h, "f1")
         eng.create_network("bn", "10.31.0.0/16")
         eng.create_network("bn2", "10.33.0.0/16")
@@ -53,23 +52,16 @@ def run(ctx) -> Figure:
         series["nsnet CLI"] = {"attach": catt, "detach": cdet}
         if ctx.profile:
             _profile(ctx, fig, eng)
-    finally:
-        h.close_upto(mark)
 
     # ---- netavark, CNI -------------------------------------------------------------------------------
     for label, make, up, down in (("netavark", lambda: Netavark(h, "f1nv"), "setup_ms", "teardown_ms"),
                                   ("CNI bridge", lambda: Cni(h, "f1cni"), "add_ms", "del_ms")):
-        mark = h.mark()
-        try:
+        with h.scope(fig, label):
             peer = make()
             peer.prepare(list(range(n)))
             att = [getattr(peer, up)(i) for i in range(n)]
             det = [getattr(peer, down)(i) for i in range(n)]
             series[label] = {"attach": att, "detach": det}
-        except Skip as e:
-            fig.skipped.append(f"{label}: {e}")
-        finally:
-            h.close_upto(mark)
 
     # ---- Docker ---------------------------------------------------------------------------------------
     docker = ctx.docker()
@@ -94,22 +86,13 @@ def run(ctx) -> Figure:
             docker.clear()
 
     # ---- floors -----------------------------------------------------------------------------------------
-    mark = h.mark()
-    try:
+    # A floor is a reference, never the point of the run: any failure is a skip.
+    with h.scope(fig, "pyroute2 floor", catch=Exception):
         att, det = pyroute2_floor(h, n)
         series["floor: pyroute2"] = {"attach": att, "detach": det}
-    except Exception as e:  # a floor is a reference, never the point of the run
-        fig.skipped.append(f"pyroute2 floor: {e}")
-    finally:
-        h.close_upto(mark)
-    mark = h.mark()
-    try:
+    with h.scope(fig, "kernel floor", catch=Exception):
         per = kernel_floor(h, max(n, 50))
         series["floor: kernel"] = {"attach": [per], "detach": []}
-    except Exception as e:
-        fig.skipped.append(f"kernel floor: {e}")
-    finally:
-        h.close_upto(mark)
 
     # ---- rows -------------------------------------------------------------------------------------------
     stats = {k: {"attach": summary(v["attach"]), "detach": summary(v["detach"])} for k, v in series.items()}

@@ -10,8 +10,7 @@ def run(ctx) -> Figure:
     h, reps = ctx.h, ctx.cli_reps
     fig = Figure("4", "CLI start-up: `network ls` with a warm daemon")
     s: dict[str, list[float]] = {}
-    mark = h.mark()
-    try:
+    with h.scope():
         eng = NsnetEngine(h, "f4")
         for i in range(5):
             eng.create_network(f"n{i}", f"10.5{i}.0.0/16")
@@ -33,8 +32,6 @@ def run(ctx) -> Figure:
             imp = [(name.strip(), us / 1000) for us, name in rows[:8]]
         except Exception:
             imp = None
-    finally:
-        h.close_upto(mark)
 
     docker = ctx.docker()
     if docker is None:

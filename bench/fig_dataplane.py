@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 
-from common import Figure, Skip, have, sh, share, verdict
+from common import Figure, have, sh, share, verdict
 from peer_nsnet import NsnetEngine
 
 
@@ -51,8 +51,7 @@ def run(ctx) -> Figure:
     res: dict[str, list[float]] = {}
 
     # ---- references, by hand --------------------------------------------------------------------------
-    mark = h.mark()
-    try:
+    with h.scope():
         va, vb = h.netns("f7va"), h.netns("f7vb")
         sh(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", vb], va)
         sh(["ip", "addr", "add", "10.72.0.1/24", "dev", "eth0"], va)
@@ -72,12 +71,9 @@ def run(ctx) -> Figure:
             sh(["ip", "link", "set", "eth0", "up"], ns)
         h.spawn(["iperf3", "-s", "-p", "5201"], b1)
         res["bare bridge"] = _runs(b2, "10.73.0.1", 5201, ctx)
-    finally:
-        h.close_upto(mark)
 
     # ---- nsnet ----------------------------------------------------------------------------------------------
-    mark = h.mark()
-    try:
+    with h.scope(fig, "nsnet"):
         eng = NsnetEngine(h, "f7")
         eng.create_network("dp", "10.70.0.0/24")
         eng.run("srv", "dp", cmd=["iperf3", "-s", "-p", "5201"])
@@ -114,10 +110,6 @@ def run(ctx) -> Figure:
             res["nsnet published port, host 127.0.0.1"] = _runs(eng.ns, "127.0.0.1", 15201, ctx)
         except RuntimeError as e:
             fig.skipped.append(f"nsnet published port through 127.0.0.1: {e}")
-    except Skip as e:
-        fig.skipped.append(f"nsnet: {e}")
-    finally:
-        h.close_upto(mark)
 
     med = {k: statistics.median(v) for k, v in res.items()}
     fig.data = {"gbit_s": res, "median_gbit_s": med}

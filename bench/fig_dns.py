@@ -212,20 +212,12 @@ def run(ctx) -> Figure:
     qdir = h.tempdir("dnsq")
     qfile = _queries(qdir)
     res = {}
-    mark = h.mark()
-    try:
+    with h.scope(fig, "aardvark-dns"):
         res["aardvark-dns"] = _aardvark(ctx, qfile)
-    except Skip as e:
-        fig.skipped.append(f"aardvark-dns: {e}")
-    finally:
-        h.close_upto(mark)
-    mark = h.mark()
-    try:
+    with h.scope():
         r = _nsnet(ctx, qfile, fig, load_qps=(res.get("aardvark-dns") or {}).get("qps"))
         if r:
             res["nsnet"] = r
-    finally:
-        h.close_upto(mark)
     fig.data = res
     mine, peer = res.get("nsnet"), res.get("aardvark-dns")
     if mine:

@@ -32,8 +32,7 @@ def run(ctx) -> Figure:
     for front, count, create, remove in (
             ("API", m, lambda e, n: e.create_network(n), lambda e, n: e.remove_network(n)),
             ("CLI", k, lambda e, n: e.cli(["network", "create", n]), lambda e, n: e.cli(["network", "rm", n]))):
-        mark = h.mark()
-        try:
+        with h.scope():
             eng = NsnetEngine(h, f"f3{front.lower()}")
             made, cr, rm = [], [], []
             try:
@@ -48,8 +47,6 @@ def run(ctx) -> Figure:
             s[f"nsnet {front}"] = {"create": cr, "rm": rm}
             if front == "API" and first:
                 _pool_reuse(fig, eng, first)
-        finally:
-            h.close_upto(mark)
 
     docker = ctx.docker()
     if docker is None:

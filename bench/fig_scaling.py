@@ -28,8 +28,7 @@ def run(ctx) -> Figure:
     curves: dict[str, dict] = {}
 
     # ---- nsnet -----------------------------------------------------------------------------------------
-    mark = h.mark()
-    try:
+    with h.scope():
         eng = NsnetEngine(h, "f2")
         eng.create_network("scale", "10.40.0.0/16")
         eng.create_network("pbase", "10.41.0.0/16")
@@ -68,14 +67,11 @@ def run(ctx) -> Figure:
             _bridge_limit(ctx, fig, eng, filled)
         elif not ctx.bridge_limit or levels[-1] < 1000:
             fig.skipped.append("bridge port limit (1,024): probed only in the full run (needs 1,000+ sandboxes)")
-    finally:
-        h.close_upto(mark)
 
     # ---- netavark, CNI -----------------------------------------------------------------------------------
     for label, make, up, down in (("netavark", lambda: Netavark(h, "f2nv", "10.89"), "setup_ms", "teardown_ms"),
                                   ("CNI bridge", lambda: Cni(h, "f2cni", "10.88.0.0/16"), "add_ms", "del_ms")):
-        mark = h.mark()
-        try:
+        with h.scope(fig, label):
             peer = make()
             curve, filled = {}, 0
             probe_ids = list(range(60000, 60000 + reps))  # addresses 10.x.240.y: clear of the fill
@@ -94,10 +90,6 @@ def run(ctx) -> Figure:
                 curve[level] = {"attach": summary(att), "detach": summary(det), "attach_ms": att}
                 ctx.log(f"    {label:10s} {level:5d}: attach p50 {curve[level]['attach']['p50']:.1f} ms")
             curves[label] = curve
-        except Skip as e:
-            fig.skipped.append(f"{label}: {e}")
-        finally:
-            h.close_upto(mark)
 
     # ---- Docker -----------------------------------------------------------------------------------------
     docker = ctx.docker()

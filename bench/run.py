@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))  # nsnet itself, even without the editable install
 
 import common  # noqa: E402
-from common import Figure, Harness, Skip, sh, sweep_leftovers, write_json  # noqa: E402
+from common import Figure, Harness, Skip, sweep_leftovers, write_json  # noqa: E402
 
 FIGURES = {
     "1": "fig_attach", "2": "fig_scaling", "3": "fig_netcreate", "4": "fig_cli",
