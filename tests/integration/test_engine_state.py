@@ -87,6 +87,15 @@ def test_a_removed_networks_pool_is_given_out_again(host):
     assert subnet_of(host, "second") == subnet
 
 
+def test_a_bridge_deleted_behind_the_daemons_back_is_rebuilt_on_the_next_attach(host):
+    host.nsnet("network", "create", "--subnet", "10.78.0.0/24", "-o", "com.docker.network.bridge.name=nsbrgone", "gone")
+    host.nsnet("run", "-d", "--name", "a", "--network", "gone", "--", "sleep", "300")
+    host.sh("ip link del nsbrgone")
+    host.nsnet("run", "-d", "--name", "b", "--network", "gone", "--", "sleep", "300")
+    assert "10.78.0.1/24" in host.sh("ip -o addr show dev nsbrgone").stdout
+    assert host.exec("b", "ping -c1 -W1 10.78.0.1", check=False).returncode == 0
+
+
 def test_rm_refuses_a_network_in_use_and_prune_keeps_it(host):
     host.nsnet("network", "create", "busy")
     host.nsnet("network", "create", "idle")

@@ -21,6 +21,7 @@ DEFAULT_KEY = "com.docker.network.bridge.default_bridge"
 IFNAMSIZ = 15
 BR_MAX_PORTS = 1023  # ports a Linux bridge takes (BR_MAX_PORTS is 1024 with port 0 reserved); one more: EXFULL
 EXFULL = 54
+EINVAL = 22
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -113,7 +114,7 @@ class BridgeDriver(Driver):
             if e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
-            if e.code != links.ENODEV:
+            if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
                 raise
             self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it
             host_index, peer_index = links.attach_veth(chan, ep.host_ifname, self._bridge_index(net), sandbox.fd,

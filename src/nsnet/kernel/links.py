@@ -13,7 +13,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import rtnl
 
 ENODEV = 19
-EEXIST = 17
+EEXIST = rtnl.EEXIST
 
 
 def index_of(ipr, ifname: str) -> int | None:
