@@ -7,8 +7,6 @@ runs inside one.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import ctypes
 import json
 import os
@@ -18,7 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from nsnet.kernel.procs import terminate
 
 PREFIX = "nsb-"  # every network namespace this suite makes starts with it
 TMP_PREFIX = "nsbench-"  # and every folder under /tmp
@@ -59,6 +60,13 @@ def summary(samples_ms: list[float]) -> dict:
 
 def ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
+
+
+def timed_ms(fn, *args) -> float:
+    """Milliseconds one call of fn(*args) takes."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return ms_since(t0)
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -299,39 +307,12 @@ class Harness:
                     p.kill()
                     p.wait(3)
         elif kind == "pid":
-            kill_pid(*obj)
+            terminate(*obj, timeout=3)
         elif kind == "netns":
             subprocess.run(["ip", "netns", "del", obj], stderr=subprocess.DEVNULL)
         elif kind == "dir":
             unmount_under(obj)
             shutil.rmtree(obj, ignore_errors=True)
-
-
-def kill_pid(pid: int, started: int | None, grace: float = 3.0) -> None:
-    """SIGTERM then SIGKILL one process, only if it is still the very process we knew (same start time)."""
-    if not pid or proc_start(pid) is None or (started is not None and proc_start(pid) != started):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if proc_start(pid) != started or _zombie(pid):
-            return
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def unmount_under(path: str) -> None:

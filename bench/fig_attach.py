@@ -7,19 +7,12 @@ Every peer attaches the same number of sandboxes, one after the other, to one ne
 """
 from __future__ import annotations
 
-import time
 
-from common import Figure, Skip, faster, ms_since, summary, verdict
+from common import Figure, Skip, faster, summary, timed_ms, verdict
 from peer_cni import Cni
 from peer_floor import kernel_floor, pyroute2_floor
 from peer_netavark import Netavark
 from peer_nsnet import NsnetEngine
-
-
-def _timed(fn, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return ms_since(t0)
 
 
 def run(ctx) -> Figure:
@@ -44,8 +37,8 @@ def run(ctx) -> Figure:
         for p in probes[:2]:  # warm-up, not counted
             eng.connect("bn", p)
             eng.disconnect("bn", p)
-        att = [_timed(eng.connect, "bn", p) for p in probes]
-        det = [_timed(eng.disconnect, "bn", p) for p in probes]
+        att = [timed_ms(eng.connect, "bn", p) for p in probes]
+        det = [timed_ms(eng.disconnect, "bn", p) for p in probes]
         series["nsnet API"] = {"attach": att, "detach": det}
         catt = [eng.cli_ms(["network", "connect", "bn2", p]) for p in probes]
         cdet = [eng.cli_ms(["network", "disconnect", "bn2", p]) for p in probes]
@@ -75,8 +68,8 @@ def run(ctx) -> Figure:
             names = [f"d{i}" for i in range(n)]
             for c in names:
                 docker.run(c, "dbase")
-            att = [_timed(docker.connect, "dbn", c) for c in names]
-            det = [_timed(docker.disconnect, "dbn", c) for c in names]
+            att = [timed_ms(docker.connect, "dbn", c) for c in names]
+            det = [timed_ms(docker.disconnect, "dbn", c) for c in names]
             series["Docker API"] = {"attach": att, "detach": det}
             k = min(n, ctx.cli_reps)
             catt = [docker.cli(["network", "connect", "dbn2", c]) for c in names[:k]]

@@ -6,18 +6,11 @@ creating a network (Podman keeps networks as JSON; netavark builds the bridge on
 """
 from __future__ import annotations
 
-import time
 
-from common import Figure, faster, ms_since, summary
+from common import Figure, faster, summary, timed_ms
 from peer_nsnet import NsnetEngine, NsnetFailed
 
 from nsnet.client import ApiError
-
-
-def _t(fn, *a) -> float:
-    t0 = time.perf_counter()
-    fn(*a)
-    return ms_since(t0)
 
 
 def run(ctx) -> Figure:
@@ -37,13 +30,13 @@ def run(ctx) -> Figure:
             made, cr, rm = [], [], []
             try:
                 for i in range(count):
-                    cr.append(_t(create, eng, f"n{i}"))
+                    cr.append(timed_ms(create, eng, f"n{i}"))
                     made.append(f"n{i}")
             except (ApiError, NsnetFailed) as e:
                 fig.notes.append(f"nsnet {front}: network create #{len(made) + 1} failed: {e}")
             first = eng.api.get("/networks/n0")["IPAM"]["Config"][0]["Subnet"] if made else None
             for n in made:
-                rm.append(_t(remove, eng, n))
+                rm.append(timed_ms(remove, eng, n))
             s[f"nsnet {front}"] = {"create": cr, "rm": rm}
             if front == "API" and first:
                 _pool_reuse(fig, eng, first)
@@ -53,8 +46,8 @@ def run(ctx) -> Figure:
         fig.skipped.append(f"Docker: {ctx.docker_skip}")
     else:
         try:
-            s["Docker API"] = {"create": [_t(docker.create_network, f"n{i}") for i in range(m)]}
-            s["Docker API"]["rm"] = [_t(docker.remove_network, f"n{i}") for i in range(m)]
+            s["Docker API"] = {"create": [timed_ms(docker.create_network, f"n{i}") for i in range(m)]}
+            s["Docker API"]["rm"] = [timed_ms(docker.remove_network, f"n{i}") for i in range(m)]
             k = min(m, ctx.cli_reps)
             s["Docker CLI"] = {"create": [docker.cli(["network", "create", f"c{i}"]) for i in range(k)]}
             s["Docker CLI"]["rm"] = [docker.cli(["network", "rm", f"c{i}"]) for i in range(k)]

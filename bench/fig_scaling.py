@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from common import Figure, Skip, ms_since, summary, verdict
+from common import Figure, Skip, summary, timed_ms, verdict
 from peer_cni import Cni
 from peer_netavark import Netavark
 from peer_nsnet import NsnetEngine
@@ -16,10 +16,16 @@ from peer_nsnet import NsnetEngine
 from nsnet.client import ApiError
 
 
-def _t(fn, *a) -> float:
-    t0 = time.perf_counter()
-    fn(*a)
-    return ms_since(t0)
+def _cycles(connect, disconnect, net: str, probes: list[str]) -> tuple[list[float], list[float]]:
+    """Connect and disconnect each probe once (after two uncounted warm-up cycles): attach and detach ms."""
+    for p in probes[:2]:
+        connect(net, p)
+        disconnect(net, p)
+    att, det = [], []
+    for p in probes:
+        att.append(timed_ms(connect, net, p))
+        det.append(timed_ms(disconnect, net, p))
+    return att, det
 
 
 def run(ctx) -> Figure:
@@ -41,16 +47,10 @@ def run(ctx) -> Figure:
         for level in levels:
             t_fill = time.perf_counter()
             while filled < level:
-                run_ms.append(_t(eng.run, f"f{filled}", "scale"))
+                run_ms.append(timed_ms(eng.run, f"f{filled}", "scale"))
                 filled += 1
             fill_s = time.perf_counter() - t_fill
-            for p in probes[:2]:  # warm-up, not counted
-                eng.connect("scale", p)
-                eng.disconnect("scale", p)
-            att, det = [], []
-            for p in probes:
-                att.append(_t(eng.connect, "scale", p))
-                det.append(_t(eng.disconnect, "scale", p))
+            att, det = _cycles(eng.connect, eng.disconnect, "scale", probes)
             curve[level] = {"attach": summary(att), "detach": summary(det), "rss_kb": eng.rss_kb(),
                             "fill_s": fill_s, "attach_ms": att}
             ctx.log(f"    nsnet  {level:5d} sandboxes: attach p50 {curve[level]['attach']['p50']:.2f} ms, "
@@ -111,13 +111,7 @@ def run(ctx) -> Figure:
                 while filled < level:
                     docker.run(f"df{filled}", "dscale")
                     filled += 1
-                for p in probes[:2]:  # warm-up, not counted
-                    docker.connect("dscale", p)
-                    docker.disconnect("dscale", p)
-                att, det = [], []
-                for p in probes:
-                    att.append(_t(docker.connect, "dscale", p))
-                    det.append(_t(docker.disconnect, "dscale", p))
+                att, det = _cycles(docker.connect, docker.disconnect, "dscale", probes)
                 curve[level] = {"attach": summary(att), "detach": summary(det), "rss_kb": docker.rss_kb(),
                                 "attach_ms": att}
                 ctx.log(f"    Docker     {level:5d}: attach p50 {curve[level]['attach']['p50']:.1f} ms")

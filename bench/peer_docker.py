@@ -18,7 +18,9 @@ import subprocess
 import tarfile
 import time
 
-from common import Harness, Skip, have, kill_pid, ms_since, proc_start, sh
+from common import Harness, Skip, have, ms_since, proc_start, sh
+
+from nsnet.kernel.procs import terminate
 
 DOCKERD = "/usr/sbin/dockerd"
 IMAGE = "nsbench-box:1"
@@ -211,7 +213,7 @@ class Docker:
                 self.proc.wait(5)
         # containerd shims started for this daemon name our folder in their command line: end those (by pid).
         for pid in _pids_mentioning(self.dir):
-            kill_pid(pid, proc_start(pid), grace=2)
+            terminate(pid, proc_start(pid), timeout=2)
 
 
 def _pids_mentioning(text: str) -> list[int]:

@@ -10,9 +10,10 @@ import os
 import signal
 import time
 
-from common import PY, Harness, kill_pid, ms_since, proc_start, rss_kb, sh
+from common import PY, Harness, ms_since, proc_start, rss_kb, sh
 
 from nsnet.client import ApiError, Client
+from nsnet.kernel.procs import terminate
 
 
 class NsnetFailed(Exception):
@@ -113,7 +114,7 @@ class NsnetEngine:
                         pids.setdefault(doc["Name"], (pid, proc_start(pid)))
             except Exception:
                 pass
-            kill_pid(self.daemon_pid, self._daemon_start, grace=5)
+            terminate(self.daemon_pid, self._daemon_start, timeout=5)
             self.daemon_pid = None
         for pid, started in pids.values():  # SIGKILL at once: `sleep` has nothing to save
             if pid and proc_start(pid) == started and started is not None:

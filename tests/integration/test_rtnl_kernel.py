@@ -12,21 +12,23 @@ from conftest import ns_add, ns_del, sh
 
 @pytest.fixture
 def two_ns(tag):
+    """A "host" namespace with a bridge, a "sandbox" namespace, a channel in each and the sandbox's fd."""
     a, b = f"nsnt-rta-{tag}", f"nsnt-rtb-{tag}"
-    ns_add(a)
-    ns_add(b)
-    sh(f"ip -n {a} link add br0 type bridge && ip -n {a} addr add 10.9.0.1/24 dev br0 && ip -n {a} link set br0 up")
+    channels, fd = [], None
     try:
-        with entered(f"/run/netns/{a}"):
-            host = rtnl.Channel()
-        with entered(f"/run/netns/{b}"):
-            inside = rtnl.Channel()
+        ns_add(a)
+        ns_add(b)
+        sh(f"ip -n {a} link add br0 type bridge && ip -n {a} addr add 10.9.0.1/24 dev br0 && ip -n {a} link set br0 up")
+        for ns in (a, b):
+            with entered(f"/run/netns/{ns}"):
+                channels.append(rtnl.Channel())
         fd = os.open(f"/run/netns/{b}", os.O_RDONLY)
-        yield a, b, host, inside, fd
-        os.close(fd)
-        host.close()
-        inside.close()
+        yield a, b, channels[0], channels[1], fd
     finally:
+        for chan in channels:
+            chan.close()
+        if fd is not None:
+            os.close(fd)
         ns_del(a)
         ns_del(b)
 

@@ -93,7 +93,7 @@ class BridgeDriver(Driver):
         for s in net.subnets:
             if s.gateway:
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
-        links.ensure_bridge(ipr, net.bridge, mtu=self._mtu(net), addresses=addrs, alias=f"nsnet network {net.id}")
+        links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net), addresses=addrs, alias=f"nsnet network {net.id}")
         sysctl.write("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
         sysctl.write_iface("ipv4", net.bridge, "route_localnet", "1")

@@ -123,7 +123,7 @@ class MacvlanDriver(LanDriver):
         super().create_network(net)
         addr = shim_address(net)
         if shim_wanted(net) and addr:
-            lan.ensure_shim(self.kernel.ipr, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net))
+            lan.ensure_shim(self.kernel.ipr, self.kernel.rtnl, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net))
 
     def delete_network(self, net: Network) -> None:
         lan.delete_if_alias(self.kernel, shim_name_for(net.id), owner_alias(net))

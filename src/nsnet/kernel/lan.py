@@ -44,7 +44,7 @@ def delete_if_alias(kernel, name: str, alias: str) -> bool:
     return links.delete_link(kernel.rtnl, name)
 
 
-def ensure_shim(ipr, name: str, parent: str, address: str, *, alias: str) -> int:
+def ensure_shim(ipr, chan, name: str, parent: str, address: str, *, alias: str) -> int:
     """A bridge-mode macvlan on the parent in the host's namespace, holding `address`/32, up.
 
     /32 and no subnet route: the host keeps reaching the rest of the LAN through the parent, as before.
@@ -54,7 +54,7 @@ def ensure_shim(ipr, name: str, parent: str, address: str, *, alias: str) -> int
         ipr.link("add", ifname=name, kind="macvlan", link=links.index_of(ipr, parent), macvlan_mode="bridge")
         idx = links.index_of(ipr, name)
         ipr.link("set", index=idx, ifalias=alias)
-    links.add_address(ipr, idx, f"{address}/32")
+    links.add_address(chan, idx, f"{address}/32")
     ipr.link("set", index=idx, state="up")
     return idx
 

@@ -5,15 +5,12 @@ for the cold paths, or the hot path's rtnl.Channel (`chan`) for attach and detac
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 
-from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
 
-ENODEV = 19
-EEXIST = rtnl.EEXIST
+ENODEV, EEXIST = rtnl.ENODEV, rtnl.EEXIST
 
 
 def index_of(ipr, ifname: str) -> int | None:
@@ -21,7 +18,7 @@ def index_of(ipr, ifname: str) -> int | None:
     return found[0] if found else None
 
 
-def ensure_bridge(ipr, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> int:
+def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> int:
     """Create (or reuse) bridge `name`, give it `addresses` ("ip/prefixlen") and bring it up.
 
     Multicast snooping is off: with no querier on the bridge (Docker's never have one) the kernel
@@ -34,21 +31,16 @@ def ensure_bridge(ipr, name: str, *, mtu: int | None, addresses: list[str], alia
         idx = index_of(ipr, name)
         ipr.link("set", index=idx, ifalias=alias)
     for cidr in addresses:
-        add_address(ipr, idx, cidr)
+        add_address(chan, idx, cidr)
     ipr.link("set", index=idx, state="up")
     return idx
 
 
-def add_address(ipr, index: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    kw = {}
-    if iface.version == 6:
-        kw["flags"] = 0x02  # IFA_F_NODAD: the address is ours alone; waiting for DAD delays the first packet
-    try:
-        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **kw)
-    except NetlinkError as e:
-        if e.code != EEXIST:
-            raise
+def add_address(chan, index: int, cidr: str) -> None:
+    """Give link `index` an address ("ip/prefixlen"); one already there is fine."""
+    (reply,) = chan.run(rtnl.new_address(index, cidr))
+    if reply.error != EEXIST:
+        reply.check()
 
 
 def delete_link(chan, ifname: str) -> bool:
@@ -93,14 +85,15 @@ def configure_inside(chan, index: int, *, addresses: list[str], gateway4: str | 
     link up, default routes via the gateways. Without `ipv6` the link gets no IPv6 at all, as Docker
     gives a container on an IPv4-only network."""
     requests = [rtnl.new_address(index, cidr) for cidr in addresses]
-    if not ipv6:
-        requests.append(rtnl.no_link_local(index=index))
+    quiet = None if ipv6 else rtnl.no_link_local(index=index)
+    if quiet:
+        requests.append(quiet)
     requests.append(rtnl.link_up(index))
     requests += [rtnl.default_route(gw) for gw in (gateway4, gateway6) if gw]
     for req, reply in zip(requests, chan.run(*requests)):
-        if reply.error == rtnl.EEXIST and req.type == rtnl.RTM_NEWADDR:
+        if req.type == rtnl.RTM_NEWADDR and reply.error == EEXIST:
             continue
-        if reply.error == rtnl.EAFNOSUPPORT and not ipv6:
+        if req is quiet and reply.error == rtnl.EAFNOSUPPORT:  # a kernel without IPv6: nothing to turn off
             continue
         reply.check()
 
