@@ -3,6 +3,11 @@
 One table is ours: `inet nsnet` (isolation, NAT, published ports). The render deletes and recreates
 it in one transaction, so after a crash the next render is the repair, and nothing else's rules are
 touched. (ICC off is traffic that never leaves the bridge: the bridge driver isolates those ports.)
+
+Frames bridged between two sandboxes of one network are not tracked. Without br_netfilter they never
+reach the IP hooks; with it (Docker and kube-proxy load it, and it is host-wide) each such frame would
+otherwise pass conntrack. Nothing here needs their state: the hairpin path to a published port goes to a
+host address, which stays tracked, and so do the gateway's own flows.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ class FwNetwork:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    gateways: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +77,11 @@ def render(rs: Ruleset) -> str:
         "  }",
     ]
 
+    out += ["  chain raw {", "    type filter hook prerouting priority raw; policy accept;"]
+    for n in rs.networks:
+        out += ["    " + rule for rule in _untracked_within(n)]
+    out += ["  }"]
+
     out += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
             "    fib daddr type local jump published", "  }",
             "  chain output {", "    type nat hook output priority -100; policy accept;",
@@ -84,9 +95,13 @@ def render(rs: Ruleset) -> str:
     for n in rs.networks:
         b = _q(n.bridge)
         # The host reaching a published port through 127.0.0.1, and a sandbox reaching a published port
-        # of its own network through the host: replies must come back through the host to be un-NATed.
+        # of its own network through the host (hairpin): replies must come back through the host to be
+        # un-NATed. Matched by source, not by iifname: under br_netfilter a hairpin is bridged, not
+        # routed, and has no input interface at this hook.
         out.append(f"    oifname {b} ip saddr 127.0.0.0/8 masquerade")
-        out.append(f"    oifname {b} iifname {b} ct status dnat masquerade")
+        for s in n.subnets:
+            fam = "ip" if ipaddress.ip_network(s).version == 4 else "ip6"
+            out.append(f"    oifname {b} {fam} saddr {s} ct status dnat masquerade")
         if n.masquerade and not n.internal:
             for s in n.subnets:
                 fam = "ip" if ipaddress.ip_network(s).version == 4 else "ip6"
@@ -94,6 +109,18 @@ def render(rs: Ruleset) -> str:
     out += ["  }", "}"]
 
     return "\n".join(out) + "\n"
+
+
+def _untracked_within(n: FwNetwork) -> list[str]:
+    """Sandbox-to-sandbox traffic of one network: both ends in a subnet, the gateway not one of them."""
+    rules = []
+    for s in n.subnets:
+        net = ipaddress.ip_network(s)
+        fam = "ip" if net.version == 4 else "ip6"
+        own = [g for g in n.gateways if ipaddress.ip_address(g) in net]
+        not_gw = "".join(f"{fam} daddr != {g} " for g in own)
+        rules.append(f"iifname {_q(n.bridge)} {fam} saddr {s} {fam} daddr {s} {not_gw}notrack")
+    return rules
 
 
 def _dnat_rule(p: FwPort) -> str:

@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 
 from conftest import wait_for
 
@@ -108,6 +110,32 @@ def test_published_port_on_one_host_ip_only(host, machines):
     serve(host, "web", "red", "-p", "198.51.100.1:8081:80")
     assert ask_from_ns(pc, "tcp", "198.51.100.1", 8081) == "peer=198.51.100.2"
     assert ask_from_ns(pc, "tcp", "203.0.113.1", 8081).startswith("no answer")
+
+
+@pytest.mark.parametrize("br_netfilter", [0, 1])
+def test_sandbox_to_sandbox_and_hairpin_with_and_without_br_netfilter(host, machines, br_netfilter):
+    """Docker or kube-proxy load br_netfilter host-wide; then frames bridged between sandboxes pass the
+    IP hooks too. Both ways a sandbox reaches its neighbour and its own network's published port (the
+    hairpin, which the host masquerades so replies come back through it); with br_netfilter, nsnet keeps
+    sandbox-to-sandbox frames out of the host's conntrack and tracks only what its NAT needs."""
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        pytest.skip("br_netfilter is not loaded on this machine (loading it would change the machine's own bridges)")
+    host.sh(f"sysctl -qw net.bridge.bridge-nf-call-iptables={br_netfilter}")
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    host.nsnet("network", "create", "--subnet", "10.79.0.0/24", "flat")
+    serve(host, "web", "flat", "-p", "8080:80")
+    host.nsnet("run", "-d", "--name", "a", "--network", "flat", "--", "sleep", "300")
+    web, a = ip_of(host, "web", "flat"), ip_of(host, "a", "flat")
+
+    assert ask_from_sandbox(host, "a", "tcp", web, 80) == f"peer={a}"
+    assert ask_from_sandbox(host, "a", "tcp", "10.79.0.1", 8080) == "peer=10.79.0.1"
+    assert ask_from_sandbox(host, "a", "tcp", "203.0.113.1", 8080) == "peer=10.79.0.1"
+    assert ask_from_ns(pc, "tcp", "203.0.113.1", 8080) == "peer=203.0.113.2"
+    if br_netfilter:
+        tracked = host.sh("cat /proc/net/nf_conntrack").stdout
+        assert f"src={a} dst=203.0.113.1 " in tracked
+        assert f"src={a} dst={web} " not in tracked
 
 
 def test_isolation_between_networks_internal_and_icc(host, machines):

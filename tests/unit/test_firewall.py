@@ -16,7 +16,8 @@ def test_masquerade_only_for_external_networks_with_it_on():
                   FwNetwork("br-n", ["10.3.0.0/16"], masquerade=False)])
     out = rules(rs)
     assert 'ip saddr 10.1.0.0/16 oifname != "br-a" masquerade' in out
-    assert not [l for l in out if "10.2.0.0/16" in l or "10.3.0.0/16" in l]
+    outbound = [l for l in out if "!=" in l and l.endswith("masquerade")]
+    assert not [l for l in outbound if "10.2.0.0/16" in l or "10.3.0.0/16" in l]
     assert 'iifname "br-i" oifname != "br-i" drop' in out
 
 
@@ -26,6 +27,16 @@ def test_isolation_rule_order_allows_same_bridge_before_dropping_cross_bridge():
     assert 'iifname "br-q" oifname "br-q" drop' in out
     assert same < out.index("iifname @bridges oifname @bridges drop") < out.index("iifname @bridges accept")
     assert out.index("ct status dnat accept") < same
+
+
+def test_only_sandbox_to_sandbox_traffic_is_untracked_and_hairpins_are_masqueraded_by_source():
+    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/24", "fd00::/64"], gateways=["10.1.0.1", "fd00::1"])]))
+    assert 'iifname "br-a" ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 ip daddr != 10.1.0.1 notrack' in out
+    assert 'iifname "br-a" ip6 saddr fd00::/64 ip6 daddr fd00::/64 ip6 daddr != fd00::1 notrack' in out
+    raw = out.index("chain raw {")
+    assert out[raw + 1] == "type filter hook prerouting priority raw; policy accept;"
+    assert 'oifname "br-a" ip saddr 10.1.0.0/24 ct status dnat masquerade' in out
+    assert 'oifname "br-a" ip6 saddr fd00::/64 ct status dnat masquerade' in out
 
 
 def test_published_ports_dnat_by_family_and_host_ip():

@@ -152,6 +152,7 @@ class BridgeDriver(Driver):
             internal=net.internal,
             icc=net.flag(ICC_KEY, True),
             masquerade=net.flag(MASQ_KEY, True),
+            gateways=[s.gateway for s in net.subnets if s.gateway],
         )
 
     def kernel_names(self, net: Network) -> set[str]:
