@@ -193,8 +193,9 @@ class Engine:
     def _dns_attach(self, sb: Sandbox) -> str | None:
         """Serve 127.0.0.11 inside `sb` when it is on a network with name resolution. As Docker does, the
         resolver listens on random ports, kept in the record so a restarted daemon binds the same ones, and
-        127.0.0.11:53 is DNATed to them inside the sandbox, so its own programs can still bind port 53.
-        Returns that DNAT ruleset for a new sandbox (its first process applies it), else None."""
+        127.0.0.11:53 is redirected to them inside the sandbox (stateless port rewrites, not NAT), so its
+        own programs can still bind port 53. Returns that ruleset for a new sandbox (its first process
+        applies it), else None."""
         if self.dns is None or sb.id in self.dns.sandboxes():
             return None
         if not any(self.nets[e.network_id].dns for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets):

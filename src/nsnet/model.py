@@ -98,7 +98,7 @@ class Sandbox:
     netmode: str = "bridge"     # bridge (own netns) | host | none
     started: str | None = None
     finished: str | None = None
-    dns_ports: list[int] | None = None  # UDP, TCP ports of its resolver; 127.0.0.11:53 is DNATed to them
+    dns_ports: list[int] | None = None  # UDP, TCP ports of its resolver; 127.0.0.11:53 is redirected to them
 
 
 def to_dict(obj) -> dict:

@@ -86,3 +86,19 @@ def test_malformed_packets_then_a_good_query(host):
             "[s.sendto(p, ('127.0.0.11', 53)) for p in (b'', b'x', b'\\xff'*12, b'\\x00'*512, bytes(range(256))*2)]")
     host.exec("a", f"{sys.executable} -c \"{junk}\"")
     assert getent(host, "a", "a") == [ip_on(host, "a", "red")]
+
+
+def test_the_resolver_answers_udp_and_tcp_beside_a_sandboxs_own_port_53_without_tracking_its_flows(host):
+    """127.0.0.11:53 reaches the resolver over UDP and TCP, while the sandbox's own program keeps port 53
+    on its other addresses (as Docker). The redirect is stateless: the sandbox's flows are not tracked."""
+    netcheck = os.path.join(os.path.dirname(__file__), "netcheck.py")
+    host.nsnet("network", "create", "red")
+    host.nsnet("run", "-d", "--name", "dns", "--network", "red", "--", sys.executable, netcheck, "serve", "tcp", "53")
+    host.nsnet("run", "-d", "--name", "b", "--network", "red", "--", "sleep", "300")
+    dns_ip, b_ip = ip_on(host, "dns", "red"), ip_on(host, "b", "red")
+    assert dig(host, "b", "dns").strip() == dns_ip
+    assert dig(host, "b", "+tcp", "dns").strip() == dns_ip
+    assert dig(host, "dns", "+tcp", "b").strip() == b_ip                   # beside its own :53 listener
+    asked = host.exec("b", f"{sys.executable} {netcheck} ask tcp {dns_ip} 53", check=False).stdout.strip()
+    assert asked == f"peer={b_ip}"                                          # its :53 is its own
+    assert host.exec("b", "cat /proc/net/nf_conntrack").stdout.strip() == ""

@@ -50,8 +50,12 @@ def test_published_ports_dnat_by_family_and_host_ip():
     assert "meta nfproto ipv6 tcp dport 8443 dnat ip6 to [fd00::2]:443" in out
 
 
-def test_dns_redirect_replaces_its_table_and_dnats_both_protocols():
-    out = [l.strip() for l in render_dns_redirect("127.0.0.11", 40001, 40002).splitlines()]
+def test_dns_redirect_replaces_its_table_and_rewrites_ports_both_ways_without_nat():
+    text = render_dns_redirect("127.0.0.11", 40001, 40002)
+    out = [l.strip() for l in text.splitlines()]
     assert out[:2] == ["add table ip nsnet_dns", "delete table ip nsnet_dns"]
-    assert "ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40001" in out
-    assert "ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:40002" in out
+    assert "ip daddr 127.0.0.11 udp dport 53 udp dport set 40001" in out
+    assert "ip daddr 127.0.0.11 tcp dport 53 tcp dport set 40002" in out
+    assert "ip saddr 127.0.0.11 udp sport 40001 udp sport set 53" in out
+    assert "ip saddr 127.0.0.11 tcp sport 40002 tcp sport set 53" in out
+    assert "nat" not in text and " ct " not in text  # nothing that makes the kernel track the sandbox's flows

@@ -80,7 +80,7 @@ class Daemon:
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
                 self.watcher.watch(sb.id, sb.pid)
-        dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 DNATed to them
+        dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 redirected to them
         dns.start()
         self.engine.serve_dns(dns)
 

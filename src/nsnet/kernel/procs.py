@@ -54,7 +54,7 @@ class Launch:
         self.started = start_time(self.pid)
 
     def go(self, files: str, hostname: str, nft: str | None = None) -> None:
-        """The network is built: apply `nft` inside (the resolver's DNAT), bind `files` over /etc, set the
+        """The network is built: apply `nft` inside (the resolver's port redirect), bind `files` over /etc, set the
         hostname, run the command."""
         os.write(self._go_w, json.dumps({"files": files, "hostname": hostname, "nft": nft}).encode())
         os.close(self._go_w)
