@@ -5,7 +5,8 @@
   sandbox through `-p 15201:5201` (DNAT); and the same port from the host itself through 127.0.0.1;
 - references built by hand in the same run: a bare veth pair, and two namespaces on a bare Linux bridge
   with no rules at all (the kernel's own cost of bridging).
-Each figure is the median of `reps` runs of `seconds` s. Client and server are pinned to CPUs 0 and 1
+Each figure is the median of `reps` rounds of `seconds` s runs; a round runs every configuration once, so
+a drift of the machine shows in all of them alike. Client and server are pinned to CPUs 0 and 1
 (iperf3 -A) so that every configuration gets the same placement: unpinned, the scheduler's choice moved
 the figures by 20 % from run to run on 2 cores.
 """
@@ -15,8 +16,9 @@ import json
 import os
 import statistics
 import time
+from contextlib import contextmanager, nullcontext
 
-from common import Figure, have, sh, share, verdict
+from common import Figure, Skip, have, sh, share, verdict
 from peer_nsnet import NsnetEngine
 
 
@@ -38,8 +40,67 @@ def _client(ns, addr: str, port: int, seconds: float) -> float:
     raise RuntimeError(f"iperf3 to {addr}:{port} failed: {last}")
 
 
-def _runs(ns, addr, port, ctx) -> list[float]:
-    return [_client(ns, addr, port, ctx.iperf_seconds) for _ in range(ctx.iperf_reps)]
+def _references(h) -> list:
+    """A bare veth pair and two namespaces on a bare bridge, built by hand: the kernel's own figures."""
+    va, vb = h.netns("f7va"), h.netns("f7vb")
+    sh(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", vb], va)
+    sh(["ip", "addr", "add", "10.72.0.1/24", "dev", "eth0"], va)
+    sh(["ip", "addr", "add", "10.72.0.2/24", "dev", "eth0"], vb)
+    sh(["ip", "link", "set", "eth0", "up"], va)
+    sh(["ip", "link", "set", "eth0", "up"], vb)
+    h.spawn(["iperf3", "-s", "-p", "5201"], va)
+
+    br, b1, b2 = h.netns("f7br"), h.netns("f7b1"), h.netns("f7b2")
+    sh(["ip", "link", "add", "br0", "type", "bridge"], br)
+    sh(["ip", "link", "set", "br0", "up"], br)
+    for i, ns in ((1, b1), (2, b2)):
+        sh(["ip", "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns], br)
+        sh(["ip", "link", "set", f"v{i}", "master", "br0", "up"], br)
+        sh(["ip", "addr", "add", f"10.73.0.{i}/24", "dev", "eth0"], ns)
+        sh(["ip", "link", "set", "eth0", "up"], ns)
+    h.spawn(["iperf3", "-s", "-p", "5201"], b1)
+    return [("bare veth pair", vb, "10.72.0.1", 5201, nullcontext),
+            ("bare bridge", b2, "10.73.0.1", 5201, nullcontext)]
+
+
+def _nsnet_paths(h, fig) -> list:
+    """Two sandboxes on one nsnet network; a published port reached from another namespace and from
+    the host through 127.0.0.1."""
+    eng = NsnetEngine(h, "f7")
+    eng.create_network("dp", "10.70.0.0/24")
+    eng.run("srv", "dp", cmd=["iperf3", "-s", "-p", "5201"])
+    cli = eng.run("cli", "dp")
+    srv_ip = eng.ip_of("srv", "dp")
+    paths = [("nsnet bridge", cli, srv_ip, 5201, nullcontext)]
+    brnf = sh(["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"], eng.ns, check=False).stdout.strip()
+    if brnf == "1":
+        # nsnet does not need br_netfilter and leaves the host-wide switch alone (Docker and kube-proxy
+        # want it on); this throwaway host shows what it costs.
+        fig.notes.append("br_netfilter is loaded and net.bridge.bridge-nf-call-iptables=1 in nsnet's host (the "
+                         "default in a new namespace once Docker has loaded the module): frames bridged between "
+                         "two sandboxes also pass the IP hooks and nsnet's forward chain (not conntrack: nsnet "
+                         "marks them notrack); the bare bridge's namespace has no ruleset, so no hooks. "
+                         "Measured again with it set to 0")
+
+        @contextmanager
+        def no_br_netfilter():
+            sh(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"], eng.ns)
+            try:
+                yield
+            finally:
+                sh(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"], eng.ns)
+        paths.append(("nsnet bridge, no br_netfilter", cli, srv_ip, 5201, no_br_netfilter))
+
+    eng.run("pub", "dp", cmd=["iperf3", "-s", "-p", "5201"], ports=["15201:5201"])
+    x = h.netns("f7x")
+    sh(["ip", "link", "add", "nsbx0", "type", "veth", "peer", "name", "eth0", "netns", x], eng.ns)
+    sh(["ip", "addr", "add", "10.71.0.1/30", "dev", "nsbx0"], eng.ns)
+    sh(["ip", "link", "set", "nsbx0", "up"], eng.ns)
+    sh(["ip", "addr", "add", "10.71.0.2/30", "dev", "eth0"], x)
+    sh(["ip", "link", "set", "eth0", "up"], x)
+    sh(["ip", "route", "add", "default", "via", "10.71.0.1"], x)
+    return paths + [("nsnet published port", x, "10.71.0.1", 15201, nullcontext),
+                    ("nsnet published port, host 127.0.0.1", eng.ns, "127.0.0.1", 15201, nullcontext)]
 
 
 def run(ctx) -> Figure:
@@ -49,67 +110,22 @@ def run(ctx) -> Figure:
         fig.skipped.append("iperf3 is missing (apt-get install iperf3)")
         return fig
     res: dict[str, list[float]] = {}
-
-    # ---- references, by hand --------------------------------------------------------------------------
     with h.scope():
-        va, vb = h.netns("f7va"), h.netns("f7vb")
-        sh(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", vb], va)
-        sh(["ip", "addr", "add", "10.72.0.1/24", "dev", "eth0"], va)
-        sh(["ip", "addr", "add", "10.72.0.2/24", "dev", "eth0"], vb)
-        sh(["ip", "link", "set", "eth0", "up"], va)
-        sh(["ip", "link", "set", "eth0", "up"], vb)
-        h.spawn(["iperf3", "-s", "-p", "5201"], va)
-        res["bare veth pair"] = _runs(vb, "10.72.0.1", 5201, ctx)
-
-        br, b1, b2 = h.netns("f7br"), h.netns("f7b1"), h.netns("f7b2")
-        sh(["ip", "link", "add", "br0", "type", "bridge"], br)
-        sh(["ip", "link", "set", "br0", "up"], br)
-        for i, ns in ((1, b1), (2, b2)):
-            sh(["ip", "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns], br)
-            sh(["ip", "link", "set", f"v{i}", "master", "br0", "up"], br)
-            sh(["ip", "addr", "add", f"10.73.0.{i}/24", "dev", "eth0"], ns)
-            sh(["ip", "link", "set", "eth0", "up"], ns)
-        h.spawn(["iperf3", "-s", "-p", "5201"], b1)
-        res["bare bridge"] = _runs(b2, "10.73.0.1", 5201, ctx)
-
-    # ---- nsnet ----------------------------------------------------------------------------------------------
-    with h.scope(fig, "nsnet"):
-        eng = NsnetEngine(h, "f7")
-        eng.create_network("dp", "10.70.0.0/24")
-        eng.run("srv", "dp", cmd=["iperf3", "-s", "-p", "5201"])
-        cli = eng.run("cli", "dp")
-        srv_ip = eng.ip_of("srv", "dp")
-        res["nsnet bridge"] = _runs(cli, srv_ip, 5201, ctx)
-        brnf = sh(["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"], eng.ns, check=False).stdout.strip()
-        if brnf == "1":
-            # nsnet does not need br_netfilter (ICC off is port isolation) and leaves the host-wide switch
-            # alone (Docker and kube-proxy want it on); this throwaway host shows what it costs.
-            fig.notes.append("br_netfilter is loaded and net.bridge.bridge-nf-call-iptables=1 in nsnet's host (the "
-                             "default in a new namespace once Docker has loaded the module): frames bridged between "
-                             "two sandboxes also pass the IP hooks, nsnet's forward chain and conntrack; the bare "
-                             "bridge's namespace has no ruleset, so no hooks. Measured again with it set to 0")
-            sh(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"], eng.ns)
-            try:
-                res["nsnet bridge, no br_netfilter"] = _runs(cli, srv_ip, 5201, ctx)
-            finally:
-                sh(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"], eng.ns)
-
-        eng.run("pub", "dp", cmd=["iperf3", "-s", "-p", "5201"], ports=["15201:5201"])
-        x = h.netns("f7x")
-        sh(["ip", "link", "add", "nsbx0", "type", "veth", "peer", "name", "eth0", "netns", x], eng.ns)
-        sh(["ip", "addr", "add", "10.71.0.1/30", "dev", "nsbx0"], eng.ns)
-        sh(["ip", "link", "set", "nsbx0", "up"], eng.ns)
-        sh(["ip", "addr", "add", "10.71.0.2/30", "dev", "eth0"], x)
-        sh(["ip", "link", "set", "eth0", "up"], x)
-        sh(["ip", "route", "add", "default", "via", "10.71.0.1"], x)
+        paths = _references(h)
         try:
-            res["nsnet published port"] = _runs(x, "10.71.0.1", 15201, ctx)
-        except RuntimeError as e:
-            fig.skipped.append(f"nsnet published port from another namespace: {e}")
-        try:
-            res["nsnet published port, host 127.0.0.1"] = _runs(eng.ns, "127.0.0.1", 15201, ctx)
-        except RuntimeError as e:
-            fig.skipped.append(f"nsnet published port through 127.0.0.1: {e}")
+            paths += _nsnet_paths(h, fig)
+        except Skip as e:
+            fig.skipped.append(f"nsnet: {e}")
+        # Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
+        # frequency change) shows in all of them alike instead of in whichever ran last.
+        for _ in range(ctx.iperf_reps):
+            for name, client_ns, addr, port, setting in paths:
+                try:
+                    with setting():
+                        res.setdefault(name, []).append(_client(client_ns, addr, port, ctx.iperf_seconds))
+                except RuntimeError as e:
+                    fig.skipped.append(f"{name}: {e}")
+                    paths = [p for p in paths if p[0] != name]
 
     med = {k: statistics.median(v) for k, v in res.items()}
     fig.data = {"gbit_s": res, "median_gbit_s": med}
