@@ -51,7 +51,8 @@ def test_red_blue_reach_each_other_and_the_gateway(host):
 
 def test_ipv4_network_links_carry_no_ipv6(host):
     """As Docker: no IPv6 on a container's interface of an IPv4-only network; and the bridge's ports
-    (layer 2 only) get no link-local address of their own. Multicast snooping is off on nsnet's bridges."""
+    (layer 2 only) get no IPv6 of their own: no address, no multicast route (a thousand ports made every
+    IPv6 link event walk a thousand routes). Multicast snooping is off on nsnet's bridges."""
     host.nsnet("network", "create", "v4only")
     host.nsnet("run", "-d", "--name", "a", "--network", "v4only", "--", "sleep", "300")
     gateway = host.json("inspect", "a")[0]["NetworkSettings"]["Networks"]["v4only"]["Gateway"]
@@ -61,6 +62,7 @@ def test_ipv4_network_links_carry_no_ipv6(host):
     port = port_line.split(": ")[1].split("@")[0]
     bridge = port_line.split(" master ")[1].split()[0]
     assert host.sh(f"ip -6 -o addr show dev {port}").stdout.strip() == ""
+    assert f"dev {port} " not in host.sh("ip -6 route show table all").stdout
     assert host.sh(f"cat /sys/class/net/{bridge}/bridge/multicast_snooping").stdout.strip() == "0"
 
 

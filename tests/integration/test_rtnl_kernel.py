@@ -36,12 +36,14 @@ def two_ns(tag):
 def test_attach_builds_a_working_path(two_ns):
     a, b, host, inside, fd = two_ns
     br = int(sh(f"ip netns exec {a} cat /sys/class/net/br0/ifindex").stdout)
-    _, got = host.call(rtnl.new_veth("nsvt1", master=br, peer_name="eth7", peer_netns_fd=fd,
+    _, got = host.call(rtnl.new_veth("nsvt1", peer_name="eth7", peer_netns_fd=fd,
                                      peer_mac="02:42:0a:09:00:05", mtu=1400), rtnl.get_link("nsvt1"))
     index, peer = rtnl.link_indexes(got.data)
     assert index == int(sh(f"ip netns exec {a} cat /sys/class/net/nsvt1/ifindex").stdout)
     assert peer == int(sh(f"ip netns exec {b} cat /sys/class/net/eth7/ifindex").stdout)
     inside.call(rtnl.new_address(peer, "10.9.0.5/24"), rtnl.link_up(peer), rtnl.default_route("10.9.0.1"))
+    host.call(rtnl.enslave(index, br), rtnl.isolate_port(index), rtnl.link_up(index), rtnl.get_link_by_index(index))
+    assert "isolated on" in sh(f"ip -n {a} -d -o link show nsvt1").stdout
     link = sh(f"ip -n {b} -o link show eth7").stdout
     assert "mtu 1400" in link and "02:42:0a:09:00:05" in link
     assert "master br0" in sh(f"ip -n {a} -o link show nsvt1").stdout
@@ -55,16 +57,17 @@ def test_attach_builds_a_working_path(two_ns):
 def test_errors_come_back_per_request(two_ns):
     a, b, host, inside, fd = two_ns
     br = int(sh(f"ip netns exec {a} cat /sys/class/net/br0/ifindex").stdout)
-    host.call(rtnl.new_veth("nsvt2", master=br, peer_name="eth1", peer_netns_fd=fd))
-    made, lookup = host.run(rtnl.new_veth("nsvt2", master=br, peer_name="eth2", peer_netns_fd=fd),
+    host.call(rtnl.new_veth("nsvt2", peer_name="eth1", peer_netns_fd=fd))
+    made, lookup = host.run(rtnl.new_veth("nsvt2", peer_name="eth2", peer_netns_fd=fd),
                             rtnl.get_link("nsvt2"))
     assert made.error == 17 and lookup.error == 0 and lookup.data  # EEXIST, and the next message still ran
     with pytest.raises(NetlinkError) as e:
         host.call(rtnl.del_link("nosuch0"))
     assert e.value.code == 19
-    with pytest.raises(NetlinkError) as e:  # a master that is not there: nothing is left behind
-        host.call(rtnl.new_veth("nsvt3", master=99999, peer_name="eth3", peer_netns_fd=fd))
-    assert "nsvt3" not in sh(f"ip -n {a} -o link").stdout and "eth3" not in sh(f"ip -n {b} -o link").stdout
+    index = int(sh(f"ip netns exec {a} cat /sys/class/net/nsvt2/ifindex").stdout)
+    with pytest.raises(NetlinkError) as e:  # a master that is not there
+        host.call(rtnl.enslave(index, 99999))
+    assert e.value.code in (19, 22)
     peer = int(sh(f"ip netns exec {b} cat /sys/class/net/eth1/ifindex").stdout)
     inside.call(rtnl.new_address(peer, "fd00:9::5/64"), rtnl.link_up(peer))
     assert "fd00:9::5/64" in sh(f"ip -n {b} -o addr show eth1").stdout

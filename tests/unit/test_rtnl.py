@@ -19,12 +19,11 @@ def pyroute2_bytes(msg, fields: dict, attrs: list) -> bytes:
 
 
 def test_veth_matches_pyroute2():
-    req = rtnl.new_veth("nsv1234", master=7, peer_name="eth1", peer_netns_fd=42, peer_mac="02:42:ac:11:00:02",
-                        mtu=1400)
+    req = rtnl.new_veth("nsv1234", peer_name="eth1", peer_netns_fd=42, peer_mac="02:42:ac:11:00:02", mtu=1400)
     peer = {"attrs": [("IFLA_IFNAME", "eth1"), ("IFLA_NET_NS_FD", 42), ("IFLA_ADDRESS", "02:42:ac:11:00:02"),
                       ("IFLA_MTU", 1400)]}
-    want = pyroute2_bytes(ifinfmsg(), {"flags": 1, "change": 1}, [
-        ("IFLA_IFNAME", "nsv1234"), ("IFLA_MASTER", 7), ("IFLA_MTU", 1400),
+    want = pyroute2_bytes(ifinfmsg(), {}, [
+        ("IFLA_IFNAME", "nsv1234"), ("IFLA_MTU", 1400),
         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"),
                                      ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})])
     assert req.type == rtnl.RTM_NEWLINK
@@ -33,13 +32,22 @@ def test_veth_matches_pyroute2():
 
 
 def test_veth_without_mac_or_mtu():
-    req = rtnl.new_veth("nsv1", master=3, peer_name="eth0", peer_netns_fd=9)
+    req = rtnl.new_veth("nsv1", peer_name="eth0", peer_netns_fd=9)
     peer = {"attrs": [("IFLA_IFNAME", "eth0"), ("IFLA_NET_NS_FD", 9)]}
-    want = pyroute2_bytes(ifinfmsg(), {"flags": 1, "change": 1}, [
-        ("IFLA_IFNAME", "nsv1"), ("IFLA_MASTER", 3),
+    want = pyroute2_bytes(ifinfmsg(), {}, [
+        ("IFLA_IFNAME", "nsv1"),
         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"),
                                      ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})])
     assert req.body == want
+
+
+def test_enslave_and_isolate_match_pyroute2():
+    assert rtnl.enslave(12, 7).body == pyroute2_bytes(ifinfmsg(), {"index": 12}, [("IFLA_MASTER", 7)])
+    want = pyroute2_bytes(ifinfmsg(), {"index": 12}, [
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"),
+                                     ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_ISOLATED", 1)]})]})])
+    assert rtnl.isolate_port(12).body == want
+    assert rtnl.get_link_by_index(12).body == pyroute2_bytes(ifinfmsg(), {"index": 12}, [])
 
 
 def test_ipv4_address_has_broadcast():

@@ -107,9 +107,15 @@ class BridgeDriver(Driver):
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         chan = self.kernel.rtnl
+        host_index, peer_index = links.new_veth(chan, ep.host_ifname, sandbox.fd, ep.ifname, mac=ep.mac,
+                                                mtu=self._mtu(net))
+        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
+        links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
+                               gateway4=ep.gateway4 if default_route else None,
+                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+        isolated = not net.flag(ICC_KEY, True)
         try:
-            host_index, peer_index = links.attach_veth(chan, ep.host_ifname, self._bridge_index(net), sandbox.fd,
-                                                       ep.ifname, mac=ep.mac, mtu=self._mtu(net))
+            links.plug_in(chan, host_index, self._bridge_index(net), isolated=isolated)
         except NetlinkError as e:
             if e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
@@ -117,14 +123,7 @@ class BridgeDriver(Driver):
             if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
                 raise
             self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it
-            host_index, peer_index = links.attach_veth(chan, ep.host_ifname, self._bridge_index(net), sandbox.fd,
-                                                       ep.ifname, mac=ep.mac, mtu=self._mtu(net))
-        if not net.flag(ICC_KEY, True):
-            self.kernel.ipr.brport("set", index=host_index, isolated=1)
-        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-        links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
-                               gateway4=ep.gateway4 if default_route else None,
-                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+            links.plug_in(chan, host_index, self._bridge_index(net), isolated=isolated)
 
     def _bridge_index(self, net: Network) -> int:
         """The bridge's ifindex, looked up once: the attach path then makes no lookup of its own."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-
-from . import rtnl
+from . import rtnl, sysctl
 
 ENODEV, EEXIST = rtnl.ENODEV, rtnl.EEXIST
 
@@ -60,23 +59,38 @@ def index_in(chan, ifname: str) -> int | None:
     return rtnl.link_indexes(reply.data)[0]
 
 
-def attach_veth(chan, host_name: str, bridge_index: int, netns_fd: int, peer_name: str,
-                *, mac: str | None, mtu: int | None) -> tuple[int, int]:
-    """One sendmsg: the veth pair, its peer created directly inside the sandbox, enslaved and up; no
-    IPv6 link-local on the host end (a bridge port is layer 2 only, and a thousand of them would each
-    carry an address and a route); a lookup of the new link. Returns the host end's index and the
-    peer's index inside the sandbox (its IFLA_LINK). Raises the creation's error (e.g. EXFULL from a
-    full bridge) first."""
-    made, quiet, got = chan.run(
-        rtnl.new_veth(host_name, master=bridge_index, peer_name=peer_name, peer_netns_fd=netns_fd,
-                      peer_mac=mac, mtu=mtu),
-        rtnl.no_link_local(name=host_name),
+def new_veth(chan, host_name: str, netns_fd: int, peer_name: str, *, mac: str | None,
+             mtu: int | None) -> tuple[int, int]:
+    """The veth pair, its peer created directly inside the sandbox, and a lookup of it, in one sendmsg.
+    Returns the host end's index and the peer's index inside the sandbox (its IFLA_LINK). The host end
+    stays down and off the bridge (see plug_in()), and gets no IPv6 at all: a bridge port is layer 2
+    only, and each port with IPv6 adds a multicast route that every IPv6 link event walks past (a
+    thousand ports made each attach walk a thousand routes)."""
+    made, got = chan.run(
+        rtnl.new_veth(host_name, peer_name=peer_name, peer_netns_fd=netns_fd, peer_mac=mac, mtu=mtu),
         rtnl.get_link(host_name))
     made.check()
-    if quiet.error != rtnl.EAFNOSUPPORT:
-        quiet.check()
     got.check()
+    try:
+        sysctl.write_iface("ipv6", host_name, "disable_ipv6", "1")
+    except FileNotFoundError:  # a kernel without IPv6
+        pass
     return rtnl.link_indexes(got.data)
+
+
+def plug_in(chan, index: int, bridge_index: int, *, isolated: bool) -> None:
+    """One sendmsg: the host end of a veth whose peer is up joins the bridge (isolated first if asked),
+    then goes up. Last, so that the port arrives with carrier: on a bridge of a thousand ports each
+    carrier change of a port costs a walk over all of them (STP port-state selection), and each IPv6
+    event a walk of the IPv6 routes. The closing lookup makes the kernel apply the carrier change now
+    (the port forwards when this returns), not from its link-watch worker later. Raises the bridge's
+    error first (EXFULL when it is full)."""
+    requests = [rtnl.enslave(index, bridge_index)]
+    if isolated:
+        requests.append(rtnl.isolate_port(index))
+    requests += [rtnl.link_up(index), rtnl.get_link_by_index(index)]
+    for reply in chan.run(*requests):
+        reply.check()
 
 
 def configure_inside(chan, index: int, *, addresses: list[str], gateway4: str | None,

@@ -30,7 +30,8 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 1, 
 IFLA_AF_SPEC, IFLA_NET_NS_FD = 26, 28
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 ENODEV, EEXIST, EAFNOSUPPORT = 19, 17, 97
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_BRPORT_ISOLATED = 33
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 IFA_F_NODAD = 0x02
@@ -76,9 +77,9 @@ class Request:
         self.type, self.flags, self.body = type, flags, body
 
 
-def new_veth(name: str, *, master: int, peer_name: str, peer_netns_fd: int, peer_mac: str | None = None,
+def new_veth(name: str, *, peer_name: str, peer_netns_fd: int, peer_mac: str | None = None,
              mtu: int | None = None) -> Request:
-    """The veth pair in one message: this end enslaved to `master` and up, the peer created directly
+    """The veth pair in one message: this end down and on no bridge yet, the peer created directly
     inside the namespace of `peer_netns_fd` (down until it is configured there)."""
     peer = attr_str(IFLA_IFNAME, peer_name) + attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
     if peer_mac:
@@ -86,15 +87,31 @@ def new_veth(name: str, *, master: int, peer_name: str, peer_netns_fd: int, peer
     if mtu:
         peer += attr_u32(IFLA_MTU, mtu)
     info = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, _IFINFOMSG.pack(0, 0, 0, 0, 0) + peer))
-    body = _IFINFOMSG.pack(0, 0, 0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MASTER, master)
+    body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)
     if mtu:
         body += attr_u32(IFLA_MTU, mtu)
     body += attr(IFLA_LINKINFO, info)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
+def enslave(index: int, master: int) -> Request:
+    """Link `index` onto bridge (or other master) `master`."""
+    return Request(RTM_NEWLINK, 0, _IFINFOMSG.pack(0, 0, index, 0, 0) + attr_u32(IFLA_MASTER, master))
+
+
+def isolate_port(index: int) -> Request:
+    """Bridge port `index` isolated: it forwards no frame to another isolated port (ICC off)."""
+    data = attr(IFLA_BRPORT_ISOLATED, b"\x01")
+    info = attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + attr(IFLA_INFO_SLAVE_DATA, data)
+    return Request(RTM_NEWLINK, 0, _IFINFOMSG.pack(0, 0, index, 0, 0) + attr(IFLA_LINKINFO, info))
+
+
 def get_link(name: str) -> Request:
     return Request(RTM_GETLINK, 0, _IFINFOMSG.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name))
+
+
+def get_link_by_index(index: int) -> Request:
+    return Request(RTM_GETLINK, 0, _IFINFOMSG.pack(0, 0, index, 0, 0))
 
 
 def del_link(name: str) -> Request:
