@@ -75,11 +75,14 @@ class Engine:
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}
+        self._eps_of: dict[str, dict[str, Endpoint]] = {}  # sandbox id -> its endpoints (an index of self.eps)
+        for ep in self.eps.values():
+            self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
         self._used: dict[str, set] = {}        # network id -> addresses taken (derived from self.eps)
         self._pools: dict[tuple, AddressPool] = {}  # (network id, subnet) -> its allocator over _used
         self._port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.dns = None                         # the embedded resolver (dns.server.DnsServer), set by the daemon
-        self._dns_rs: RecordSet | None = None   # what the resolver answers from, changed incrementally
+        self._dns_whole = False   # the resolver has every record: from then on it gets changes only
         self._dns_pending: dict[tuple, Record | None] = {}  # (sandbox, network) -> record, None = gone
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
 
@@ -112,7 +115,7 @@ class Engine:
         raise NotFound(f"{what} {ref} not found")
 
     def endpoints_of_sandbox(self, sb: Sandbox) -> list[Endpoint]:
-        return sorted((e for e in self.eps.values() if e.sandbox_id == sb.id), key=lambda e: int(e.ifname[3:] or 0))
+        return sorted(self._eps_of.get(sb.id, {}).values(), key=lambda e: int(e.ifname[3:] or 0))
 
     def endpoints_of_network(self, net: Network) -> list[Endpoint]:
         return [e for e in self.eps.values() if e.network_id == net.id]
@@ -140,11 +143,16 @@ class Engine:
     def _save_endpoint(self, ep: Endpoint) -> None:
         self.store.put("endpoint", ep.id, to_dict(ep))
         self.eps[ep.id] = ep
+        self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
         self._dns_pending[(ep.sandbox_id, ep.network_id)] = self._dns_record(ep)
 
     def _drop_endpoint(self, ep: Endpoint) -> None:
         self.store.delete("endpoint", ep.id)
         self.eps.pop(ep.id, None)
+        mine = self._eps_of.get(ep.sandbox_id, {})
+        mine.pop(ep.id, None)
+        if not mine:
+            self._eps_of.pop(ep.sandbox_id, None)
         self._dns_pending[(ep.sandbox_id, ep.network_id)] = None
         used = self._used.get(ep.network_id)
         net = self.nets.get(ep.network_id)
@@ -164,15 +172,13 @@ class Engine:
         pending, self._dns_pending = self._dns_pending, {}
         if self.dns is None:
             return
-        if self._dns_rs is None:  # the first time: everything
+        if not self._dns_whole:
             records = [r for r in map(self._dns_record, self.eps.values()) if r is not None]
-            self._dns_rs = RecordSet(records, {n.id: n.name for n in self.nets.values() if n.dns})
+            self.dns.set_records(RecordSet(records, {n.id: n.name for n in self.nets.values() if n.dns}))
+            self._dns_whole = True
         elif pending:
-            self._dns_rs = self._dns_rs.changed(add=[r for r in pending.values() if r is not None],
-                                                remove=[k for k, r in pending.items() if r is None])
-        else:
-            return
-        self.dns.set_records(self._dns_rs)
+            self.dns.change_records(add=[r for r in pending.values() if r is not None],
+                                    remove=[k for k, r in pending.items() if r is None])
 
     def _dns_record(self, ep: Endpoint) -> Record | None:
         net, sb = self.nets.get(ep.network_id), self.sbs.get(ep.sandbox_id)
@@ -184,7 +190,7 @@ class Engine:
     def serve_dns(self, server) -> None:
         """Answer names through `server` from now on, for the sandboxes running already too."""
         with self.lock:
-            self.dns, self._dns_rs = server, None
+            self.dns, self._dns_whole = server, False
             for sb in self.sbs.values():
                 if sb.state == "running":
                     self._dns_attach(sb)
@@ -263,7 +269,7 @@ class Engine:
                     driver.delete_network(net)
                     raise NsnetError(f"could not build network {net.name}: {e}") from e
             self._apply_firewall()
-            self._dns_rs = None  # its name joins the resolver's domains at the next change
+            self._dns_whole = False  # its name joins the resolver's domains at the next change
             log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
             return net
 

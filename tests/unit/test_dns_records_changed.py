@@ -1,4 +1,4 @@
-"""RecordSet.changed (incremental) answers exactly as a snapshot rebuilt from all records."""
+"""RecordSet.update (in place) answers exactly as a set rebuilt from all records."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,8 +37,8 @@ def test_incremental_equals_rebuild(steps):
         if is_add:
             r = rec(i, net, alias)
             current[key] = r
-            rs = rs.changed(add=[r])
+            rs.update(add=[r])
         else:
             current.pop(key, None)
-            rs = rs.changed(remove=[key])
+            rs.update(remove=[key])
         assert answers(rs) == answers(RecordSet(list(current.values()), NETS))

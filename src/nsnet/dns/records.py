@@ -1,8 +1,9 @@
-"""Who may see which name: an immutable snapshot of the sandboxes' DNS records.
+"""Who may see which name: the sandboxes' DNS records.
 
 The engine derives one `Record` per (sandbox, network) endpoint from the store and hands a
-whole `RecordSet` to the server; a change is a new snapshot, never an edit, so a query is
-answered from one consistent picture.
+whole `RecordSet` to the server, then each change as records added and removed; the server
+applies them on its own thread, between queries, so a query is answered from one consistent
+picture.
 
 Rules (Docker's embedded resolver, libnetwork `Sandbox.ResolveName`/`ResolveIP`):
 - a name resolves only for an asker that shares a network with it, to the address on that
@@ -59,7 +60,7 @@ def _norm(name: str) -> str:
 
 
 class RecordSet:
-    """Immutable snapshot. `domains` maps network_id -> network name, which makes
+    """`domains` maps network_id -> network name, which makes
     `name.<network name>` resolvable and names the PTR targets; without it, bare names only."""
 
     def __init__(self, records: Iterable[Record] = (), domains: Mapping[str, str] | None = None):
@@ -68,9 +69,9 @@ class RecordSet:
         ptr: dict[str, list[tuple[str, str]]] = {}
         self._netname = {nid: _norm(n) for nid, n in (domains or {}).items()}
         self._netid = {n: nid for nid, n in self._netname.items()}
-        self._records = tuple(records)
-        self._by_key = {(r.sandbox_id, r.network_id): r for r in self._records}
-        for r in self._records:
+        records = tuple(records)
+        self._by_key = {(r.sandbox_id, r.network_id): r for r in records}
+        for r in records:
             nets_of.setdefault(r.sandbox_id, [])
             if r.network_id not in nets_of[r.sandbox_id]:
                 nets_of[r.sandbox_id].append(r.network_id)
@@ -94,25 +95,15 @@ class RecordSet:
         self._names = names
         self._ptr = ptr
 
-    def changed(self, add: Iterable[Record] = (), remove: Iterable[tuple[str, str]] = ()) -> "RecordSet":
-        """A new snapshot with records added and (sandbox_id, network_id) pairs removed, touching only the
-        names, addresses and sandboxes concerned: an attach then costs the same with ten sandboxes as with
-        a thousand (a full rebuild is O(records)). Equals RecordSet(all records), but alias holders keep
-        the order they came in (the server rotates them anyway)."""
+    def update(self, add: Iterable[Record] = (), remove: Iterable[tuple[str, str]] = ()) -> None:
+        """Add records and remove (sandbox_id, network_id) pairs in place, touching only the names,
+        addresses and sandboxes concerned: an attach then costs the same with ten sandboxes as with a
+        thousand (a copy, or a rebuild, is O(records)). Afterwards the set answers as RecordSet(all
+        records) would, but alias holders keep the order they came in (the server rotates them
+        anyway). Only the thread that answers from the set may update it."""
         add = list(add)
         gone = set(remove) | {(r.sandbox_id, r.network_id) for r in add}
-        new = RecordSet.__new__(RecordSet)
-        new._netname, new._netid = self._netname, self._netid
-        by_key = dict(self._by_key)
-        nets_of, names, ptr = dict(self._nets_of), dict(self._names), dict(self._ptr)
-        copied: set[str] = set()
-
-        def table(nid: str) -> dict:
-            if nid not in copied:  # copy-on-write, one network's table at most once
-                names[nid] = dict(names.get(nid, {}))
-                copied.add(nid)
-            return names[nid]
-
+        by_key, nets_of, names, ptr = self._by_key, self._nets_of, self._names, self._ptr
         for key in gone:
             old = by_key.pop(key, None)
             if old is None:
@@ -121,7 +112,7 @@ class RecordSet:
             nets_of[sid] = tuple(n for n in nets_of.get(sid, ()) if n != nid)
             if not nets_of[sid]:
                 del nets_of[sid]
-            t = table(nid)
+            t = names.setdefault(nid, {})
             for n in self._names_of(old):
                 left = [x for x in t.get(n, ()) if x is not old]
                 if left:
@@ -137,15 +128,12 @@ class RecordSet:
         for r in add:
             by_key[(r.sandbox_id, r.network_id)] = r
             nets_of[r.sandbox_id] = tuple(sorted(set(nets_of.get(r.sandbox_id, ())) | {r.network_id}))
-            t = table(r.network_id)
+            t = names.setdefault(r.network_id, {})
             for n in self._names_of(r):
                 t[n] = t.get(n, []) + [r]
             target, ips = self._ptr_of(r)
             for ip in ips:
                 ptr[ip] = ptr.get(ip, []) + [(r.network_id, target)]
-        new._by_key, new._nets_of, new._names, new._ptr = by_key, nets_of, names, ptr
-        new._records = tuple(by_key.values())
-        return new
 
     @staticmethod
     def _names_of(r: Record) -> list[str]:
@@ -167,7 +155,7 @@ class RecordSet:
 
     @property
     def records(self) -> tuple[Record, ...]:
-        return self._records
+        return tuple(self._by_key.values())
 
     def networks_of(self, sandbox_id: str) -> tuple[str, ...]:
         return self._nets_of.get(sandbox_id, ())
@@ -224,7 +212,7 @@ def _never_forward(name: str, qtype: int) -> bool:
 
 def _canonical(ip: str) -> str:
     """The form _arpa_to_ip gives. Dotted IPv4 from the engine is canonical already, and parsing every
-    address made a snapshot of many sandboxes slow to build (it is rebuilt on every attach)."""
+    address made a set of many sandboxes slow to build."""
     if ":" not in ip and ip.count(".") == 3 and all(p.isdigit() and (p == "0" or p[0] != "0") for p in ip.split(".")):
         return ip
     return ipaddress.ip_address(ip).compressed

@@ -7,8 +7,9 @@ own network namespace* (netns.py); the daemon serves all of them from one epoll 
 Hot path: a per-sandbox cache maps the query's bytes after the 2-byte ID to prebuilt answers,
 so a repeated query costs recvfrom, one dict lookup, and sendto with the ID patched in. The key
 holds the question verbatim (0x20 case randomisation just makes other keys) and the flags and
-OPT record, so each cached answer is exact for the query that built it. set_records empties
-the caches on the loop thread before it returns: no answer from an old snapshot survives it.
+OPT record, so each cached answer is exact for the query that built it. A change of records
+outdates every cache on the loop thread before it returns (each sandbox drops its own at its
+next query): no answer from older records survives it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from . import handler, netns
 from .forward import Forwarder, Route
 from .handler import FORWARD, REPLY
 from .loop import ERR, HUP, IN, OUT, EventLoop
-from .records import RecordSet
+from .records import Record, RecordSet
 from .upstream import read_resolv_conf, resolve_upstreams
 
 CACHE_ENTRIES = 4096  # per sandbox and transport; a flood of distinct queries just resets it
@@ -62,7 +63,7 @@ class _TcpConn:
 
 
 class _Sandbox:
-    __slots__ = ("id", "ns_fd", "udp", "tcp", "route", "ucache", "tcache", "rotor", "conns")
+    __slots__ = ("id", "ns_fd", "udp", "tcp", "route", "ucache", "tcache", "rotor", "conns", "gen")
 
     def __init__(self, sandbox_id: str, ns_fd: int, udp: socket.socket, tcp: socket.socket, route: Route):
         self.id, self.ns_fd, self.udp, self.tcp, self.route = sandbox_id, ns_fd, udp, tcp, route
@@ -70,6 +71,7 @@ class _Sandbox:
         self.tcache: dict = {}
         self.rotor: dict = {}  # round robin for answers that are not cached (EDNS cookies)
         self.conns: set[_TcpConn] = set()
+        self.gen = 0           # the records generation its caches were filled from
 
 
 class DnsServer:
@@ -88,6 +90,7 @@ class DnsServer:
         self._loop = EventLoop(self.log)
         self._fwd = Forwarder(self._loop, self.log, timeout)
         self._records = RecordSet()
+        self._records_gen = 0  # bumped by each change of records; see _fresh()
         self._sandboxes: dict[str, _Sandbox] = {}
         self._sweep_gen = 0
 
@@ -114,8 +117,15 @@ class DnsServer:
         return self._records
 
     def set_records(self, records: RecordSet) -> None:
-        """Swap the snapshot; when this returns, every answer comes from `records`."""
+        """Answer from `records` (now the server's own) from the moment this returns."""
         self._loop.call(lambda: self._apply(records))
+
+    def change_records(self, add: list[Record], remove: list[tuple[str, str]]) -> None:
+        """Records added and (sandbox id, network id) pairs removed, in effect when this returns."""
+        def change():
+            self._records.update(add, remove)
+            self._records_gen += 1
+        self._loop.call(change)
 
     def sandboxes(self) -> list[str]:
         return list(self._sandboxes)
@@ -180,11 +190,16 @@ class DnsServer:
         return s
 
     def _apply(self, records: RecordSet) -> None:
+        # Caches are dropped lazily, by the next query of each sandbox (_fresh): an attach must not
+        # cost a walk over a thousand sandboxes.
         self._records = records
-        for sb in self._sandboxes.values():
-            sb.ucache = {}
-            sb.tcache = {}
-            sb.rotor = {}
+        self._records_gen += 1
+
+    def _fresh(self, sb: _Sandbox) -> None:
+        """Drop `sb`'s cached answers if they come from older records."""
+        if sb.gen != self._records_gen:
+            sb.ucache, sb.tcache, sb.rotor = {}, {}, {}
+            sb.gen = self._records_gen
 
     def _attach(self, sb: _Sandbox) -> None:
         self._sandboxes[sb.id] = sb
@@ -217,6 +232,7 @@ class DnsServer:
     # UDP: the hot path. Drains up to 256 datagrams per wakeup (epoll is level-triggered, so
     # the rest wait for the next round and other sandboxes get their turn).
     def _on_udp(self, sb: _Sandbox, _events: int) -> None:
+        self._fresh(sb)
         sock = sb.udp
         recvfrom, sendto, cache = sock.recvfrom, sock.sendto, sb.ucache
         for _ in range(256):
@@ -304,6 +320,7 @@ class DnsServer:
                 break
             data = bytes(buf[2 : 2 + n])
             del buf[: 2 + n]
+            self._fresh(conn.sb)
             hit = conn.sb.tcache.get(data[2:])
             if hit is not None:
                 self._tcp_write(conn, data[:2] + next(hit))
