@@ -46,7 +46,7 @@ class Ctx:
         self.levels = [10, 100] if q else [10, 100, 500, 1000]
         if args.levels:
             self.levels = sorted(int(x) for x in args.levels.split(","))
-        self.scale_reps = 10 if q else 20
+        self.scale_reps = 10 if q else 50
         self.bridge_limit = not q
         self.docker_scale_max = args.docker_scale_max
         self.create_n = 10 if q else 25
@@ -58,7 +58,7 @@ class Ctx:
         self.dns_seconds = 5 if q else 10
         self.dns_lat_queries = 2000 if q else 5000
         self.iperf_seconds = 3 if q else 5
-        self.iperf_reps = 1 if q else 3
+        self.iperf_reps = 1 if q else 5
         self.profile = not args.no_profile
         self.profile_cycles = 100 if q else 300
         self._docker = None
