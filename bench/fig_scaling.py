@@ -10,10 +10,14 @@ import time
 
 from common import Figure, Skip, summary, timed_ms, verdict
 from peer_cni import Cni
+from peer_kernel import KernelOnly
 from peer_netavark import Netavark
 from peer_nsnet import NsnetEngine
 
 from nsnet.client import ApiError
+
+
+KERNEL = "kernel alone"
 
 
 def _cycles(connect, disconnect, net: str, probes: list[str]) -> tuple[list[float], list[float]]:
@@ -68,9 +72,10 @@ def run(ctx) -> Figure:
         elif not ctx.bridge_limit or levels[-1] < 1000:
             fig.skipped.append("bridge port limit (1,024): probed only in the full run (needs 1,000+ sandboxes)")
 
-    # ---- netavark, CNI -----------------------------------------------------------------------------------
+    # ---- netavark, CNI, and the kernel alone (the floor: nsnet's netlink messages from one process) ---------
     for label, make, up, down in (("netavark", lambda: Netavark(h, "f2nv", "10.89"), "setup_ms", "teardown_ms"),
-                                  ("CNI bridge", lambda: Cni(h, "f2cni", "10.88.0.0/16"), "add_ms", "del_ms")):
+                                  ("CNI bridge", lambda: Cni(h, "f2cni", "10.88.0.0/16"), "add_ms", "del_ms"),
+                                  (KERNEL, lambda: KernelOnly(h, "f2k", "10.87"), "setup_ms", "teardown_ms")):
         with h.scope(fig, label):
             peer = make()
             curve, filled = {}, 0
@@ -88,7 +93,7 @@ def run(ctx) -> Figure:
                     att.append(getattr(peer, up)(p))
                     det.append(getattr(peer, down)(p))
                 curve[level] = {"attach": summary(att), "detach": summary(det), "attach_ms": att}
-                ctx.log(f"    {label:10s} {level:5d}: attach p50 {curve[level]['attach']['p50']:.1f} ms")
+                ctx.log(f"    {label:12s} {level:5d}: attach p50 {curve[level]['attach']['p50']:.2f} ms")
             curves[label] = curve
 
     # ---- Docker -----------------------------------------------------------------------------------------
@@ -142,13 +147,15 @@ def run(ctx) -> Figure:
         target = "<= 1.5x at 1,000 vs 10" if hi >= 1000 else f"<= 1.5x ({hi} vs {lo}; 1,000 in the full run)"
         fig.row(measure=f"attach growth {lo} -> {hi} sandboxes, nsnet", value=growth, unit="x", reps=str(reps),
                 target=target, verdict=verdict(growth <= 1.5) if growth else "INFO")
-        for peer in ("netavark", "CNI bridge", "Docker API"):
+        for peer in ("netavark", "CNI bridge", "Docker API", KERNEL):
             c = curves.get(peer)
             if c and lo in c:
                 top = max(c)
                 g = c[top]["attach"]["p50"] / c[lo]["attach"]["p50"]
-                fig.row(measure=f"attach growth {lo} -> {top}, {peer}", value=g, unit="x", reps=str(reps),
-                        note="peer, for comparison")
+                note = ("nsnet's attach messages from one process, no daemon: the kernel's own growth "
+                        f"({c[lo]['attach']['p50']:.2f} -> {c[top]['attach']['p50']:.2f} ms)"
+                        if peer == KERNEL else "peer, for comparison")
+                fig.row(measure=f"attach growth {lo} -> {top}, {peer}", value=g, unit="x", reps=str(reps), note=note)
         mem = [(lv, ns[lv]["rss_kb"]) for lv in levels if ns[lv]["rss_kb"]]
         if len(mem) >= 2:
             (l0, m0), (l1, m1) = mem[0], mem[-1]
