@@ -112,10 +112,6 @@ class DnsServer:
         self.stop()
         self._loop.close()
 
-    @property
-    def records(self) -> RecordSet:
-        return self._records
-
     def set_records(self, records: RecordSet) -> None:
         """Answer from `records` (now the server's own) from the moment this returns."""
         self._loop.call(lambda: self._apply(records))

@@ -81,10 +81,9 @@ def new_veth(chan, host_name: str, netns_fd: int, peer_name: str, *, mac: str | 
 def plug_in(chan, index: int, bridge_index: int, *, isolated: bool) -> None:
     """One sendmsg: the host end of a veth whose peer is up joins the bridge (isolated first if asked),
     then goes up. Last, so that the port arrives with carrier: on a bridge of a thousand ports each
-    carrier change of a port costs a walk over all of them (STP port-state selection), and each IPv6
-    event a walk of the IPv6 routes. The closing lookup makes the kernel apply the carrier change now
-    (the port forwards when this returns), not from its link-watch worker later. Raises the bridge's
-    error first (EXFULL when it is full)."""
+    carrier change of a port costs a walk over all of them (STP port-state selection). The closing
+    lookup makes the kernel apply the carrier change now (the port forwards when this returns), not
+    from its link-watch worker later. Raises the bridge's error first (EXFULL when it is full)."""
     requests = [rtnl.enslave(index, bridge_index)]
     if isolated:
         requests.append(rtnl.isolate_port(index))
