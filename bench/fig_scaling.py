@@ -60,6 +60,8 @@ def run(ctx) -> Figure:
             ctx.log(f"    nsnet  {level:5d} sandboxes: attach p50 {curve[level]['attach']['p50']:.2f} ms, "
                     f"daemon RSS {curve[level]['rss_kb'] / 1024:.0f} MiB")
         curves["nsnet API"] = curve
+        if filled >= 100:
+            fig.data["in_turns"] = _in_turns(eng, probes, filled)
         if ctx.profile:
             _profile_full(ctx, fig, eng, probes[0], filled)
         fig.data["nsnet_rss_kb_empty"] = rss0
@@ -156,12 +158,33 @@ def run(ctx) -> Figure:
                         f"({c[lo]['attach']['p50']:.2f} -> {c[top]['attach']['p50']:.2f} ms)"
                         if peer == KERNEL else "peer, for comparison")
                 fig.row(measure=f"attach growth {lo} -> {top}, {peer}", value=g, unit="x", reps=str(reps), note=note)
+        turns = fig.data.get("in_turns")
+        if turns:
+            b, sm = turns["big"]["p50"], turns["small"]["p50"]
+            fig.row(measure=f"attach to a {turns['filled']}-sandbox network vs a 10-sandbox one, in turns", value=b / sm,
+                    unit="x", reps=f"{turns['big']['n']}+{turns['small']['n']}",
+                    note=f"{b:.2f} vs {sm:.2f} ms, one daemon holding both: the bridge's size alone, free of drift")
         mem = [(lv, ns[lv]["rss_kb"]) for lv in levels if ns[lv]["rss_kb"]]
         if len(mem) >= 2:
             (l0, m0), (l1, m1) = mem[0], mem[-1]
             fig.row(measure=f"nsnet daemon memory per sandbox ({l0} -> {l1})", value=(m1 - m0) / (l1 - l0),
                     unit="KiB", reps="1", note=f"RSS {m0 / 1024:.0f} -> {m1 / 1024:.0f} MiB")
     return fig
+
+
+def _in_turns(eng: NsnetEngine, probes: list[str], filled: int) -> dict:
+    """With the daemon full, attach in turns to the full network and to a new one of 10 sandboxes: what
+    the bridge's size alone costs, both figures taken at the same moment (no drift between levels)."""
+    eng.create_network("small", "10.44.0.0/16")
+    for i in range(10):
+        eng.run(f"s{i}", "small")
+    small, big = [], []
+    for p in probes:
+        small.append(timed_ms(eng.connect, "small", p))
+        eng.disconnect("small", p)
+        big.append(timed_ms(eng.connect, "scale", p))
+        eng.disconnect("scale", p)
+    return {"filled": filled, "small": summary(small), "big": summary(big)}
 
 
 def _bridge_limit(ctx, fig: Figure, eng: NsnetEngine, filled: int) -> None:
