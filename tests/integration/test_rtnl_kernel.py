@@ -56,7 +56,6 @@ def test_attach_builds_a_working_path(two_ns):
 
 def test_errors_come_back_per_request(two_ns):
     a, b, host, inside, fd = two_ns
-    br = int(sh(f"ip netns exec {a} cat /sys/class/net/br0/ifindex").stdout)
     host.call(rtnl.new_veth("nsvt2", peer_name="eth1", peer_netns_fd=fd))
     made, lookup = host.run(rtnl.new_veth("nsvt2", peer_name="eth2", peer_netns_fd=fd),
                             rtnl.get_link("nsvt2"))
