@@ -836,10 +836,11 @@ class Engine:
                     self._port_sockets[sb.id] = held
             ours = set().union(*(self._driver(n).kernel_names(n) for n in self.nets.values()))
             ours |= {e.host_ifname for e in self.eps.values() if e.host_ifname}
+            live = {f"nsnet network {n.id}" for n in self.nets.values()}  # a bridge network's leaves and uplinks
             for name, info in self.kernel.links().items():
-                mine = (info["alias"] or "").startswith("nsnet network ") or (
-                    name.startswith(VETH_PREFIX) and info["kind"] == "veth")
-                if mine and name not in ours:
+                alias = info["alias"] or ""
+                mine = alias.startswith("nsnet network ") or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
+                if mine and name not in ours and alias not in live:
                     from .kernel.links import delete_link
                     delete_link(self.kernel.rtnl, name)
                     done.append(f"link {name}: carries nsnet's mark but has no record; removed")

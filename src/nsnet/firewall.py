@@ -23,6 +23,7 @@ class FwNetwork:
     icc: bool = True
     masquerade: bool = True
     gateways: list[str] = field(default_factory=list)
+    leaves: str | None = None   # interface-name pattern of its leaf bridges (see drivers/fabric.py)
 
 
 @dataclass
@@ -112,7 +113,10 @@ def render(rs: Ruleset) -> str:
 
 
 def _untracked_within(n: FwNetwork) -> list[str]:
-    """Sandbox-to-sandbox traffic of one network: both ends in a subnet, the gateway not one of them."""
+    """Sandbox-to-sandbox traffic of one network: both ends in a subnet, the gateway not one of them.
+    And all that a leaf bridge sees (under br_netfilter): a leaf is layer 2 only. Tracked there, a
+    sandbox's hairpin was DNATed in the leaf's bridge context and routed from the leaf, and its reply
+    dropped; untracked, both are tracked and NATed on the network's own bridge, as for its own ports."""
     rules = []
     for s in n.subnets:
         net = ipaddress.ip_network(s)
@@ -120,6 +124,8 @@ def _untracked_within(n: FwNetwork) -> list[str]:
         own = [g for g in n.gateways if ipaddress.ip_address(g) in net]
         not_gw = "".join(f"{fam} daddr != {g} " for g in own)
         rules.append(f"iifname {_q(n.bridge)} {fam} saddr {s} {fam} daddr {s} {not_gw}notrack")
+    if n.leaves:
+        rules.append(f"iifname {_q(n.leaves)} notrack")
     return rules
 
 

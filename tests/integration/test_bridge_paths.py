@@ -1,5 +1,7 @@
 """Real packets through bridge networks: reachability, NAT, published ports, isolation."""
+import json
 import os
+import signal
 import sys
 
 import pytest
@@ -207,3 +209,70 @@ def test_ipv6_network_gives_both_families(host):
     assert ping(host, "a", "fd00:77::1")
     assert "default via fd00:77::1" in host.exec("a", "ip -6 route").stdout
     assert "inet6 fe80::" in host.exec("a", "ip -6 -o addr show dev eth0").stdout  # link-local kept for IPv6
+
+
+def _bridge_of(host, port: str) -> str:
+    return host.sh(f"ip -j link show {port}").stdout.split('"master":"')[1].split('"')[0]
+
+
+def _ports_of(host, sandbox: str, network: str) -> str:
+    """The host end of a sandbox's veth on `network`, found by the peer's ifindex."""
+    peer = host.exec(sandbox, "ip -o link show eth0").stdout.split("@if")[1].split(":")[0]
+    for link in json.loads(host.sh("ip -j link show type veth").stdout):
+        if str(link["ifindex"]) == peer:
+            return link["ifname"]
+    raise AssertionError(f"no host end for {sandbox}")
+
+
+@pytest.mark.parametrize("br_netfilter", [0, 1])
+def test_a_network_past_one_bridges_ports_spreads_over_leaf_bridges(host, machines, monkeypatch, br_netfilter):
+    """Past PORTS_PER_BRIDGE ports (3 here; 128 by default) sandboxes go on leaf bridges under the
+    network's bridge: every sandbox still reaches every other, the gateway and a published port (the
+    hairpin too, with and without br_netfilter); with ICC off none reaches another, whichever bridges
+    they are on; leaves survive a kill -9 of the daemon and go with the network."""
+    if br_netfilter and not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        pytest.skip("br_netfilter is not loaded on this machine (loading it would change the machine's own bridges)")
+    if os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        host.sh(f"sysctl -qw net.bridge.bridge-nf-call-iptables={br_netfilter}")
+    monkeypatch.setenv("NSNET_PORTS_PER_BRIDGE", "3")
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    host.nsnet("network", "create", "--subnet", "10.77.0.0/24", "wide")
+    bridge = host.json("network", "inspect", "wide")[0]["Options"]["com.docker.network.bridge.name"]
+    for i in range(6):
+        host.nsnet("run", "-d", "--name", f"w{i}", "--network", "wide", "--", "sleep", "300")
+    serve(host, "web", "wide", "-p", "8080:80")   # the 7th sandbox: on leaf 2
+    bridges = [_bridge_of(host, _ports_of(host, s, "wide")) for s in ("w0", "w1", "w2", "w3", "w4", "w5", "web")]
+    assert bridges[:3] == [bridge] * 3                      # the network's own bridge first
+    assert len(set(bridges[3:])) == 2 and bridge not in bridges[3:]   # then leaves of 2 sandboxes + uplink
+    leaf = bridges[-1]
+    assert host.sh(f"ip -o addr show dev {leaf}").stdout.strip() == ""  # layer 2 only
+
+    for target in ("w0", "w3", "w5"):                       # own bridge, leaf 1, same leaf
+        assert ping(host, "web", ip_of(host, target, "wide")), target
+    assert ping(host, "w0", "10.77.0.1")
+    w1 = ip_of(host, "w1", "wide")
+    assert ask_from_sandbox(host, "w1", "tcp", ip_of(host, "web", "wide"), 80) == f"peer={w1}"
+    assert ask_from_ns(pc, "tcp", "203.0.113.1", 8080) == "peer=203.0.113.2"
+    assert ask_from_sandbox(host, "w3", "tcp", "203.0.113.1", 8080) == "peer=10.77.0.1"   # hairpin from a leaf
+    gateway_mac = json.loads(host.sh(f"ip -j link show {bridge}").stdout)[0]["address"]
+    assert f"lladdr {gateway_mac} " in host.exec("w3", "ip neigh show 10.77.0.1").stdout   # no leaf answered
+
+    host.nsnet("network", "create", "-o", "com.docker.network.bridge.enable_icc=false", "quiet")
+    for i in range(5):
+        host.nsnet("run", "-d", "--name", f"q{i}", "--network", "quiet", "--", "sleep", "300")
+    gateway = host.json("network", "inspect", "quiet")[0]["IPAM"]["Config"][0]["Gateway"]
+    assert ping(host, "q4", gateway)                        # a leaf's sandbox reaches the host...
+    for other in ("q0", "q3"):                              # ...but no sandbox on any bridge
+        assert not ping(host, "q4", ip_of(host, other, "quiet")), other
+
+    os.kill(host.daemon_pid(), signal.SIGKILL)              # a new daemon reads the leaves from the kernel
+    host.nsnet("run", "-d", "--name", "late", "--network", "wide", "--", "sleep", "300")
+    assert leaf in host.state()["links"]
+    assert _bridge_of(host, _ports_of(host, "late", "wide")) not in (bridge, *bridges[3:])  # all were full
+    assert ping(host, "late", ip_of(host, "w0", "wide"))
+
+    host.nsnet("rm", "-f", "web", "late", *[f"w{i}" for i in range(6)])
+    host.nsnet("network", "rm", "wide")
+    assert not [l for l in host.state()["links"] if l.startswith(("nsl", "nsu", "nsd"))
+                and host.json("network", "inspect", "quiet")[0]["Id"][:8] not in l]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import sh, wait_for
+from conftest import changes, sh, wait_for
 
 NETCHECK = os.path.join(os.path.dirname(__file__), "netcheck.py")
 PY = sys.executable
@@ -115,7 +115,7 @@ def test_macvlan_sandboxes_are_machines_of_the_lan(host, machines):
     assert "eth1" not in host.exec("d", "ip -o link").stdout
     host.nsnet("rm", "-f", "a", "b", "c", "d")
     host.nsnet("network", "rm", "mv")
-    assert host.state() == before
+    assert host.state() == before, changes(before, host.state())
 
 
 def test_macvlan_skips_addresses_the_lan_already_uses(host, machines):

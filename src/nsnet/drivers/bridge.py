@@ -10,7 +10,7 @@ from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network
-from . import flat
+from . import fabric, flat
 from .base import MTU_KEY, SIZE_KEY, Driver
 
 NAME_KEY = "com.docker.network.bridge.name"
@@ -44,7 +44,7 @@ class BridgeDriver(Driver):
 
     def __init__(self, kernel):
         super().__init__(kernel)
-        self._indexes: dict[str, int] = {}   # bridge name -> ifindex
+        self._fabrics: dict[str, fabric.Fabric] = {}   # network id -> its bridges, loaded once
 
     def validate(self, net: Network) -> None:
         super().validate(net)
@@ -93,54 +93,86 @@ class BridgeDriver(Driver):
         for s in net.subnets:
             if s.gateway:
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
-        links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net), addresses=addrs, alias=f"nsnet network {net.id}")
+        index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
+                                             addresses=addrs, alias=fabric.alias_of(net.id))
+        # A new bridge has no ports and no leaves: no need to read them from the kernel at the first join.
+        if created:
+            self._fabrics[net.id] = fabric.Fabric([fabric.Bridge(net.bridge, index)])
+        else:
+            self._fabrics.pop(net.id, None)
         sysctl.write("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
         sysctl.write_iface("ipv4", net.bridge, "route_localnet", "1")
         if net.ipv6:
             sysctl.write("net.ipv6.conf.all.forwarding", "1")
+        else:  # as its ports and its sandboxes' links: an IPv4-only network carries no IPv6 at all
+            links.no_ipv6(net.bridge)
 
     def delete_network(self, net: Network) -> None:
-        self._indexes.pop(net.bridge, None)
+        self._fabrics.pop(net.id, None)
         if not net.adopted:
+            fabric.remove_leaves(self.kernel.rtnl, self.kernel.links(), net.id)
             links.delete_link(self.kernel.rtnl, net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         chan = self.kernel.rtnl
-        host_index, peer_index = links.new_veth(chan, ep.host_ifname, sandbox.fd, ep.ifname, mac=ep.mac,
-                                                mtu=self._mtu(net))
-        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-        links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
-                               gateway4=ep.gateway4 if default_route else None,
-                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
         isolated = not net.flag(ICC_KEY, True)
         try:
-            links.plug_in(chan, host_index, self._bridge_index(net), isolated=isolated)
+            fab, bridge = self._bridge_with_room(net)
+            host_index, peer_index = links.new_veth(chan, ep.host_ifname, sandbox.fd, ep.ifname, mac=ep.mac,
+                                                    mtu=self._mtu(net))
+            addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
+            links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
+                                   gateway4=ep.gateway4 if default_route else None,
+                                   gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+            try:
+                links.plug_in(chan, host_index, bridge.index, isolated=isolated)
+            except NetlinkError as e:
+                if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
+                    raise
+                self._fabrics.pop(net.id, None)  # a bridge went away behind our back: find or rebuild it
+                fab, bridge = self._bridge_with_room(net)
+                links.plug_in(chan, host_index, bridge.index, isolated=isolated)
         except NetlinkError as e:
             if e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
-            if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
-                raise
-            self._indexes.pop(net.bridge, None)  # the bridge went away behind our back: find or rebuild it
-            links.plug_in(chan, host_index, self._bridge_index(net), isolated=isolated)
+            raise
+        fab.took(ep.host_ifname, bridge)
 
-    def _bridge_index(self, net: Network) -> int:
-        """The bridge's ifindex, looked up once: the attach path then makes no lookup of its own."""
-        index = self._indexes.get(net.bridge)
-        if index is None:
-            index = links.index_of(self.kernel.ipr, net.bridge)
-            if index is None and net.adopted:
-                raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
-            if index is None:  # deleted behind our back: rebuild it rather than fail
-                self.create_network(net)
-                index = links.index_of(self.kernel.ipr, net.bridge)
-            self._indexes[net.bridge] = index
-        return index
+    def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge]:
+        """The bridge a new port goes on: the network's own while it has room, else a leaf (a new one
+        when all are full). An adopted bridge is the LAN's: it never gets leaves."""
+        fab = self._fabric(net)
+        bridge = fab.root if net.adopted else fab.with_room()
+        if bridge is None:
+            k = fab.next_leaf_number()
+            bridge = fabric.build_leaf(self.kernel.ipr, self.kernel.rtnl, net.id, k, fab.root, mtu=self._mtu(net),
+                                       isolated=not net.flag(ICC_KEY, True))
+            fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
+            fab.add_leaf(k, bridge)
+        return fab, bridge
+
+    def _fabric(self, net: Network) -> fabric.Fabric:
+        """The network's bridges and their ports, read from the kernel once per daemon (a dump of all
+        links, never on the attach path after the first)."""
+        fab = self._fabrics.get(net.id)
+        if fab is None:
+            linkmap = self.kernel.links()
+            if net.bridge not in linkmap:
+                if net.adopted:
+                    raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
+                self.create_network(net)  # deleted behind our back: rebuild it rather than fail
+                linkmap = self.kernel.links()
+            fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
+        return fab
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:
             links.delete_link(self.kernel.rtnl, ep.host_ifname)
+            fab = self._fabrics.get(net.id)
+            if fab is not None:
+                fab.released(ep.host_ifname)
 
     def firewall(self, net: Network) -> FwNetwork | None:
         if net.adopted:  # out of the isolation set: its sandboxes and the LAN must reach each other
@@ -152,6 +184,7 @@ class BridgeDriver(Driver):
             icc=net.flag(ICC_KEY, True),
             masquerade=net.flag(MASQ_KEY, True),
             gateways=[s.gateway for s in net.subnets if s.gateway],
+            leaves=fabric.leaf_glob(net.id),
         )
 
     def kernel_names(self, net: Network) -> set[str]:

@@ -17,22 +17,34 @@ def index_of(ipr, ifname: str) -> int | None:
     return found[0] if found else None
 
 
-def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> int:
-    """Create (or reuse) bridge `name`, give it `addresses` ("ip/prefixlen") and bring it up.
+def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> tuple[int, bool]:
+    """Create (or reuse) bridge `name`, give it `addresses` ("ip/prefixlen") and bring it up. Returns
+    its index, and whether it was created (a new bridge has no ports).
+
+    The bridge gets a random MAC address of its own, as Docker's do: otherwise it takes the lowest of
+    its ports' and changes as ports come and go (and each port's join walks all ports to find it).
 
     Multicast snooping is off: with no querier on the bridge (Docker's never have one) the kernel
     floods multicast to every port either way, but with snooping on it also walks every port on each
     port's join and leave, which costs an attach ~1 ms on a 1,000-port bridge."""
     idx = index_of(ipr, name)
-    if idx is None:
+    created = idx is None
+    if created:
         kw = {"mtu": mtu} if mtu else {}
-        ipr.link("add", ifname=name, kind="bridge", br_mcast_snooping=0, **kw)
+        ipr.link("add", ifname=name, kind="bridge", address=random_mac(), br_mcast_snooping=0, **kw)
         idx = index_of(ipr, name)
         ipr.link("set", index=idx, ifalias=alias)
     for cidr in addresses:
         add_address(chan, idx, cidr)
     ipr.link("set", index=idx, state="up")
-    return idx
+    return idx, created
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC address."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 def add_address(chan, index: int, cidr: str) -> None:
@@ -71,11 +83,16 @@ def new_veth(chan, host_name: str, netns_fd: int, peer_name: str, *, mac: str | 
         rtnl.get_link(host_name))
     made.check()
     got.check()
+    no_ipv6(host_name)
+    return rtnl.link_indexes(got.data)
+
+
+def no_ipv6(ifname: str) -> None:
+    """No IPv6 at all on a layer-2-only link (a bridge port, a leaf bridge)."""
     try:
-        sysctl.write_iface("ipv6", host_name, "disable_ipv6", "1")
+        sysctl.write_iface("ipv6", ifname, "disable_ipv6", "1")
     except FileNotFoundError:  # a kernel without IPv6
         pass
-    return rtnl.link_indexes(got.data)
 
 
 def plug_in(chan, index: int, bridge_index: int, *, isolated: bool) -> None:
