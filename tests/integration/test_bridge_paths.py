@@ -271,8 +271,13 @@ def test_a_network_past_one_bridges_ports_spreads_over_leaf_bridges(host, machin
     assert leaf in host.state()["links"]
     assert _bridge_of(host, _ports_of(host, "late", "wide")) not in (bridge, *bridges[3:])  # all were full
     assert ping(host, "late", ip_of(host, "w0", "wide"))
+    os.kill(host.daemon_pid(), signal.SIGKILL)              # the network's bridge goes while no daemon runs:
+    host.sh(f"ip link del {bridge}")                        # the next one rebuilds it and plugs the leaves'
+    host.nsnet("run", "-d", "--name", "later", "--network", "wide", "--", "sleep", "300")   # uplinks back in
+    for target in ("w3", "web", "late"):
+        assert ping(host, "later", ip_of(host, target, "wide")), target
 
-    host.nsnet("rm", "-f", "web", "late", *[f"w{i}" for i in range(6)])
+    host.nsnet("rm", "-f", "web", "late", "later", *[f"w{i}" for i in range(6)])
     host.nsnet("network", "rm", "wide")
     assert not [l for l in host.state()["links"] if l.startswith(("nsl", "nsu", "nsd"))
                 and host.json("network", "inspect", "quiet")[0]["Id"][:8] not in l]

@@ -95,8 +95,9 @@ class BridgeDriver(Driver):
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
         index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
                                              addresses=addrs, alias=fabric.alias_of(net.id))
-        # A new bridge has no ports and no leaves: no need to read them from the kernel at the first join.
-        if created:
+        # A new bridge of a new network has no ports and no leaves: the first join need not read them
+        # from the kernel. A bridge rebuilt under its leaves has them read, and their uplinks plugged back.
+        if created and links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is None:
             self._fabrics[net.id] = fabric.Fabric([fabric.Bridge(net.bridge, index)])
         else:
             self._fabrics.pop(net.id, None)
@@ -109,9 +110,11 @@ class BridgeDriver(Driver):
             links.no_ipv6(net.bridge)
 
     def delete_network(self, net: Network) -> None:
-        self._fabrics.pop(net.id, None)
+        fab = self._fabrics.pop(net.id, None)
         if not net.adopted:
-            fabric.remove_leaves(self.kernel.rtnl, self.kernel.links(), net.id)
+            # Its leaves as this daemon knows them, or else as the kernel holds them (one link dump).
+            leaves = fab.leaves if fab is not None else fabric.leaves_in(self.kernel.links(), net.id)
+            fabric.remove_leaves(self.kernel.rtnl, net.id, leaves)
             links.delete_link(self.kernel.rtnl, net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
@@ -165,6 +168,7 @@ class BridgeDriver(Driver):
                 self.create_network(net)  # deleted behind our back: rebuild it rather than fail
                 linkmap = self.kernel.links()
             fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
+            fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=not net.flag(ICC_KEY, True))
         return fab
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:

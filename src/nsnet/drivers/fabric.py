@@ -107,6 +107,15 @@ def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
     return fab
 
 
+def mend_uplinks(chan, linkmap: dict[str, dict], net_id: str, fab: Fabric, *, isolated: bool) -> None:
+    """Plug back the uplinks of leaves whose network bridge was rebuilt (deleted behind our back)."""
+    for k in fab.leaves:
+        up = linkmap.get(uplink_names(net_id, k)[0])
+        if up is not None and up["master"] != fab.root.index:
+            links.plug_in(chan, up["index"], fab.root.index, isolated=isolated)
+            fab.took(uplink_names(net_id, k)[0], fab.root)
+
+
 def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None, isolated: bool) -> Bridge:
     """Leaf k and its uplink, plugged into `root` (isolated there when ICC is off). All or nothing."""
     leaf = leaf_name(net_id, k)
@@ -132,7 +141,7 @@ def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None,
     return Bridge(leaf, index, ports=1)
 
 
-def remove_leaves(chan, linkmap: dict[str, dict], net_id: str) -> None:
-    for k, name in leaves_in(linkmap, net_id).items():
-        links.delete_link(chan, uplink_names(net_id, k)[0])
-        links.delete_link(chan, name)
+def remove_leaves(chan, net_id: str, numbers) -> None:
+    for k in numbers:
+        links.delete_link(chan, uplink_names(net_id, k)[0])   # and its peer
+        links.delete_link(chan, leaf_name(net_id, k))
