@@ -107,7 +107,11 @@ def _nsnet_paths(h, fig) -> list:
                 sh(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"], eng.ns)
         paths.append(("nsnet bridge, no br_netfilter", cli, srv_ip, 5201, no_br_netfilter))
 
-    paths.append(("nsnet bridge, across two leaf bridges", *_across_leaves(eng), 5201, nullcontext))
+    leaf_cli, leaf_srv = _across_leaves(eng)
+    paths.append(("nsnet bridge, across two leaf bridges", leaf_cli, leaf_srv, 5201, nullcontext))
+    if brnf == "1":  # each of the three bridges on the way runs the IP hooks
+        paths.append(("nsnet bridge, across two leaf bridges, no br_netfilter", leaf_cli, leaf_srv, 5201,
+                      no_br_netfilter))
 
     eng.run("pub", "dp", cmd=["iperf3", "-s", "-p", "5201"], ports=["15201:5201"])
     x = h.netns("f7x")
@@ -176,6 +180,12 @@ def run(ctx) -> Figure:
                 value=med["nsnet bridge, across two leaf bridges"], unit="Gbit/s",
                 reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge", peer_value=ref, ratio=r,
                 ratio_text=txt, note="two more bridges and veth pairs on the way: the cost of leaves")
+    if "nsnet bridge, across two leaf bridges, no br_netfilter" in med:
+        r, txt = _share_in_rounds(res, "nsnet bridge, across two leaf bridges, no br_netfilter")
+        fig.row(measure="nsnet bridge, two leaf bridges, bridge-nf-call-iptables=0 in its host",
+                value=med["nsnet bridge, across two leaf bridges, no br_netfilter"], unit="Gbit/s",
+                reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge", peer_value=ref, ratio=r,
+                ratio_text=txt, note="under br_netfilter each bridge on the way runs the IP hooks")
     if "nsnet published port, host 127.0.0.1" in med:
         r, txt = _share_in_rounds(res, "nsnet published port, host 127.0.0.1")
         fig.row(measure="nsnet published port (from the host, 127.0.0.1)", value=med["nsnet published port, host 127.0.0.1"],
