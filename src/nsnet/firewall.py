@@ -63,14 +63,21 @@ def render(rs: Ruleset) -> str:
         if n.internal:  # nothing in or out, whatever else allows it
             out.append(f"    iifname {_q(n.bridge)} oifname != {_q(n.bridge)} drop")
             out.append(f"    oifname {_q(n.bridge)} iifname != {_q(n.bridge)} drop")
+    # Within one network first: under br_netfilter every frame between two sandboxes comes here, and
+    # a leaf bridge forwards nothing but such frames (its ports are the network's, or its uplink).
+    for n in rs.networks:
+        if n.icc:
+            out.append(f"    iifname {_q(n.bridge)} oifname {_q(n.bridge)} accept")
+        if n.leaves:
+            out.append(f"    iifname {_q(n.leaves)} accept")
     out += [
         "    ct state established,related accept",
         "    ct state invalid drop",
         "    ct status dnat accept",   # published ports, from anywhere (other networks' sandboxes included)
     ]
     for n in rs.networks:
-        verdict = "accept" if n.icc else "drop"
-        out.append(f"    iifname {_q(n.bridge)} oifname {_q(n.bridge)} {verdict}")
+        if not n.icc:
+            out.append(f"    iifname {_q(n.bridge)} oifname {_q(n.bridge)} drop")
     out += [
         "    iifname @bridges oifname @bridges drop",   # no traffic between two networks
         "    iifname @bridges accept",                  # out to the world

@@ -22,11 +22,13 @@ def test_masquerade_only_for_external_networks_with_it_on():
 
 
 def test_isolation_rule_order_allows_same_bridge_before_dropping_cross_bridge():
-    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/16"]), FwNetwork("br-q", ["10.4.0.0/16"], icc=False)]))
+    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/16"], leaves="nsl1-*"),
+                         FwNetwork("br-q", ["10.4.0.0/16"], icc=False)]))
     same = out.index('iifname "br-a" oifname "br-a" accept')
-    assert 'iifname "br-q" oifname "br-q" drop' in out
+    assert same < out.index('iifname "nsl1-*" accept') < out.index("ct state established,related accept")
+    # ICC off: a published port (DNAT) of the network still answers its own sandboxes.
+    assert out.index("ct status dnat accept") < out.index('iifname "br-q" oifname "br-q" drop')
     assert same < out.index("iifname @bridges oifname @bridges drop") < out.index("iifname @bridges accept")
-    assert out.index("ct status dnat accept") < same
 
 
 def test_only_sandbox_to_sandbox_traffic_is_untracked_and_hairpins_are_masqueraded_by_source():
@@ -37,6 +39,12 @@ def test_only_sandbox_to_sandbox_traffic_is_untracked_and_hairpins_are_masquerad
     assert out[raw + 1] == "type filter hook prerouting priority raw; policy accept;"
     assert 'oifname "br-a" ip saddr 10.1.0.0/24 ct status dnat masquerade' in out
     assert 'oifname "br-a" ip6 saddr fd00::/64 ct status dnat masquerade' in out
+
+
+def test_all_that_a_leaf_bridge_sees_is_untracked():
+    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/24"], gateways=["10.1.0.1"], leaves="nsl1-*")]))
+    raw = out.index("chain raw {")
+    assert 'iifname "nsl1-*" notrack' in out[raw:out.index("}", raw)]
 
 
 def test_published_ports_dnat_by_family_and_host_ip():
