@@ -4,6 +4,7 @@
   and two sandboxes on two leaf bridges of a network past 128 sandboxes (drivers/fabric.py);
 - nsnet published port: a client in another namespace, routed to the nsnet host over a veth, reaching a
   sandbox through `-p 15201:5201` (DNAT); and the same port from the host itself through 127.0.0.1;
+- Docker: two containers on one Docker bridge network (where its engine can start);
 - references built by hand in the same run: a bare veth pair, and two namespaces on a bare Linux bridge
   with no rules at all (the kernel's own cost of bridging).
 Each figure is the median of `reps` rounds of `seconds` s runs; a round runs every configuration once, so
@@ -135,6 +136,16 @@ def _share_in_rounds(res: dict[str, list[float]], what: str, ref: str = "bare br
     return r, f"{r * 100:.0f}% of peer"
 
 
+def _docker_path(h, docker) -> list:
+    """Two containers on one Docker bridge network, iperf3 run in their namespaces (the image has no
+    iperf3): the peer's figure, under the same br_netfilter setting in its own host namespace."""
+    docker.create_network("ddp", "10.67.0.0/24")
+    srv, cli = (docker.get(f"/containers/{docker.run(n, 'ddp')}/json") for n in ("dsrv", "dcli"))
+    h.spawn(["iperf3", "-s", "-p", "5201"], srv["State"]["Pid"])
+    return [("Docker bridge", cli["State"]["Pid"], srv["NetworkSettings"]["Networks"]["ddp"]["IPAddress"], 5201,
+             nullcontext)]
+
+
 def run(ctx) -> Figure:
     h = ctx.h
     fig = Figure("7", f"Data plane: iperf3 TCP throughput ({ctx.iperf_reps} x {ctx.iperf_seconds} s, one stream)")
@@ -148,6 +159,11 @@ def run(ctx) -> Figure:
             paths += _nsnet_paths(h, fig)
         except Skip as e:
             fig.skipped.append(f"nsnet: {e}")
+        docker = ctx.docker()
+        if docker is None:
+            fig.skipped.append(f"Docker: {ctx.docker_skip}")
+        else:
+            paths += _docker_path(h, docker)
         # Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
         # frequency change) shows in all of them alike instead of in whichever ran last.
         for _ in range(ctx.iperf_reps):
@@ -158,6 +174,8 @@ def run(ctx) -> Figure:
                 except RuntimeError as e:
                     fig.skipped.append(f"{name}: {e}")
                     paths = [p for p in paths if p[0] != name]
+        if docker is not None:
+            docker.clear()
 
     med = {k: statistics.median(v) for k, v in res.items()}
     fig.data = {"gbit_s": res, "median_gbit_s": med}
@@ -169,6 +187,11 @@ def run(ctx) -> Figure:
                     value=med[what], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge",
                     peer_value=ref, ratio=r, ratio_text=txt, target=f">= {target * 100:.0f}% of bare bridge",
                     verdict=verdict(r >= target) if r else "INFO")
+    if "Docker bridge" in med and "nsnet bridge" in med:
+        r, txt = _share_in_rounds(res, "nsnet bridge", "Docker bridge")
+        fig.row(measure="nsnet bridge vs Docker's (sandbox to sandbox)", value=med["nsnet bridge"], unit="Gbit/s",
+                reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="Docker bridge", peer_value=med["Docker bridge"],
+                ratio=r, ratio_text=txt, note="Docker in its own host namespace, br_netfilter as there")
     if "nsnet bridge, no br_netfilter" in med:
         r, txt = _share_in_rounds(res, "nsnet bridge, no br_netfilter")
         fig.row(measure="nsnet bridge, bridge-nf-call-iptables=0 in its host", value=med["nsnet bridge, no br_netfilter"],
