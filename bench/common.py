@@ -172,6 +172,27 @@ def timed(cmd: list[str], ns=None, **kw) -> float:
     return ms_since(t0)
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def wait_until_idle(busy_max: float = 0.10, timeout: float = 90.0) -> float:
+    """Wait until the CPUs are idle (busy less than `busy_max` over one second), at most `timeout` s;
+    returns the seconds waited. Namespaces that earlier figures removed are torn down by the kernel in
+    the background for a while, and a throughput figure taken meanwhile shares the CPUs with it."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        idle0, total0 = _cpu_times()
+        time.sleep(1.0)
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) < busy_max:
+            break
+    return time.perf_counter() - t0
+
+
 def proc_start(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -21,7 +21,7 @@ import statistics
 import time
 from contextlib import contextmanager, nullcontext
 
-from common import Figure, Skip, have, sh, verdict
+from common import Figure, Skip, have, sh, verdict, wait_until_idle
 from peer_nsnet import NsnetEngine
 
 from nsnet.drivers.fabric import PORTS_PER_BRIDGE
@@ -164,6 +164,10 @@ def run(ctx) -> Figure:
             fig.skipped.append(f"Docker: {ctx.docker_skip}")
         else:
             paths += _docker_path(h, docker)
+        waited = wait_until_idle()
+        if waited > 1.5:
+            fig.notes.append(f"waited {waited:.0f} s for the CPUs to go idle before the first round (the kernel "
+                             "tears down the namespaces of earlier figures in the background)")
         # Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
         # frequency change) shows in all of them alike instead of in whichever ran last.
         for _ in range(ctx.iperf_reps):

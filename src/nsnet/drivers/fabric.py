@@ -5,11 +5,11 @@ walks all of them (port number, adjacency list, promiscuity, features, MTU, STP 
 a 2-core VM, an attach costs +0.05 ms at 128 ports and +0.8 ms at 950. So the network's bridge takes
 its first PORTS_PER_BRIDGE ports itself; past that, sandboxes go on leaf bridges of at most as many
 ports, each joined to the network's bridge by a veth uplink. A leaf is layer 2 only (no address, no
-IPv6, no ARP answers, nothing tracked on it under br_netfilter): the gateway, routing and the firewall stay on the network's bridge. With ICC off the uplinks are
-isolated ports of the network's bridge, as the sandboxes' ports are on every bridge, so no two sandboxes
-reach each other whichever bridges they are on. The cost: frames between a leaf's sandbox and anything
-off that leaf cross one more veth pair and bridge. And a network is no longer capped at the 1,023 ports
-of one bridge.
+IPv6, no ARP answers, nothing tracked on it under br_netfilter): the gateway, routing and the firewall
+stay on the network's bridge. With ICC off the uplinks are isolated ports of the network's bridge, as
+the sandboxes' ports are on every bridge, so no two sandboxes reach each other whichever bridges they
+are on. The cost: frames between a leaf's sandbox and anything off that leaf cross one more veth pair
+and bridge. And a network is no longer capped at the 1,023 ports of one bridge.
 
 Names: leaf k of network ID is nsl<ID[:8]>-<k>; its uplink is the veth pair nsu<ID[:8]>-<k> (on the
 network's bridge) / nsd<ID[:8]>-<k> (on the leaf). Each carries the network's alias, so reconcile and
