@@ -7,7 +7,7 @@
 - Docker: two containers on one Docker bridge network (where its engine can start);
 - references built by hand in the same run: a bare veth pair, and two namespaces on a bare Linux bridge
   with no rules at all (the kernel's own cost of bridging).
-Each figure is the median of `reps` rounds of `seconds` s runs; a round runs every configuration once, so
+Each figure is the median of `reps` rounds (9 in a full run) of `seconds` s runs; a round runs every configuration once, so
 a drift of the machine shows in all of them alike, and a share of the bare bridge is the median of the
 shares within each round. Client and server are pinned to CPUs 0 and 1
 (iperf3 -A) so that every configuration gets the same placement: unpinned, the scheduler's choice moved
