@@ -21,7 +21,7 @@ import statistics
 import time
 from contextlib import contextmanager, nullcontext
 
-from common import Figure, Skip, have, sh, verdict, wait_until_idle
+from common import Figure, Skip, have, sh, share, verdict, wait_until_idle
 from peer_nsnet import NsnetEngine
 
 from nsnet.drivers.fabric import PORTS_PER_BRIDGE
@@ -130,10 +130,7 @@ def _share_in_rounds(res: dict[str, list[float]], what: str, ref: str = "bare br
     """WHAT's share of REF: the median over rounds of the two figures' ratio in the same round, so that
     a drift of the machine between rounds (+-15 % here) cancels out instead of landing in the ratio."""
     pairs = [a / b for a, b in zip(res.get(what, []), res.get(ref, [])) if b]
-    if not pairs:
-        return None, ""
-    r = statistics.median(pairs)
-    return r, f"{r * 100:.0f}% of peer"
+    return share(statistics.median(pairs) if pairs else None, 1.0)   # the median share, worded as share() does
 
 
 def _docker_path(h, docker) -> list:

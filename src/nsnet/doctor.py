@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .errors import NsnetError
 from .ipam.evidence import Evidence, Network, overlapping, ranked, short
 from .ipam.pools import DEFAULT_POOLS, Pool, pick_subnet
+from .model import OWNER_ALIAS, owner_alias
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAIN_TABLE = 254
@@ -21,7 +22,6 @@ _RTN_NAMES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 # Links that lead to containers (or nowhere), not to other machines, unless they carry a default route.
 _LOCAL_KINDS = {"bridge", "veth", "dummy"}
 _DOCKER_BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]{12})$")
-NSNET_ALIAS = "nsnet network "
 # Evidence of hosts that talk to this one: replies to them must leave by the right link.
 _TRAFFIC = ("peer", "conntrack", "resolver", "neighbour")
 
@@ -123,10 +123,10 @@ def owner(view: HostView, dev: str | None) -> Owner:
     alias = link.alias or ""
     for n in view.nsnet:
         # Only bridges nsnet made carry its alias; an adopted (flat LAN) bridge is the LAN's, not ours.
-        if alias == NSNET_ALIAS + n.id or (n.bridge == dev and alias.startswith(NSNET_ALIAS)):
+        if alias == owner_alias(n.id) or (n.bridge == dev and alias.startswith(OWNER_ALIAS)):
             return Owner("nsnet", n.name, f"bridge {dev} of nsnet network '{n.name}'")
-    if alias.startswith(NSNET_ALIAS):  # no daemon answered: the alias still says whose it is
-        nid = alias[len(NSNET_ALIAS):][:12]
+    if alias.startswith(OWNER_ALIAS):  # no daemon answered: the alias still says whose it is
+        nid = alias[len(OWNER_ALIAS):][:12]
         return Owner("nsnet", nid, f"bridge {dev} of nsnet network {nid}")
     mine = {r.network for r in view.routes if r.dev == dev}
     for d in view.docker:

@@ -28,8 +28,8 @@ from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
 from .dns.records import Record, RecordSet
-from .model import (Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
-                    network_json, now_rfc3339, sandbox_json, to_dict)
+from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
+                    network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
 from .names import random_name
 from .store import SqliteStore
 
@@ -836,10 +836,10 @@ class Engine:
                     self._port_sockets[sb.id] = held
             ours = set().union(*(self._driver(n).kernel_names(n) for n in self.nets.values()))
             ours |= {e.host_ifname for e in self.eps.values() if e.host_ifname}
-            live = {f"nsnet network {n.id}" for n in self.nets.values()}  # a bridge network's leaves and uplinks
+            live = {owner_alias(n.id) for n in self.nets.values()}  # e.g. a bridge network's leaves and uplinks
             for name, info in self.kernel.links().items():
                 alias = info["alias"] or ""
-                mine = alias.startswith("nsnet network ") or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
+                mine = alias.startswith(OWNER_ALIAS) or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
                 if mine and name not in ours and alias not in live:
                     from .kernel.links import delete_link
                     delete_link(self.kernel.rtnl, name)

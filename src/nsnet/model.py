@@ -11,6 +11,15 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
+# The alias on every link nsnet makes for a network (its bridge, leaves, uplinks, VLAN sub-interfaces, shims):
+# reconcile and doctor tell whose a link is by it.
+OWNER_ALIAS = "nsnet network "
+
+
+def owner_alias(net_id: str) -> str:
+    return OWNER_ALIAS + net_id
+
+
 @dataclass
 class SubnetConfig:
     subnet: str

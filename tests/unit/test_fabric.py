@@ -1,6 +1,7 @@
 """Which bridge of a bridge network a new port goes on, and what a restarted daemon reads back."""
 from nsnet.drivers import fabric
 from nsnet.drivers.fabric import PORTS_PER_BRIDGE, Bridge, Fabric
+from nsnet.model import owner_alias
 
 NET = "0123456789abcdef"
 
@@ -10,13 +11,13 @@ def link(index, kind="veth", alias=None, master=None):
 
 
 def test_the_networks_own_bridge_fills_first_then_each_leaf_in_turn():
-    fab = Fabric([Bridge("nsbr-0123456789", 10)])
+    fab = Fabric(Bridge("nsbr-0123456789", 10))
     for i in range(PORTS_PER_BRIDGE):
         assert fab.with_room() is fab.root
         fab.took(f"p{i}", fab.root)
     assert fab.with_room() is None and fab.next_leaf_number() == 1
     leaf = Bridge(fabric.leaf_name(NET, 1), 20, ports=1)    # its uplink
-    fab.add_leaf(1, leaf)
+    fab.leaves[1] = leaf
     assert fab.with_room() is leaf
     fab.released("p0")                                      # room again on the network's own bridge
     assert fab.with_room() is fab.root
@@ -31,7 +32,7 @@ def test_names_fit_the_kernels_15_characters():
 
 
 def test_load_reads_leaves_and_ports_and_ignores_what_is_not_this_networks():
-    alias = fabric.alias_of(NET)
+    alias = owner_alias(NET)
     linkmap = {
         "nsbr-0123456789": link(10, "bridge", alias),
         "nsl01234567-1": link(20, "bridge", alias),
@@ -46,7 +47,8 @@ def test_load_reads_leaves_and_ports_and_ignores_what_is_not_this_networks():
         "other": link(70, master=40),
     }
     fab = fabric.load(linkmap, NET, "nsbr-0123456789")
-    assert [b.name for b in fab.bridges] == ["nsbr-0123456789", "nsl01234567-1", "nsl01234567-3"]
-    assert [b.ports for b in fab.bridges] == [2, 2, 1]
+    bridges = [fab.root, *fab.leaves.values()]
+    assert [b.name for b in bridges] == ["nsbr-0123456789", "nsl01234567-1", "nsl01234567-3"]
+    assert [b.ports for b in bridges] == [2, 2, 1]
     assert fab.port_of["nsv3"].name == "nsl01234567-3" and "other" not in fab.port_of
     assert fab.next_leaf_number() == 4

@@ -9,7 +9,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
-from ..model import Endpoint, Network
+from ..model import Endpoint, Network, owner_alias
 from . import fabric, flat
 from .base import MTU_KEY, SIZE_KEY, Driver
 
@@ -94,11 +94,11 @@ class BridgeDriver(Driver):
             if s.gateway:
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
         index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
-                                             addresses=addrs, alias=fabric.alias_of(net.id))
+                                             addresses=addrs, alias=owner_alias(net.id))
         # A new bridge of a new network has no ports and no leaves: the first join need not read them
         # from the kernel. A bridge rebuilt under its leaves has them read, and their uplinks plugged back.
         if created and links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is None:
-            self._fabrics[net.id] = fabric.Fabric([fabric.Bridge(net.bridge, index)])
+            self._fabrics[net.id] = fabric.Fabric(fabric.Bridge(net.bridge, index))
         else:
             self._fabrics.pop(net.id, None)
         sysctl.write("net.ipv4.ip_forward", "1")
@@ -153,7 +153,7 @@ class BridgeDriver(Driver):
             bridge = fabric.build_leaf(self.kernel.ipr, self.kernel.rtnl, net.id, k, fab.root, mtu=self._mtu(net),
                                        isolated=not net.flag(ICC_KEY, True))
             fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
-            fab.add_leaf(k, bridge)
+            fab.leaves[k] = bridge
         return fab, bridge
 
     def _fabric(self, net: Network) -> fabric.Fabric:

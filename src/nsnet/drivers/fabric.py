@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..kernel import links, sysctl
+from ..model import owner_alias
 
 # Ports per bridge. An environment knob so that tests can build leaves without a hundred sandboxes.
 PORTS_PER_BRIDGE = max(2, int(os.environ.get("NSNET_PORTS_PER_BRIDGE", "128")))
@@ -41,10 +42,6 @@ def leaf_glob(net_id: str) -> str:
     return f"nsl{net_id[:8]}-*"
 
 
-def alias_of(net_id: str) -> str:
-    return f"nsnet network {net_id}"
-
-
 @dataclass
 class Bridge:
     name: str
@@ -54,17 +51,15 @@ class Bridge:
 
 @dataclass
 class Fabric:
-    """A network's bridges in the order they are filled: its own first, then its leaves by number."""
-    bridges: list[Bridge]
-    leaves: dict[int, Bridge] = field(default_factory=dict)   # leaf number -> leaf
+    """A network's bridges, filled in this order: its own (`root`), then its leaves by number."""
+    root: Bridge
+    leaves: dict[int, Bridge] = field(default_factory=dict)   # leaf number -> leaf, in the order built
     port_of: dict[str, Bridge] = field(default_factory=dict)  # port (host end of a veth) -> its bridge
 
-    @property
-    def root(self) -> Bridge:
-        return self.bridges[0]
-
     def with_room(self) -> Bridge | None:
-        return next((b for b in self.bridges if b.ports < PORTS_PER_BRIDGE), None)
+        if self.root.ports < PORTS_PER_BRIDGE:
+            return self.root
+        return next((b for b in self.leaves.values() if b.ports < PORTS_PER_BRIDGE), None)
 
     def took(self, port: str, bridge: Bridge) -> None:
         bridge.ports += 1
@@ -74,10 +69,6 @@ class Fabric:
         bridge = self.port_of.pop(port, None)
         if bridge is not None:
             bridge.ports -= 1
-
-    def add_leaf(self, k: int, leaf: Bridge) -> None:
-        self.leaves[k] = leaf
-        self.bridges.append(leaf)
 
     def next_leaf_number(self) -> int:
         return max(self.leaves, default=0) + 1
@@ -89,17 +80,17 @@ def leaves_in(linkmap: dict[str, dict], net_id: str) -> dict[int, str]:
     found = {}
     for name, info in linkmap.items():
         m = pattern.match(name)
-        if m and info["kind"] == "bridge" and info["alias"] == alias_of(net_id):
+        if m and info["kind"] == "bridge" and info["alias"] == owner_alias(net_id):
             found[int(m.group(1))] = name
     return found
 
 
 def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
     """The fabric as the kernel holds it (after a restart): bridges, and the ports on each of them."""
-    fab = Fabric([Bridge(root, linkmap[root]["index"])])
+    fab = Fabric(Bridge(root, linkmap[root]["index"]))
     for k, name in sorted(leaves_in(linkmap, net_id).items()):
-        fab.add_leaf(k, Bridge(name, linkmap[name]["index"]))
-    by_index = {b.index: b for b in fab.bridges}
+        fab.leaves[k] = Bridge(name, linkmap[name]["index"])
+    by_index = {b.index: b for b in (fab.root, *fab.leaves.values())}
     for name, info in linkmap.items():
         bridge = by_index.get(info["master"])
         if bridge is not None:
@@ -121,7 +112,7 @@ def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None,
     leaf = leaf_name(net_id, k)
     up, down = uplink_names(net_id, k)
     try:
-        index, _ = links.ensure_bridge(ipr, chan, leaf, mtu=mtu, addresses=[], alias=alias_of(net_id))
+        index, _ = links.ensure_bridge(ipr, chan, leaf, mtu=mtu, addresses=[], alias=owner_alias(net_id))
         links.no_ipv6(leaf)
         # The leaf has no address, but Linux answers ARP for any of the host's addresses on any link:
         # the leaf would answer for the gateway and take the sandboxes' routed traffic itself.
@@ -130,7 +121,7 @@ def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None,
         links.delete_link(chan, up)  # one left from before a crash; a leaf left is reused as it is
         ipr.link("add", ifname=up, kind="veth", peer={"ifname": down, **kw}, **kw)
         for end in (up, down):
-            ipr.link("set", ifname=end, ifalias=alias_of(net_id))
+            ipr.link("set", ifname=end, ifalias=owner_alias(net_id))
             links.no_ipv6(end)
         links.plug_in(chan, links.index_in(chan, down), index, isolated=False)
         links.plug_in(chan, links.index_in(chan, up), root.index, isolated=isolated)

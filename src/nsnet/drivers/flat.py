@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import Conflict, NsnetError
 from ..kernel import arp
-from ..model import Network
+from ..model import OWNER_ALIAS, Network
 
 # bridge.py's keys, repeated: bridge.py imports this module.
 NAME_KEY = "com.docker.network.bridge.name"
@@ -19,7 +19,7 @@ def adopt(net: Network, link: dict) -> None:
     if link.get("kind") != "bridge":
         raise Conflict(f"an interface named {net.bridge} already exists on this host and is not a bridge: "
                        f"pick another {NAME_KEY}")
-    if (link.get("alias") or "").startswith("nsnet network "):
+    if (link.get("alias") or "").startswith(OWNER_ALIAS):
         raise Conflict(f"bridge {net.bridge} belongs to another nsnet network (its alias says so): "
                        f"pick another {NAME_KEY}")
     net.adopted = True

@@ -13,7 +13,7 @@ import re
 
 from ..errors import Conflict, NsnetError
 from ..kernel import arp, features, lan, links
-from ..model import Endpoint, Network
+from ..model import Endpoint, Network, owner_alias
 from .base import MTU_KEY, Driver
 from .bridge import valid_ifname
 
@@ -27,10 +27,6 @@ def split_vlan(name: str) -> tuple[str, int] | None:
     if not m or not 1 <= int(m["vid"]) <= 4094:
         return None
     return m["base"], int(m["vid"])
-
-
-def owner_alias(net: Network) -> str:
-    return f"nsnet network {net.id}"
 
 
 class LanDriver(Driver):
@@ -120,11 +116,11 @@ class LanDriver(Driver):
         if links.index_of(self.kernel.ipr, parent) is None and split_vlan(parent):
             base, vid = split_vlan(parent)
             features.require("vlan", f"the 802.1Q sub-interface {parent}")
-            lan.ensure_vlan(self.kernel.ipr, parent, base, vid, alias=owner_alias(net))
+            lan.ensure_vlan(self.kernel.ipr, parent, base, vid, alias=owner_alias(net.id))
 
     def delete_network(self, net: Network) -> None:
         # Only a sub-interface nsnet made for this network (its alias says so) goes; a user's stays.
-        lan.delete_if_alias(self.kernel, self.parent(net), owner_alias(net))
+        lan.delete_if_alias(self.kernel, self.parent(net), owner_alias(net.id))
 
     def link_options(self, net: Network, ep: Endpoint) -> dict:
         """kind-specific attributes of the endpoint's link (mode, MAC)."""
@@ -156,7 +152,7 @@ class LanDriver(Driver):
 
     def _vlan_is_ours(self, net: Network) -> bool:
         info = self.kernel.links().get(self.parent(net))
-        return info is None or info.get("alias") == owner_alias(net)
+        return info is None or info.get("alias") == owner_alias(net.id)
 
     def notes(self, net: Network) -> list[str]:
         return []

@@ -11,8 +11,8 @@ import ipaddress
 
 from ..errors import NsnetError
 from ..kernel import arp, lan, links
-from ..model import Endpoint, Network
-from .lan import PARENT_KEY, LanDriver, owner_alias
+from ..model import Endpoint, Network, owner_alias
+from .lan import PARENT_KEY, LanDriver
 
 MODE_KEY = "macvlan_mode"
 SHIM_KEY = "host_shim"
@@ -123,10 +123,10 @@ class MacvlanDriver(LanDriver):
         super().create_network(net)
         addr = shim_address(net)
         if shim_wanted(net) and addr:
-            lan.ensure_shim(self.kernel.ipr, self.kernel.rtnl, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net))
+            lan.ensure_shim(self.kernel.ipr, self.kernel.rtnl, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net.id))
 
     def delete_network(self, net: Network) -> None:
-        lan.delete_if_alias(self.kernel, shim_name_for(net.id), owner_alias(net))
+        lan.delete_if_alias(self.kernel, shim_name_for(net.id), owner_alias(net.id))
         super().delete_network(net)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
