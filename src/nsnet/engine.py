@@ -72,6 +72,8 @@ class Engine:
         self.lock = threading.RLock()
         self.drivers = {name: driver_class(name)(self.kernel)
                         for name in ("bridge", "host", "null", "macvlan", "ipvlan")}
+        for driver in self.drivers.values():
+            driver.ports_of = lambda net: [e.host_ifname for e in self.endpoints_of_network(net) if e.host_ifname]
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}

@@ -274,7 +274,7 @@ def test_a_network_past_one_bridges_ports_spreads_over_leaf_bridges(host, machin
     os.kill(host.daemon_pid(), signal.SIGKILL)              # the network's bridge goes while no daemon runs:
     host.sh(f"ip link del {bridge}")                        # the next one rebuilds it and plugs the leaves'
     host.nsnet("run", "-d", "--name", "later", "--network", "wide", "--", "sleep", "300")   # uplinks back in
-    for target in ("w3", "web", "late"):
+    for target in ("w0", "w3", "web", "late"):             # w0: a sandbox of the rebuilt bridge
         assert ping(host, "later", ip_of(host, target, "wide")), target
 
     host.nsnet("rm", "-f", "web", "late", "later", *[f"w{i}" for i in range(6)])

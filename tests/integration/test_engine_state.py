@@ -87,13 +87,28 @@ def test_a_removed_networks_pool_is_given_out_again(host):
     assert subnet_of(host, "second") == subnet
 
 
-def test_a_bridge_deleted_behind_the_daemons_back_is_rebuilt_on_the_next_attach(host):
+def test_a_bridge_deleted_behind_the_daemons_back_is_rebuilt_with_its_sandboxes_on_it(host):
+    """While the daemon runs, the next attach rebuilds it; while none runs, the next start does. Either
+    way the sandboxes that were on it are plugged back, not only the newcomer."""
     host.nsnet("network", "create", "--subnet", "10.78.0.0/24", "-o", "com.docker.network.bridge.name=nsbrgone", "gone")
-    host.nsnet("run", "-d", "--name", "a", "--network", "gone", "--", "sleep", "300")
+    for name in ("a", "b"):
+        host.nsnet("run", "-d", "--name", name, "--network", "gone", "--", "sleep", "300")
+    ip = {n: host.json("inspect", n)[0]["NetworkSettings"]["Networks"]["gone"]["IPAddress"] for n in ("a", "b")}
+
+    def ping(src: str, dst: str) -> bool:
+        return host.exec(src, f"ping -c1 -W1 {dst}", check=False).returncode == 0
+
     host.sh("ip link del nsbrgone")
-    host.nsnet("run", "-d", "--name", "b", "--network", "gone", "--", "sleep", "300")
+    host.nsnet("run", "-d", "--name", "c", "--network", "gone", "--", "sleep", "300")
     assert "10.78.0.1/24" in host.sh("ip -o addr show dev nsbrgone").stdout
-    assert host.exec("b", "ping -c1 -W1 10.78.0.1", check=False).returncode == 0
+    assert ping("c", "10.78.0.1") and ping("c", ip["a"]) and ping("a", ip["b"])
+
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.sh("ip link del nsbrgone")
+    host.json("ps", "--format", "json")                    # restarts the daemon: no attach after this
+    assert "nsbrgone was missing; rebuilt" in open(os.path.join(host.root, "daemon.log")).read()
+    assert ping("a", ip["b"]) and ping("b", "10.78.0.1") and ping("c", ip["a"])
+    assert len(host.sh("ip -o link show master nsbrgone").stdout.splitlines()) == 3
 
 
 def test_rm_refuses_a_network_in_use_and_prune_keeps_it(host):

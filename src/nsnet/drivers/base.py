@@ -17,6 +17,8 @@ class Driver:
 
     def __init__(self, kernel):
         self.kernel = kernel
+        # Set by the engine: the host links of a network's endpoints (what a rebuilt bridge must carry).
+        self.ports_of = lambda net: []
 
     def validate(self, net: Network) -> None:
         """Refuse options this driver does not know, before anything is built."""

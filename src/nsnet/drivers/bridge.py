@@ -96,11 +96,12 @@ class BridgeDriver(Driver):
         index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
                                              addresses=addrs, alias=owner_alias(net.id))
         # A new bridge of a new network has no ports and no leaves: the first join need not read them
-        # from the kernel. A bridge rebuilt under its leaves has them read, and their uplinks plugged back.
-        if created and links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is None:
+        # from the kernel. A bridge rebuilt under sandboxes or leaves has them read (_fabric) and plugged back.
+        self._fabrics.pop(net.id, None)
+        rebuilt = created and (self.ports_of(net)
+                               or links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is not None)
+        if created and not rebuilt:
             self._fabrics[net.id] = fabric.Fabric(fabric.Bridge(net.bridge, index))
-        else:
-            self._fabrics.pop(net.id, None)
         sysctl.write("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
         sysctl.write_iface("ipv4", net.bridge, "route_localnet", "1")
@@ -108,6 +109,8 @@ class BridgeDriver(Driver):
             sysctl.write("net.ipv6.conf.all.forwarding", "1")
         else:  # as its ports and its sandboxes' links: an IPv4-only network carries no IPv6 at all
             links.no_ipv6(net.bridge)
+        if rebuilt:
+            self._fabric(net)
 
     def delete_network(self, net: Network) -> None:
         fab = self._fabrics.pop(net.id, None)
@@ -130,18 +133,19 @@ class BridgeDriver(Driver):
                                    gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
             try:
                 links.plug_in(chan, host_index, bridge.index, isolated=isolated)
+                fab.took(ep.host_ifname, bridge)
             except NetlinkError as e:
                 if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
                     raise
-                self._fabrics.pop(net.id, None)  # a bridge went away behind our back: find or rebuild it
-                fab, bridge = self._bridge_with_room(net)
-                links.plug_in(chan, host_index, bridge.index, isolated=isolated)
+                # A bridge went away behind our back. Reading the network back from the kernel rebuilds
+                # it, and plugs back every port of the network that is on no bridge: this one too.
+                self._fabrics.pop(net.id, None)
+                self._fabric(net)
         except NetlinkError as e:
             if e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
             raise
-        fab.took(ep.host_ifname, bridge)
 
     def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge]:
         """The bridge a new port goes on: the network's own while it has room, else a leaf (a new one
@@ -166,9 +170,16 @@ class BridgeDriver(Driver):
                 if net.adopted:
                     raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
                 self.create_network(net)  # deleted behind our back: rebuild it rather than fail
-                linkmap = self.kernel.links()
+                return self._fabric(net)
             fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
-            fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=not net.flag(ICC_KEY, True))
+            isolated = not net.flag(ICC_KEY, True)
+            fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=isolated)
+            # Sandbox ports on none of its bridges: theirs was deleted and rebuilt behind our back.
+            for port in self.ports_of(net):
+                if port in linkmap and port not in fab.port_of:
+                    _, bridge = self._bridge_with_room(net)
+                    links.plug_in(self.kernel.rtnl, linkmap[port]["index"], bridge.index, isolated=isolated)
+                    fab.took(port, bridge)
         return fab
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
