@@ -21,30 +21,50 @@ def test_masquerade_only_for_external_networks_with_it_on():
     assert 'iifname "br-i" oifname != "br-i" drop' in out
 
 
+def chain(out: list[str], name: str) -> list[str]:
+    start = out.index(f"chain {name} {{")
+    return out[start + 1:out.index("}", start)]
+
+
 def test_isolation_rule_order_allows_same_bridge_before_dropping_cross_bridge():
     out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/16"], leaves="nsl1-*"),
                          FwNetwork("br-q", ["10.4.0.0/16"], icc=False)]))
-    same = out.index('iifname "br-a" oifname "br-a" accept')
-    assert same < out.index('iifname "nsl1-*" accept') < out.index("ct state established,related accept")
+    assert 'set within { type ifname . ifname; elements = { "br-a" . "br-a" } }' in out      # ICC on
+    assert 'set isolated { type ifname . ifname; elements = { "br-q" . "br-q" } }' in out    # ICC off
+    assert 'set leaves { type ifname; flags interval; elements = { "nsl1-*" } }' in out
+    fwd = chain(out, "forward")
+    same = fwd.index("iifname . oifname @within accept")
+    assert same < fwd.index("iifname @leaves accept") < fwd.index("ct state established,related accept")
     # ICC off: a published port (DNAT) of the network still answers its own sandboxes.
-    assert out.index("ct status dnat accept") < out.index('iifname "br-q" oifname "br-q" drop')
-    assert same < out.index("iifname @bridges oifname @bridges drop") < out.index("iifname @bridges accept")
+    assert fwd.index("ct status dnat accept") < fwd.index("iifname . oifname @isolated drop")
+    assert same < fwd.index("iifname @bridges oifname @bridges drop") < fwd.index("iifname @bridges accept")
+
+
+def test_a_frame_between_sandboxes_meets_as_many_rules_on_a_host_of_fifty_networks_as_of_one():
+    def per_frame(n: int) -> tuple[int, int]:
+        out = rules(Ruleset([FwNetwork(f"br{i}", [f"10.{i}.0.0/24"], gateways=[f"10.{i}.0.1"], leaves=f"nsl{i}-*")
+                             for i in range(n)]))
+        return len(chain(out, "forward")), len(chain(out, "raw"))
+    assert per_frame(1) == per_frame(50)
 
 
 def test_only_sandbox_to_sandbox_traffic_is_untracked_and_hairpins_are_masqueraded_by_source():
-    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/24", "fd00::/64"], gateways=["10.1.0.1", "fd00::1"])]))
-    assert 'iifname "br-a" ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 ip daddr != 10.1.0.1 notrack' in out
-    assert 'iifname "br-a" ip6 saddr fd00::/64 ip6 daddr fd00::/64 ip6 daddr != fd00::1 notrack' in out
-    raw = out.index("chain raw {")
-    assert out[raw + 1] == "type filter hook prerouting priority raw; policy accept;"
+    out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/24", "fd00::/64"], gateways=["10.1.0.1", "fd00::1"]),
+                         FwNetwork("br-b", ["10.2.0.0/24"], gateways=["10.2.0.1"])]))
+    raw = chain(out, "raw")
+    assert raw[0] == "type filter hook prerouting priority raw; policy accept;"
+    assert "iifname vmap @untracked" in raw
+    assert 'map untracked { type ifname : verdict; elements = { "br-a" : jump within-0, "br-b" : jump within-1 } }' in out
+    assert chain(out, "within-0") == ["ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 ip daddr != 10.1.0.1 notrack",
+                                      "ip6 saddr fd00::/64 ip6 daddr fd00::/64 ip6 daddr != fd00::1 notrack"]
+    assert chain(out, "within-1") == ["ip saddr 10.2.0.0/24 ip daddr 10.2.0.0/24 ip daddr != 10.2.0.1 notrack"]
     assert 'oifname "br-a" ip saddr 10.1.0.0/24 ct status dnat masquerade' in out
     assert 'oifname "br-a" ip6 saddr fd00::/64 ct status dnat masquerade' in out
 
 
 def test_all_that_a_leaf_bridge_sees_is_untracked():
     out = rules(Ruleset([FwNetwork("br-a", ["10.1.0.0/24"], gateways=["10.1.0.1"], leaves="nsl1-*")]))
-    raw = out.index("chain raw {")
-    assert 'iifname "nsl1-*" notrack' in out[raw:out.index("}", raw)]
+    assert chain(out, "raw")[1] == "iifname @leaves notrack"
 
 
 def test_published_ports_dnat_by_family_and_host_ip():
