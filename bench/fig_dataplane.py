@@ -133,6 +133,41 @@ def _share_in_rounds(res: dict[str, list[float]], what: str, ref: str = "bare br
     return share(statistics.median(pairs) if pairs else None, 1.0)   # the median share, worded as share() does
 
 
+def _spread(res: dict[str, list[float]], what: str, ref: str = "bare bridge") -> str:
+    """How far WHAT's share of REF moved from round to round: the noise a single figure carries."""
+    pairs = sorted(a / b for a, b in zip(res.get(what, []), res.get(ref, [])) if b)
+    if len(pairs) < 4:
+        return ""
+    q1, _, q3 = statistics.quantiles(pairs, n=4)
+    return (f"shares in the {len(pairs)} rounds: {pairs[0]:.0%} to {pairs[-1]:.0%}, "
+            f"the middle half {q1:.0%} to {q3:.0%}")
+
+
+def _profile(ctx, fig, paths) -> dict:
+    """perf over one run of each path: what netfilter's hooks cost nsnet's path, next to the bare bridge."""
+    from profile_dataplane import GROUPS, render, sample
+
+    seconds = 4
+    profiles = {}
+    try:
+        for name, client_ns, addr, port, setting in paths:
+            with setting():
+                profiles[name] = sample(lambda: _client(client_ns, addr, port, seconds + 2), seconds,
+                                        os.path.join(ctx.out, "perf.data"))
+    except Skip as e:
+        fig.skipped.append(f"data-plane profile: {e}")
+        return {}
+    with open(os.path.join(ctx.out, "profile_dataplane.txt"), "w") as f:
+        f.write(render(profiles, seconds))
+    if len(profiles) == 2:
+        (nf, _), (brnf, _) = GROUPS[1], GROUPS[0]
+        mine, bare = profiles["nsnet bridge"]["groups"], profiles["bare bridge"]["groups"]
+        fig.notes.append(f"perf, whole machine, one {seconds} s run each (shares of busy samples): {nf} "
+                         f"{mine[nf]:.1f}% in the nsnet bridge's run, {bare[nf]:.1f}% in the bare bridge's; "
+                         f"{brnf} {mine[brnf]:.1f}% and {bare[brnf]:.1f}% - full list in profile_dataplane.txt")
+    return profiles
+
+
 def _docker_path(h, docker) -> list:
     """Two containers on one Docker bridge network, iperf3 run in their namespaces (the image has no
     iperf3): the peer's figure, under the same br_netfilter setting in its own host namespace."""
@@ -166,20 +201,23 @@ def run(ctx) -> Figure:
             fig.notes.append(f"waited {waited:.0f} s for the CPUs to go idle before the first round (the kernel "
                              "tears down the namespaces of earlier figures in the background)")
         # Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
-        # frequency change) shows in all of them alike instead of in whichever ran last.
-        for _ in range(ctx.iperf_reps):
-            for name, client_ns, addr, port, setting in paths:
+        # frequency change) shows in all of them alike instead of in whichever ran last; each round
+        # starts one configuration further on, so that none always runs first, or right after another.
+        for r in range(ctx.iperf_reps):
+            k = r % len(paths)
+            for name, client_ns, addr, port, setting in paths[k:] + paths[:k]:
                 try:
                     with setting():
                         res.setdefault(name, []).append(_client(client_ns, addr, port, ctx.iperf_seconds))
                 except RuntimeError as e:
                     fig.skipped.append(f"{name}: {e}")
                     paths = [p for p in paths if p[0] != name]
+        profiles = _profile(ctx, fig, [p for p in paths if p[0] in ("bare bridge", "nsnet bridge")]) if ctx.profile else {}
         if docker is not None:
             docker.clear()
 
     med = {k: statistics.median(v) for k, v in res.items()}
-    fig.data = {"gbit_s": res, "median_gbit_s": med}
+    fig.data = {"gbit_s": res, "median_gbit_s": med, "profile": profiles}
     ref = med.get("bare bridge")
     for what, target in (("nsnet bridge", 0.95), ("nsnet published port", 0.85)):
         if what in med:
@@ -187,7 +225,7 @@ def run(ctx) -> Figure:
             fig.row(measure=f"{what}" + (" (client in another namespace)" if "port" in what else " (sandbox to sandbox)"),
                     value=med[what], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge",
                     peer_value=ref, ratio=r, ratio_text=txt, target=f">= {target * 100:.0f}% of bare bridge",
-                    verdict=verdict(r >= target) if r else "INFO")
+                    verdict=verdict(r >= target) if r else "INFO", note=_spread(res, what))
     if "Docker bridge" in med and "nsnet bridge" in med:
         r, txt = _share_in_rounds(res, "nsnet bridge", "Docker bridge")
         fig.row(measure="nsnet bridge vs Docker's (sandbox to sandbox)", value=med["nsnet bridge"], unit="Gbit/s",

@@ -17,6 +17,7 @@ DEBIAN = {
     "dnsperf": "/usr/bin/dnsperf",
     "iperf3": "/usr/bin/iperf3",
     "docker.io": "/usr/sbin/dockerd",
+    "linux-perf": "/usr/bin/perf",  # the data-plane profile
     "busybox-static": None,  # a static busybox makes the Docker image (else `sleep` and its libraries do)
 }
 

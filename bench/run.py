@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated figure numbers (default: all 7)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get/pip install missing peers and tools")
     ap.add_argument("--no-docker", action="store_true", help="leave Docker out")
-    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the attach path")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiles (py-spy of the attach path, perf of the data plane)")
     ap.add_argument("--n", type=int, help="sandboxes per attach figure (default 20 quick, 50 full)")
     ap.add_argument("--levels", help="scaling levels, e.g. 10,100,500,1000")
     ap.add_argument("--docker-scale-max", type=int, default=100,
