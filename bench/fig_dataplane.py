@@ -5,6 +5,8 @@
 - nsnet published port: a client in another namespace, routed to the nsnet host over a veth, reaching a
   sandbox through `-p 15201:5201` (DNAT); and the same port from the host itself through 127.0.0.1;
 - Docker: two containers on one Docker bridge network (where its engine can start);
+- then both hosts filled up to MANY bridge networks, with two more sandboxes on the last one: what
+  the other networks cost a frame (rounds of their own, with the bare bridge again);
 - references built by hand in the same run: a bare veth pair, and two namespaces on a bare Linux bridge
   with no rules at all (the kernel's own cost of bridging).
 Each figure is the median of `reps` rounds (9 in a full run) of `seconds` s runs; a round runs every configuration once, so
@@ -80,9 +82,9 @@ def _across_leaves(eng: NsnetEngine) -> tuple[int, str]:
     return eng.run("wcli", "wide"), eng.ip_of("wsrv", "wide")     # leaf 2
 
 
-def _nsnet_paths(h, fig) -> list:
+def _nsnet_paths(h, fig) -> tuple[list, NsnetEngine]:
     """Two sandboxes on one nsnet network; a published port reached from another namespace and from
-    the host through 127.0.0.1."""
+    the host through 127.0.0.1. Returns the paths and the engine."""
     eng = NsnetEngine(h, "f7")
     eng.create_network("dp", "10.70.0.0/24")
     eng.run("srv", "dp", cmd=["iperf3", "-s", "-p", "5201"])
@@ -123,7 +125,7 @@ def _nsnet_paths(h, fig) -> list:
     sh(["ip", "link", "set", "eth0", "up"], x)
     sh(["ip", "route", "add", "default", "via", "10.71.0.1"], x)
     return paths + [("nsnet published port", x, "10.71.0.1", 15201, nullcontext),
-                    ("nsnet published port, host 127.0.0.1", eng.ns, "127.0.0.1", 15201, nullcontext)]
+                    ("nsnet published port, host 127.0.0.1", eng.ns, "127.0.0.1", 15201, nullcontext)], eng
 
 
 def _share_in_rounds(res: dict[str, list[float]], what: str, ref: str = "bare bridge") -> tuple[float | None, str]:
@@ -168,14 +170,54 @@ def _profile(ctx, fig, paths) -> dict:
     return profiles
 
 
-def _docker_path(h, docker) -> list:
+def _docker_path(h, docker, label: str = "Docker bridge", net: str = "ddp", subnet: str = "10.67.0.0/24") -> list:
     """Two containers on one Docker bridge network, iperf3 run in their namespaces (the image has no
     iperf3): the peer's figure, under the same br_netfilter setting in its own host namespace."""
-    docker.create_network("ddp", "10.67.0.0/24")
-    srv, cli = (docker.get(f"/containers/{docker.run(n, 'ddp')}/json") for n in ("dsrv", "dcli"))
+    docker.create_network(net, subnet)
+    srv, cli = (docker.get(f"/containers/{docker.run(net + n, net)}/json") for n in ("srv", "cli"))
     h.spawn(["iperf3", "-s", "-p", "5201"], srv["State"]["Pid"])
-    return [("Docker bridge", cli["State"]["Pid"], srv["NetworkSettings"]["Networks"]["ddp"]["IPAddress"], 5201,
-             nullcontext)]
+    return [(label, cli["State"]["Pid"], srv["NetworkSettings"]["Networks"][net]["IPAddress"], 5201, nullcontext)]
+
+
+MANY = 30  # networks on the host, in the rows that show what a full host costs a frame
+FULL = " (full host)"  # results of the rounds on full hosts go under the configuration's name + this
+
+
+def _many_networks(h, eng: NsnetEngine | None, docker) -> list:
+    """Fill nsnet's host and Docker's daemon up to MANY bridge networks, the last one with two
+    sandboxes: what every other network costs a frame between them (Docker puts a rule per network in
+    its isolation chain, and its newest network's rules first: created last, ours is its best case)."""
+    paths = []
+    if eng is not None:
+        have_ = sum(1 for n in eng.api.get("/networks") if n["Driver"] == "bridge")
+        for i in range(MANY - have_ - 1):
+            eng.create_network(f"filler{i}", f"10.{100 + i}.0.0/24")
+        eng.create_network("dpm", "10.99.0.0/24")
+        eng.run("msrv", "dpm", cmd=["iperf3", "-s", "-p", "5201"])
+        paths.append((f"nsnet bridge, host with {MANY} networks", eng.run("mcli", "dpm"), eng.ip_of("msrv", "dpm"),
+                      5201, nullcontext))
+    if docker is not None:
+        have_ = sum(1 for n in docker.get("/networks") if n["Driver"] == "bridge")
+        for i in range(MANY - have_ - 1):
+            docker.create_network(f"filler{i}", f"10.{100 + i}.0.0/24")
+        paths += _docker_path(h, docker, f"Docker bridge, host with {MANY} networks", "ddpm", "10.98.0.0/24")
+    return paths
+
+
+def _rounds(paths: list, reps: int, seconds: float, res: dict[str, list[float]], fig, tag: str = "") -> None:
+    """Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
+    frequency change) shows in all of them alike instead of in whichever ran last; each round starts
+    one configuration further on, so that none always runs first, or right after another. A result
+    goes under the configuration's name + tag."""
+    for r in range(reps):
+        k = r % len(paths)
+        for name, client_ns, addr, port, setting in paths[k:] + paths[:k]:
+            try:
+                with setting():
+                    res.setdefault(name + tag, []).append(_client(client_ns, addr, port, seconds))
+            except RuntimeError as e:
+                fig.skipped.append(f"{name}: {e}")
+                paths = [p for p in paths if p[0] != name]
 
 
 def run(ctx) -> Figure:
@@ -186,9 +228,10 @@ def run(ctx) -> Figure:
         return fig
     res: dict[str, list[float]] = {}
     with h.scope():
-        paths = _references(h)
+        paths, eng = _references(h), None
         try:
-            paths += _nsnet_paths(h, fig)
+            nsnet_paths, eng = _nsnet_paths(h, fig)
+            paths += nsnet_paths
         except Skip as e:
             fig.skipped.append(f"nsnet: {e}")
         docker = ctx.docker()
@@ -200,19 +243,11 @@ def run(ctx) -> Figure:
         if waited > 1.5:
             fig.notes.append(f"waited {waited:.0f} s for the CPUs to go idle before the first round (the kernel "
                              "tears down the namespaces of earlier figures in the background)")
-        # Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
-        # frequency change) shows in all of them alike instead of in whichever ran last; each round
-        # starts one configuration further on, so that none always runs first, or right after another.
-        for r in range(ctx.iperf_reps):
-            k = r % len(paths)
-            for name, client_ns, addr, port, setting in paths[k:] + paths[:k]:
-                try:
-                    with setting():
-                        res.setdefault(name, []).append(_client(client_ns, addr, port, ctx.iperf_seconds))
-                except RuntimeError as e:
-                    fig.skipped.append(f"{name}: {e}")
-                    paths = [p for p in paths if p[0] != name]
+        _rounds(paths, ctx.iperf_reps, ctx.iperf_seconds, res, fig)
         profiles = _profile(ctx, fig, [p for p in paths if p[0] in ("bare bridge", "nsnet bridge")]) if ctx.profile else {}
+        # Then the same hosts, filled up with networks: rounds of their own, with the bare bridge again.
+        bare = [p for p in paths if p[0] == "bare bridge"]
+        _rounds(bare + _many_networks(h, eng, docker), ctx.iperf_reps, ctx.iperf_seconds, res, fig, FULL)
         if docker is not None:
             docker.clear()
 
@@ -252,6 +287,19 @@ def run(ctx) -> Figure:
         r, txt = _share_in_rounds(res, "nsnet published port, host 127.0.0.1")
         fig.row(measure="nsnet published port (from the host, 127.0.0.1)", value=med["nsnet published port, host 127.0.0.1"],
                 unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge", peer_value=ref,
+                ratio=r, ratio_text=txt)
+    full_ref = med.get("bare bridge" + FULL)
+    for what in (f"nsnet bridge, host with {MANY} networks", f"Docker bridge, host with {MANY} networks"):
+        if what + FULL in med:
+            r, txt = _share_in_rounds(res, what + FULL, "bare bridge" + FULL)
+            fig.row(measure=what, value=med[what + FULL], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s",
+                    peer="bare bridge", peer_value=full_ref, ratio=r, ratio_text=txt,
+                    note="rounds of their own, after the others; " + _spread(res, what + FULL, "bare bridge" + FULL))
+    if all(f"{e} bridge, host with {MANY} networks{FULL}" in med for e in ("nsnet", "Docker")):
+        mine, theirs = (f"{e} bridge, host with {MANY} networks{FULL}" for e in ("nsnet", "Docker"))
+        r, txt = _share_in_rounds(res, mine, theirs)
+        fig.row(measure=f"nsnet bridge vs Docker's, host with {MANY} networks", value=med[mine], unit="Gbit/s",
+                reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="Docker bridge", peer_value=med[theirs],
                 ratio=r, ratio_text=txt)
     if "bare veth pair" in med and ref:
         r, txt = _share_in_rounds(res, "bare bridge", "bare veth pair")
