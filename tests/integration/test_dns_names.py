@@ -1,5 +1,6 @@
 """Sandboxes find each other by name through the engine's embedded resolver (real lookups)."""
 import os
+import shlex
 import signal
 import sys
 
@@ -102,3 +103,15 @@ def test_the_resolver_answers_udp_and_tcp_beside_a_sandboxs_own_port_53_without_
     asked = host.exec("b", f"{sys.executable} {netcheck} ask tcp {dns_ip} 53", check=False).stdout.strip()
     assert asked == f"peer={b_ip}"                                          # its :53 is its own
     assert host.exec("b", "cat /proc/net/nf_conntrack").stdout.strip() == ""
+    if tuple(map(int, os.uname().release.split(".")[:2])) >= (5, 16):   # the egress hook is there
+        assert "table netdev nsnet_dns" in host.exec("b", "nft list tables").stdout   # loopback only
+
+
+def test_a_ruleset_nftables_refuses_gives_way_to_the_next_alternative(host):
+    """The resolver's redirect on a kernel without the loopback's egress hook: the output chain instead."""
+    script = ("from nsnet.kernel.nft import OR, run_first\n"
+              "run_first('table netdev t { chain c { type filter hook nosuchhook device lo priority 0; } }'"
+              " + OR + 'table ip fallback { }')\n")
+    host.sh(f"{sys.executable} -c {shlex.quote(script)}")
+    tables = host.sh("nft list tables").stdout
+    assert "table ip fallback" in tables and "table netdev t" not in tables

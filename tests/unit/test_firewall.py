@@ -1,4 +1,5 @@
 from nsnet.firewall import FwNetwork, FwPort, Ruleset, render, render_dns_redirect
+from nsnet.kernel.nft import OR
 
 
 def rules(rs):
@@ -80,10 +81,13 @@ def test_published_ports_dnat_by_family_and_host_ip():
 
 def test_dns_redirect_replaces_its_table_and_rewrites_ports_both_ways_without_nat():
     text = render_dns_redirect("127.0.0.11", 40001, 40002)
-    out = [l.strip() for l in text.splitlines()]
-    assert out[:2] == ["add table ip nsnet_dns", "delete table ip nsnet_dns"]
-    assert "ip daddr 127.0.0.11 udp dport 53 udp dport set 40001" in out
-    assert "ip daddr 127.0.0.11 tcp dport 53 tcp dport set 40002" in out
-    assert "ip saddr 127.0.0.11 udp sport 40001 udp sport set 53" in out
-    assert "ip saddr 127.0.0.11 tcp sport 40002 tcp sport set 53" in out
-    assert "nat" not in text and " ct " not in text  # nothing that makes the kernel track the sandbox's flows
+    on_loopback, on_output = text.split(OR)     # the loopback's egress hook; else, an output chain
+    for ruleset, family, hook in ((on_loopback, "netdev", 'hook egress device "lo"'), (on_output, "ip", "hook output")):
+        out = [l.strip() for l in ruleset.splitlines()]
+        assert out[:2] == [f"add table {family} nsnet_dns", f"delete table {family} nsnet_dns"]
+        assert hook in ruleset
+        assert "ip daddr 127.0.0.11 udp dport 53 udp dport set 40001" in out
+        assert "ip daddr 127.0.0.11 tcp dport 53 tcp dport set 40002" in out
+        assert "ip saddr 127.0.0.11 udp sport 40001 udp sport set 53" in out
+        assert "ip saddr 127.0.0.11 tcp sport 40002 tcp sport set 53" in out
+        assert "nat" not in ruleset and " ct " not in ruleset  # nothing that makes the kernel track the sandbox's flows

@@ -12,6 +12,8 @@ _lib = None
 _ctx = None
 _lock = threading.Lock()
 
+OR = "\n# or else\n"   # between alternative rulesets in one text: run_first() applies the first nftables takes
+
 
 def _context():
     global _lib, _ctx
@@ -43,3 +45,15 @@ def run(commands: str) -> str:
     if rc != 0:
         raise NsnetError("nftables refused the ruleset: " + " ".join(err.split())[:400])
     return out
+
+
+def run_first(text: str) -> str:
+    """Apply the first of the alternative rulesets in `text` (separated by OR) that nftables takes,
+    e.g. one on a hook this kernel may lack, then one every kernel has."""
+    *preferred, last = text.split(OR)
+    for ruleset in preferred:
+        try:
+            return run(ruleset)
+        except NsnetError:
+            pass
+    return run(last)

@@ -53,9 +53,9 @@ def main(argv: list[str]) -> int:
     if spec.get("nft"):
         # Applied here, by a process with few fds: libnftables' select() aborts on fds above 1023,
         # which a daemon serving hundreds of sandboxes has.
-        from .nft import run
+        from .nft import run_first
 
-        run(spec["nft"])
+        run_first(spec["nft"])
 
     _mount(None, "/", MS_REC | MS_PRIVATE)  # our binds stay ours
     if files:
