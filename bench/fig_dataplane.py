@@ -180,7 +180,7 @@ def _docker_path(h, docker, label: str = "Docker bridge", net: str = "ddp", subn
 
 
 MANY = 30  # networks on the host, in the rows that show what a full host costs a frame
-FULL = " (full host)"  # results of the rounds on full hosts go under the configuration's name + this
+BARE_AGAIN = "bare bridge, beside the full hosts"  # the reference in the rounds on full hosts
 
 
 def _many_networks(h, eng: NsnetEngine | None, docker) -> list:
@@ -204,17 +204,16 @@ def _many_networks(h, eng: NsnetEngine | None, docker) -> list:
     return paths
 
 
-def _rounds(paths: list, reps: int, seconds: float, res: dict[str, list[float]], fig, tag: str = "") -> None:
+def _rounds(paths: list, reps: int, seconds: float, res: dict[str, list[float]], fig) -> None:
     """Rounds: each configuration once per round, so that a drift of the machine (another tenant, a
     frequency change) shows in all of them alike instead of in whichever ran last; each round starts
-    one configuration further on, so that none always runs first, or right after another. A result
-    goes under the configuration's name + tag."""
+    one configuration further on, so that none always runs first, or right after another."""
     for r in range(reps):
         k = r % len(paths)
         for name, client_ns, addr, port, setting in paths[k:] + paths[:k]:
             try:
                 with setting():
-                    res.setdefault(name + tag, []).append(_client(client_ns, addr, port, seconds))
+                    res.setdefault(name, []).append(_client(client_ns, addr, port, seconds))
             except RuntimeError as e:
                 fig.skipped.append(f"{name}: {e}")
                 paths = [p for p in paths if p[0] != name]
@@ -246,8 +245,8 @@ def run(ctx) -> Figure:
         _rounds(paths, ctx.iperf_reps, ctx.iperf_seconds, res, fig)
         profiles = _profile(ctx, fig, [p for p in paths if p[0] in ("bare bridge", "nsnet bridge")]) if ctx.profile else {}
         # Then the same hosts, filled up with networks: rounds of their own, with the bare bridge again.
-        bare = [p for p in paths if p[0] == "bare bridge"]
-        _rounds(bare + _many_networks(h, eng, docker), ctx.iperf_reps, ctx.iperf_seconds, res, fig, FULL)
+        bare = [(BARE_AGAIN, *p[1:]) for p in paths if p[0] == "bare bridge"]
+        _rounds(bare + _many_networks(h, eng, docker), ctx.iperf_reps, ctx.iperf_seconds, res, fig)
         if docker is not None:
             docker.clear()
 
@@ -288,15 +287,14 @@ def run(ctx) -> Figure:
         fig.row(measure="nsnet published port (from the host, 127.0.0.1)", value=med["nsnet published port, host 127.0.0.1"],
                 unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="bare bridge", peer_value=ref,
                 ratio=r, ratio_text=txt)
-    full_ref = med.get("bare bridge" + FULL)
-    for what in (f"nsnet bridge, host with {MANY} networks", f"Docker bridge, host with {MANY} networks"):
-        if what + FULL in med:
-            r, txt = _share_in_rounds(res, what + FULL, "bare bridge" + FULL)
-            fig.row(measure=what, value=med[what + FULL], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s",
-                    peer="bare bridge", peer_value=full_ref, ratio=r, ratio_text=txt,
-                    note="rounds of their own, after the others; " + _spread(res, what + FULL, "bare bridge" + FULL))
-    if all(f"{e} bridge, host with {MANY} networks{FULL}" in med for e in ("nsnet", "Docker")):
-        mine, theirs = (f"{e} bridge, host with {MANY} networks{FULL}" for e in ("nsnet", "Docker"))
+    mine, theirs = (f"{e} bridge, host with {MANY} networks" for e in ("nsnet", "Docker"))
+    for what in (mine, theirs):
+        if what in med:
+            r, txt = _share_in_rounds(res, what, BARE_AGAIN)
+            fig.row(measure=what, value=med[what], unit="Gbit/s", reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s",
+                    peer="bare bridge", peer_value=med.get(BARE_AGAIN), ratio=r, ratio_text=txt,
+                    note="rounds of their own, after the others; " + _spread(res, what, BARE_AGAIN))
+    if mine in med and theirs in med:
         r, txt = _share_in_rounds(res, mine, theirs)
         fig.row(measure=f"nsnet bridge vs Docker's, host with {MANY} networks", value=med[mine], unit="Gbit/s",
                 reps=f"{ctx.iperf_reps}x{ctx.iperf_seconds}s", peer="Docker bridge", peer_value=med[theirs],

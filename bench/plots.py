@@ -130,7 +130,7 @@ def make(figs: dict, out: str) -> list[str]:
     f7 = figs.get("7")
     if f7 and f7.data.get("median_gbit_s"):
         med = f7.data["median_gbit_s"]
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(11, 5))
         labels = list(med)
         ax.bar(range(len(labels)), [med[k] for k in labels],
                color=["#1f77b4" if k.startswith("nsnet") else "#999999" for k in labels])
