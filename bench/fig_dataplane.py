@@ -128,16 +128,21 @@ def _nsnet_paths(h, fig) -> tuple[list, NsnetEngine]:
                     ("nsnet published port, host 127.0.0.1", eng.ns, "127.0.0.1", 15201, nullcontext)], eng
 
 
+def _round_shares(res: dict[str, list[float]], what: str, ref: str) -> list[float]:
+    """WHAT's share of REF in each round (the two ran in the same round)."""
+    return [a / b for a, b in zip(res.get(what, []), res.get(ref, [])) if b]
+
+
 def _share_in_rounds(res: dict[str, list[float]], what: str, ref: str = "bare bridge") -> tuple[float | None, str]:
     """WHAT's share of REF: the median over rounds of the two figures' ratio in the same round, so that
     a drift of the machine between rounds (+-15 % here) cancels out instead of landing in the ratio."""
-    pairs = [a / b for a, b in zip(res.get(what, []), res.get(ref, [])) if b]
+    pairs = _round_shares(res, what, ref)
     return share(statistics.median(pairs) if pairs else None, 1.0)   # the median share, worded as share() does
 
 
 def _spread(res: dict[str, list[float]], what: str, ref: str = "bare bridge") -> str:
     """How far WHAT's share of REF moved from round to round: the noise a single figure carries."""
-    pairs = sorted(a / b for a, b in zip(res.get(what, []), res.get(ref, [])) if b)
+    pairs = sorted(_round_shares(res, what, ref))
     if len(pairs) < 4:
         return ""
     q1, _, q3 = statistics.quantiles(pairs, n=4)

@@ -62,7 +62,7 @@ def render(rs: Ruleset) -> str:
         _set("isolated", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if not n.icc]),
         # Leaf bridges (drivers/fabric.py), by name pattern: they forward nothing but their network's frames.
         _set("leaves", "ifname", sorted({_q(n.leaves) for n in rs.networks if n.leaves}), interval=True),
-        _set("untracked", "ifname : verdict", [f"{_q(n.bridge)} : jump within-{i}" for i, n in enumerate(rs.networks)]),
+        _set("untracked", "ifname : verdict", [f"{_q(n.bridge)} : jump untracked-{i}" for i, n in enumerate(rs.networks)]),
     ]
 
     out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;",
@@ -87,7 +87,7 @@ def render(rs: Ruleset) -> str:
             "    iifname @leaves notrack",
             "    iifname vmap @untracked", "  }"]
     for i, n in enumerate(rs.networks):
-        out += [f"  chain within-{i} {{"] + ["    " + rule for rule in _untracked_within(n)] + ["  }"]
+        out += [f"  chain untracked-{i} {{"] + ["    " + rule for rule in _untracked_within(n)] + ["  }"]
 
     out += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
             "    fib daddr type local jump published", "  }",

@@ -55,10 +55,10 @@ def test_only_sandbox_to_sandbox_traffic_is_untracked_and_hairpins_are_masquerad
     raw = chain(out, "raw")
     assert raw[0] == "type filter hook prerouting priority raw; policy accept;"
     assert "iifname vmap @untracked" in raw
-    assert 'map untracked { type ifname : verdict; elements = { "br-a" : jump within-0, "br-b" : jump within-1 } }' in out
-    assert chain(out, "within-0") == ["ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 ip daddr != 10.1.0.1 notrack",
+    assert 'map untracked { type ifname : verdict; elements = { "br-a" : jump untracked-0, "br-b" : jump untracked-1 } }' in out
+    assert chain(out, "untracked-0") == ["ip saddr 10.1.0.0/24 ip daddr 10.1.0.0/24 ip daddr != 10.1.0.1 notrack",
                                       "ip6 saddr fd00::/64 ip6 daddr fd00::/64 ip6 daddr != fd00::1 notrack"]
-    assert chain(out, "within-1") == ["ip saddr 10.2.0.0/24 ip daddr 10.2.0.0/24 ip daddr != 10.2.0.1 notrack"]
+    assert chain(out, "untracked-1") == ["ip saddr 10.2.0.0/24 ip daddr 10.2.0.0/24 ip daddr != 10.2.0.1 notrack"]
     assert 'oifname "br-a" ip saddr 10.1.0.0/24 ct status dnat masquerade' in out
     assert 'oifname "br-a" ip6 saddr fd00::/64 ct status dnat masquerade' in out
 
