@@ -810,14 +810,23 @@ class Engine:
                     self._drop_endpoint(ep)
                     done.append(f"endpoint {ep.ifname} of sandbox {ep.sandbox_id[:12]}: no running sandbox; removed")
             links = self.kernel.links()
+            rebuilt = False
             for net in self.nets.values():
                 missing = ", ".join(sorted(self._driver(net).kernel_names(net) - links.keys()))
                 if missing:
+                    rebuilt = True
                     try:
                         self._driver(net).create_network(net)
                         done.append(f"network {net.name}: {missing} was missing; rebuilt")
                     except Exception as e:  # one network must not stop the repair of the others
                         done.append(f"network {net.name}: {missing} is missing and could not be rebuilt: {e}")
+            if rebuilt:
+                links = self.kernel.links()
+            for net in self.nets.values():  # e.g. sandbox ports cut off from a bridge deleted meanwhile
+                try:
+                    done += [f"network {net.name}: {line}" for line in self._driver(net).mend(net, links)]
+                except Exception as e:
+                    done.append(f"network {net.name}: could not be mended: {e}")
             for sb in self.sbs.values():
                 if sb.state != "running":
                     continue

@@ -276,6 +276,11 @@ def test_a_network_past_one_bridges_ports_spreads_over_leaf_bridges(host, machin
     host.nsnet("run", "-d", "--name", "later", "--network", "wide", "--", "sleep", "300")   # uplinks back in
     for target in ("w0", "w3", "web", "late"):             # w0: a sandbox of the rebuilt bridge
         assert ping(host, "later", ip_of(host, target, "wide")), target
+    os.kill(host.daemon_pid(), signal.SIGKILL)              # a leaf goes while no daemon runs: its
+    host.sh(f"ip link del {leaf}")                          # sandboxes are plugged back elsewhere, and
+    assert ping(host, "later", ip_of(host, "web", "wide"))  # its uplink leaves the network's bridge
+    k = leaf.rsplit("-", 1)[1]                              # (it kept their MACs in the bridge's table)
+    assert not [l for l in host.state()["links"] if l.startswith(("nsu", "nsd")) and l.endswith(f"-{k}")]
 
     host.nsnet("rm", "-f", "web", "late", "later", *[f"w{i}" for i in range(6)])
     host.nsnet("network", "rm", "wide")

@@ -58,6 +58,11 @@ class Driver:
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None: ...
 
+    def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
+        """After a restart, with the host's links (a dump): repair what changed while no daemon ran;
+        say what was done."""
+        return []
+
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         """Undo join. `sandbox` is given when the sandbox lives on (disconnect), so links inside it go too."""
 

@@ -171,16 +171,29 @@ class BridgeDriver(Driver):
                     raise NsnetError(f"bridge {net.bridge}, which network {net.name} uses, is gone from this host")
                 self.create_network(net)  # deleted behind our back: rebuild it rather than fail
                 return self._fabric(net)
-            fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
-            isolated = not net.flag(ICC_KEY, True)
-            fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=isolated)
-            # Sandbox ports on none of its bridges: theirs was deleted and rebuilt behind our back.
-            for port in self.ports_of(net):
-                if port in linkmap and port not in fab.port_of:
-                    _, bridge = self._bridge_with_room(net)
-                    links.plug_in(self.kernel.rtnl, linkmap[port]["index"], bridge.index, isolated=isolated)
-                    fab.took(port, bridge)
+            fab, _ = self._load(net, linkmap)
         return fab
+
+    def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
+        if net.bridge not in linkmap:
+            return []
+        _, plugged = self._load(net, linkmap)
+        return [f"{port} was on no bridge; plugged back" for port in plugged]
+
+    def _load(self, net: Network, linkmap: dict[str, dict]) -> tuple[fabric.Fabric, list[str]]:
+        """Read the fabric from `linkmap`; mend what was deleted behind our back: uplinks, and sandbox
+        ports on none of its bridges (theirs was rebuilt, or was a leaf that is gone)."""
+        fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
+        isolated = not net.flag(ICC_KEY, True)
+        fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=isolated)
+        plugged = []
+        for port in self.ports_of(net):
+            if port in linkmap and port not in fab.port_of:
+                _, bridge = self._bridge_with_room(net)
+                links.plug_in(self.kernel.rtnl, linkmap[port]["index"], bridge.index, isolated=isolated)
+                fab.took(port, bridge)
+                plugged.append(port)
+        return fab, plugged
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:

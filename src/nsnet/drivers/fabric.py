@@ -99,12 +99,19 @@ def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
 
 
 def mend_uplinks(chan, linkmap: dict[str, dict], net_id: str, fab: Fabric, *, isolated: bool) -> None:
-    """Plug back the uplinks of leaves whose network bridge was rebuilt (deleted behind our back)."""
-    for k in fab.leaves:
-        up = linkmap.get(uplink_names(net_id, k)[0])
-        if up is not None and up["master"] != fab.root.index:
-            links.plug_in(chan, up["index"], fab.root.index, isolated=isolated)
-            fab.took(uplink_names(net_id, k)[0], fab.root)
+    """Plug back the uplinks of leaves whose network bridge was rebuilt, and remove those whose leaf is
+    gone (both deleted behind our back)."""
+    pattern = re.compile(re.escape(f"nsu{net_id[:8]}-") + r"(\d+)$")
+    for name, info in linkmap.items():
+        m = pattern.match(name)
+        if not m or info["alias"] != owner_alias(net_id):
+            continue
+        if int(m.group(1)) not in fab.leaves:
+            links.delete_link(chan, name)   # and its peer
+            fab.released(name)
+        elif info["master"] != fab.root.index:
+            links.plug_in(chan, info["index"], fab.root.index, isolated=isolated)
+            fab.took(name, fab.root)
 
 
 def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None, isolated: bool) -> Bridge:
