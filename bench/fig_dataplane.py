@@ -152,7 +152,7 @@ def _spread(res: dict[str, list[float]], what: str, ref: str = "bare bridge") ->
 
 def _profile(ctx, fig, paths) -> dict:
     """perf over one run of each path: what netfilter's hooks cost nsnet's path, next to the bare bridge."""
-    from profile_dataplane import GROUPS, render, sample
+    from profile_dataplane import BR_NETFILTER, NETFILTER, render, sample
 
     seconds = 4
     profiles = {}
@@ -167,8 +167,8 @@ def _profile(ctx, fig, paths) -> dict:
     with open(os.path.join(ctx.out, "profile_dataplane.txt"), "w") as f:
         f.write(render(profiles, seconds))
     if len(profiles) == 2:
-        (nf, _), (brnf, _) = GROUPS[1], GROUPS[0]
         mine, bare = profiles["nsnet bridge"]["groups"], profiles["bare bridge"]["groups"]
+        nf, brnf = NETFILTER, BR_NETFILTER
         fig.notes.append(f"perf, whole machine, one {seconds} s run each (shares of busy samples): {nf} "
                          f"{mine[nf]:.1f}% in the nsnet bridge's run, {bare[nf]:.1f}% in the bare bridge's; "
                          f"{brnf} {mine[brnf]:.1f}% and {bare[brnf]:.1f}% - full list in profile_dataplane.txt")
@@ -194,16 +194,16 @@ def _many_networks(h, eng: NsnetEngine | None, docker) -> list:
     its isolation chain, and its newest network's rules first: created last, ours is its best case)."""
     paths = []
     if eng is not None:
-        have_ = sum(1 for n in eng.api.get("/networks") if n["Driver"] == "bridge")
-        for i in range(MANY - have_ - 1):
+        bridges_now = sum(1 for n in eng.api.get("/networks") if n["Driver"] == "bridge")
+        for i in range(MANY - bridges_now - 1):
             eng.create_network(f"filler{i}", f"10.{100 + i}.0.0/24")
         eng.create_network("dpm", "10.99.0.0/24")
         eng.run("msrv", "dpm", cmd=["iperf3", "-s", "-p", "5201"])
         paths.append((f"nsnet bridge, host with {MANY} networks", eng.run("mcli", "dpm"), eng.ip_of("msrv", "dpm"),
                       5201, nullcontext))
     if docker is not None:
-        have_ = sum(1 for n in docker.get("/networks") if n["Driver"] == "bridge")
-        for i in range(MANY - have_ - 1):
+        bridges_now = sum(1 for n in docker.get("/networks") if n["Driver"] == "bridge")
+        for i in range(MANY - bridges_now - 1):
             docker.create_network(f"filler{i}", f"10.{100 + i}.0.0/24")
         paths += _docker_path(h, docker, f"Docker bridge, host with {MANY} networks", "ddpm", "10.98.0.0/24")
     return paths

@@ -10,10 +10,12 @@ import threading
 
 from common import Skip, have
 
+BR_NETFILTER = "br_netfilter (br_nf_*)"
+NETFILTER = "netfilter hooks, rules, conntrack, NAT"
 # Group of a kernel function, by name. First match wins.
 GROUPS = [
-    ("br_netfilter (br_nf_*)", re.compile(r"^(br_nf_|nf_bridge_|brnf_)")),
-    ("netfilter hooks, rules, conntrack, NAT", re.compile(r"^(nf_|__nf_|nft_|ipv4_conntrack|ipv4_confirm|ipt_)")),
+    (BR_NETFILTER, re.compile(r"^(br_nf_|nf_bridge_|brnf_)")),
+    (NETFILTER, re.compile(r"^(nf_|__nf_|nft_|ipv4_conntrack|ipv4_confirm|ipt_)")),
     ("bridge (br_*)", re.compile(r"^(br_|__br_)")),
     ("veth", re.compile(r"^veth_")),
 ]

@@ -57,12 +57,12 @@ def render(rs: Ruleset) -> str:
         # "add" then "delete" makes the delete valid whether or not the table exists yet.
         "add table inet nsnet", "delete table inet nsnet",
         "table inet nsnet {",
-        _set("bridges", "ifname", [_q(n.bridge) for n in rs.networks]),
-        _set("within", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if n.icc]),
-        _set("isolated", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if not n.icc]),
+        _declare("bridges", "ifname", [_q(n.bridge) for n in rs.networks]),
+        _declare("within", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if n.icc]),
+        _declare("isolated", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if not n.icc]),
         # Leaf bridges (drivers/fabric.py), by name pattern: they forward nothing but their network's frames.
-        _set("leaves", "ifname", sorted({_q(n.leaves) for n in rs.networks if n.leaves}), interval=True),
-        _set("untracked", "ifname : verdict", [f"{_q(n.bridge)} : jump untracked-{i}" for i, n in enumerate(rs.networks)]),
+        _declare("leaves", "ifname", sorted({_q(n.leaves) for n in rs.networks if n.leaves}), interval=True),
+        _declare("untracked", "ifname : verdict", [f"{_q(n.bridge)} : jump untracked-{i}" for i, n in enumerate(rs.networks)]),
     ]
 
     out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;",
@@ -119,7 +119,8 @@ def render(rs: Ruleset) -> str:
     return "\n".join(out) + "\n"
 
 
-def _set(name: str, key: str, elements: list[str], interval: bool = False) -> str:
+def _declare(name: str, key: str, elements: list[str], interval: bool = False) -> str:
+    """A named set, or a map when `key` has a value type ("ifname : verdict")."""
     kind = "map" if ":" in key else "set"
     flags = " flags interval;" if interval else ""
     items = f" elements = {{ {', '.join(elements)} }}" if elements else ""

@@ -96,11 +96,10 @@ class BridgeDriver(Driver):
         index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
                                              addresses=addrs, alias=owner_alias(net.id))
         # A new bridge of a new network has no ports and no leaves: the first join need not read them
-        # from the kernel. A bridge rebuilt under sandboxes or leaves has them read (_fabric) and plugged back.
+        # from the kernel. A bridge rebuilt under sandboxes or leaves has them read back, and plugged
+        # back in, by whoever rebuilt it (_fabric on an attach, mend at the daemon's start).
         self._fabrics.pop(net.id, None)
-        rebuilt = created and (self.ports_of(net)
-                               or links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is not None)
-        if created and not rebuilt:
+        if created and not self.ports_of(net) and links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is None:
             self._fabrics[net.id] = fabric.Fabric(fabric.Bridge(net.bridge, index))
         sysctl.write("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
@@ -109,8 +108,6 @@ class BridgeDriver(Driver):
             sysctl.write("net.ipv6.conf.all.forwarding", "1")
         else:  # as its ports and its sandboxes' links: an IPv4-only network carries no IPv6 at all
             links.no_ipv6(net.bridge)
-        if rebuilt:
-            self._fabric(net)
 
     def delete_network(self, net: Network) -> None:
         fab = self._fabrics.pop(net.id, None)

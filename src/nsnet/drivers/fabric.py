@@ -28,18 +28,32 @@ from ..model import owner_alias
 PORTS_PER_BRIDGE = max(2, int(os.environ.get("NSNET_PORTS_PER_BRIDGE", "128")))
 
 
+LEAF, UP, DOWN = "nsl", "nsu", "nsd"   # name prefixes: a leaf, its uplink's end on the network's bridge, on the leaf
+
+
 def leaf_name(net_id: str, k: int) -> str:
-    return f"nsl{net_id[:8]}-{k}"
+    return f"{LEAF}{net_id[:8]}-{k}"
 
 
 def uplink_names(net_id: str, k: int) -> tuple[str, str]:
     """The uplink veth pair of leaf k: (the end on the network's bridge, the end on the leaf)."""
-    return f"nsu{net_id[:8]}-{k}", f"nsd{net_id[:8]}-{k}"
+    return f"{UP}{net_id[:8]}-{k}", f"{DOWN}{net_id[:8]}-{k}"
 
 
 def leaf_glob(net_id: str) -> str:
     """An nftables interface-name pattern for all leaves of a network."""
-    return f"nsl{net_id[:8]}-*"
+    return f"{LEAF}{net_id[:8]}-*"
+
+
+def _numbered(linkmap: dict[str, dict], prefix: str, net_id: str, kind: str) -> dict[int, tuple[str, dict]]:
+    """Number k -> (name, link) of the links of network `net_id` named prefix<id8>-<k>, of `kind`."""
+    pattern = re.compile(re.escape(f"{prefix}{net_id[:8]}-") + r"(\d+)$")
+    found = {}
+    for name, info in linkmap.items():
+        m = pattern.match(name)
+        if m and info["kind"] == kind and info["alias"] == owner_alias(net_id):
+            found[int(m.group(1))] = (name, info)
+    return found
 
 
 @dataclass
@@ -76,13 +90,7 @@ class Fabric:
 
 def leaves_in(linkmap: dict[str, dict], net_id: str) -> dict[int, str]:
     """Leaf number -> leaf name, of the leaf bridges of network `net_id` in a link_names() map."""
-    pattern = re.compile(re.escape(f"nsl{net_id[:8]}-") + r"(\d+)$")
-    found = {}
-    for name, info in linkmap.items():
-        m = pattern.match(name)
-        if m and info["kind"] == "bridge" and info["alias"] == owner_alias(net_id):
-            found[int(m.group(1))] = name
-    return found
+    return {k: name for k, (name, _) in _numbered(linkmap, LEAF, net_id, "bridge").items()}
 
 
 def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
@@ -101,12 +109,8 @@ def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
 def mend_uplinks(chan, linkmap: dict[str, dict], net_id: str, fab: Fabric, *, isolated: bool) -> None:
     """Plug back the uplinks of leaves whose network bridge was rebuilt, and remove those whose leaf is
     gone (both deleted behind our back)."""
-    pattern = re.compile(re.escape(f"nsu{net_id[:8]}-") + r"(\d+)$")
-    for name, info in linkmap.items():
-        m = pattern.match(name)
-        if not m or info["alias"] != owner_alias(net_id):
-            continue
-        if int(m.group(1)) not in fab.leaves:
+    for k, (name, info) in _numbered(linkmap, UP, net_id, "veth").items():
+        if k not in fab.leaves:
             links.delete_link(chan, name)   # and its peer
             fab.released(name)
         elif info["master"] != fab.root.index:
