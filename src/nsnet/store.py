@@ -61,23 +61,6 @@ class SqliteStore:
                 (kind, id, name, json.dumps(doc, separators=(",", ":"))),
             )
 
-    def get(self, kind: str, id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute("SELECT doc FROM docs WHERE kind=? AND id=?", (kind, id)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def find_id(self, kind: str, name: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT id FROM docs WHERE kind=? AND name=?", (kind, name)).fetchone()
-        return row[0] if row else None
-
-    def ids_with_prefix(self, kind: str, prefix: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM docs WHERE kind=? AND id >= ? AND id < ?", (kind, prefix, prefix + "\uffff")
-            ).fetchall()
-        return [r[0] for r in rows]
-
     def delete(self, kind: str, id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM docs WHERE kind=? AND id=?", (kind, id))
