@@ -33,7 +33,8 @@ from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, Sub
                     network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
 from .names import random_name
 from .resolvconf import nameservers
-from .store import SqliteStore
+from .store.records import Records
+from .store.sqlite import SqliteKV
 
 log = logging.getLogger("nsnet.engine")
 
@@ -67,7 +68,7 @@ class Engine:
     def __init__(self, root: str):
         self.root = root
         self.config = config_mod.load(root)
-        self.store = SqliteStore(os.path.join(root, "state.db"))
+        self.store = Records(SqliteKV(os.path.join(root, "state.db")))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.kernel_thread = self._worker.submit(threading.get_ident).result()
         self.kernel = self._worker.submit(Kernel).result()
@@ -137,11 +138,11 @@ class Engine:
     # ---- persistence (write-through) ------------------------------------------------------------
 
     def _save_network(self, net: Network) -> None:
-        self.store.put("network", net.id, to_dict(net), name=net.name)
+        self.store.put("network", net.id, to_dict(net))
         self.nets[net.id] = net
 
     def _save_sandbox(self, sb: Sandbox) -> None:
-        self.store.put("sandbox", sb.id, to_dict(sb), name=sb.name)
+        self.store.put("sandbox", sb.id, to_dict(sb))
         self.sbs[sb.id] = sb
 
     def _save_endpoint(self, ep: Endpoint) -> None:
