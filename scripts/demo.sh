@@ -11,8 +11,8 @@ n() { ip netns exec $H "$PY" -m nsnet --root "$ROOT" "$@"; }
 step() { printf '\n\033[1m$ nsnet %s\033[0m\n' "$*"; n "$@"; }
 cleanup() {
   n rm -f red blue web >/dev/null 2>&1 || true
-  kill "$(cat "$ROOT/daemon.pid" 2>/dev/null)" 2>/dev/null || true
-  pkill -f -- "--root $ROOT daemon" 2>/dev/null || true
+  # The daemon is whatever runs in the demo's own namespace (the sandboxes have theirs, removed above).
+  for pid in $(ip netns pids $H 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
   ip netns del $H 2>/dev/null || true
   rm -rf "$ROOT"
 }

@@ -11,14 +11,12 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import NsnetError
-from .ipam.evidence import Evidence, Network, overlapping, ranked, short
+from .facts import (MAIN_TABLE, ROUTE_TYPE_NAMES, RTN_UNICAST, Address, DockerNetwork, Evidence, KernelAnswer, Link,
+                    Neighbour, Network, Route)
+from .ipam.evidence import overlapping, ranked, short
 from .ipam.pools import DEFAULT_POOLS, Pool, pick_subnet
 from .model import OWNER_ALIAS, owner_alias
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-MAIN_TABLE = 254
-RTN_UNICAST = 1
-_RTN_NAMES = {6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 # Links that lead to containers (or nowhere), not to other machines, unless they carry a default route.
 _LOCAL_KINDS = {"bridge", "veth", "dummy"}
 _DOCKER_BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]{12})$")
@@ -26,60 +24,7 @@ _DOCKER_BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]{12})$")
 _TRAFFIC = ("peer", "conntrack", "resolver", "neighbour")
 
 
-# -- what the kernel-side reader hands in -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    kind: str | None = None          # IFLA_INFO_KIND ("bridge", "veth", ...); None for a plain NIC
-    alias: str | None = None
-    addresses: tuple = ()            # ipaddress interfaces
-
-
-@dataclass(frozen=True)
-class Route:
-    network: Network
-    dev: str | None = None
-    gateway: Address | None = None
-    table: int = MAIN_TABLE
-    type: int = RTN_UNICAST
-    metric: int = 0
-
-    def __str__(self) -> str:
-        out = "default" if self.network.prefixlen == 0 else str(self.network)
-        if self.type != RTN_UNICAST:
-            out = f"{_RTN_NAMES.get(self.type, f'type {self.type}')} {out}"
-        out += f" via {self.gateway}" if self.gateway else ""
-        out += f" dev {self.dev}" if self.dev else ""
-        return out + (f" table {self.table}" if self.table != MAIN_TABLE else "")
-
-    def as_dict(self) -> dict:
-        return {"Route": str(self), "Destination": str(self.network), "Dev": self.dev,
-                "Gateway": str(self.gateway) if self.gateway else None, "Table": self.table}
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    ip: Address
-    dev: str
-    state: str
-
-
-@dataclass(frozen=True)
-class KernelAnswer:
-    """The kernel's own route lookup for one destination (RTM_GETROUTE, `ip route get`)."""
-    dev: str | None = None
-    gateway: Address | None = None
-    source: Address | None = None
-    error: str | None = None         # "Network is unreachable" and the like
-
-    def __str__(self) -> str:
-        if self.error:
-            return self.error
-        out = f"via {self.gateway} " if self.gateway else ""
-        out += f"dev {self.dev}" if self.dev else ""
-        return out + (f" src {self.source}" if self.source else "")
-
+# -- the host as doctor sees it: the kernel's facts (nsnet.facts) and nsnet's own networks -------------------------------------------------------
 
 @dataclass(frozen=True)
 class NsnetNetwork:
@@ -88,13 +33,6 @@ class NsnetNetwork:
     bridge: str | None
     subnets: tuple = ()
     members: tuple = ()              # sandbox addresses on it
-
-
-@dataclass(frozen=True)
-class DockerNetwork:
-    name: str
-    id: str
-    subnets: tuple = ()
 
 
 @dataclass
@@ -185,7 +123,7 @@ def misrouted(view: HostView, ip, dev: str | None, gateway=None, rtype: int = RT
     they should. A host lives where its neighbour entry is; with none, a container-side link that
     does not hold it as a sandbox is the wrong place."""
     if rtype != RTN_UNICAST:
-        return f"the route is {_RTN_NAMES.get(rtype, 'not unicast')}: the kernel drops them"
+        return f"the route is {ROUTE_TYPE_NAMES.get(rtype, 'not unicast')}: the kernel drops them"
     if gateway is not None or not dev:
         return None
     home = _home(view, ip, dev)

@@ -23,7 +23,8 @@ from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for
 from .errors import Conflict, NotFound, NsnetError
 from .firewall import FwPort, Ruleset, render, render_dns_redirect
 from .ipam.addresses import AddressPool, default_gateway, mac_for
-from .ipam.evidence import Evidence, overlapping, refusal
+from .facts import Evidence
+from .ipam.evidence import overlapping, refusal
 from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
@@ -31,7 +32,9 @@ from .dns.records import Record, RecordSet
 from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
                     network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
 from .names import random_name
-from .store import SqliteStore
+from .resolvconf import nameservers
+from .store.records import Records
+from .store.sqlite import SqliteKV
 
 log = logging.getLogger("nsnet.engine")
 
@@ -65,7 +68,7 @@ class Engine:
     def __init__(self, root: str):
         self.root = root
         self.config = config_mod.load(root)
-        self.store = SqliteStore(os.path.join(root, "state.db"))
+        self.store = Records(SqliteKV(os.path.join(root, "state.db")))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.kernel_thread = self._worker.submit(threading.get_ident).result()
         self.kernel = self._worker.submit(Kernel).result()
@@ -135,11 +138,11 @@ class Engine:
     # ---- persistence (write-through) ------------------------------------------------------------
 
     def _save_network(self, net: Network) -> None:
-        self.store.put("network", net.id, to_dict(net), name=net.name)
+        self.store.put("network", net.id, to_dict(net))
         self.nets[net.id] = net
 
     def _save_sandbox(self, sb: Sandbox) -> None:
-        self.store.put("sandbox", sb.id, to_dict(sb), name=sb.name)
+        self.store.put("sandbox", sb.id, to_dict(sb))
         self.sbs[sb.id] = sb
 
     def _save_endpoint(self, ep: Endpoint) -> None:
@@ -251,7 +254,8 @@ class Engine:
 
     def _evidence(self, exclude: Network | None) -> list[Evidence]:
         own = [s.subnet for n in self.nets.values() if n is not exclude for s in n.subnets]
-        return probe.gather(self.kernel.ipr, reserved=self.config.reserved, nsnet_subnets=own)
+        return probe.gather(self.kernel.ipr, reserved=self.config.reserved, nsnet_subnets=own,
+                            docker_socket=probe.docker_socket())
 
     def _log_skipped(self, skipped) -> None:
         for subnet, why in skipped:
@@ -500,7 +504,7 @@ class Engine:
         hostname = spec.get("Hostname") or ""
         sid = new_id()
         sb = Sandbox(id=sid, name=name, hostname=hostname or sid[:12], created=now_rfc3339(), cmd=cmd,
-                     detached=not spec.get("Pid"), auto_remove=bool(spec.get("AutoRemove")),
+                     auto_remove=bool(spec.get("AutoRemove")),
                      dns=list(spec.get("Dns") or []))
         for d in sb.dns:
             rq.parse_address(d, "DNS server")
@@ -677,7 +681,7 @@ class Engine:
         if any(self.nets[e.network_id].dns for e in eps if e.network_id in self.nets):
             # The embedded resolver answers inside the sandbox; it forwards the rest upstream.
             return "nameserver 127.0.0.11\noptions ndots:0\n"
-        servers = sb.dns or host_nameservers()
+        servers = sb.dns or nameservers()
         if sb.netmode != "host":
             servers = [s for s in servers if not ipaddress.ip_address(s).is_loopback]
         return "".join(f"nameserver {s}\n" for s in servers[:3])
@@ -865,19 +869,6 @@ class Engine:
     def close(self) -> None:
         self.kernel.close()
         self.store.close()
-
-
-def host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
-    servers = []
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    servers.append(parts[1])
-    except OSError:
-        pass
-    return servers
 
 
 def _rmtree(path: str) -> None:

@@ -99,7 +99,6 @@ class Sandbox:
     pid: int | None = None
     pid_start: int | None = None  # process start time, so a reused pid is not mistaken for ours
     exit_code: int | None = None
-    detached: bool = False
     auto_remove: bool = False
     dns: list[str] = field(default_factory=list)
     ports: list[PortMapping] = field(default_factory=list)

@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+from nsnet.kernel import procs
+
 if os.geteuid() != 0:
     pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
 
@@ -101,7 +103,9 @@ class Host:
 
     def nsnet(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
         cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "nsnet", "--root", self.root, *args]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        # Hermetic: the engine (a Docker client for its evidence) must not ask the machine's own Docker.
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.root}/no-docker.sock"}
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input, env=env)
         if check and p.returncode != 0:
             raise AssertionError(f"nsnet {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return p
@@ -151,10 +155,11 @@ class Host:
         if os.path.exists(db):
             try:
                 con = sqlite3.connect(db)
-                for (doc,) in con.execute("SELECT doc FROM docs WHERE kind='sandbox'"):
-                    pid = json.loads(doc).get("pid")
-                    if pid:
-                        pids.append(pid)
+                for (doc,) in con.execute("SELECT value FROM kv WHERE key LIKE 'sandbox/%'"):
+                    sb = json.loads(doc)
+                    # Only a sandbox that still runs: an exited one's PID may be someone else's process now.
+                    if procs.alive(sb.get("pid"), sb.get("pid_start")):
+                        pids.append(sb["pid"])
                 con.close()
             except sqlite3.Error:
                 pass

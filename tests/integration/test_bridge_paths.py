@@ -116,15 +116,23 @@ def test_published_port_on_one_host_ip_only(host, machines):
     assert ask_from_ns(pc, "tcp", "203.0.113.1", 8081).startswith("no answer")
 
 
+def set_br_netfilter(host, on: int) -> None:
+    """Bridged frames through the IP hooks (1) or not (0), in the test host's namespace only. Without the
+    module there is nothing to switch off, so only the case that needs it is skipped."""
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        if on:
+            pytest.skip("br_netfilter is not loaded on this machine (loading it would change the machine's own bridges)")
+        return
+    host.sh(f"sysctl -qw net.bridge.bridge-nf-call-iptables={on}")
+
+
 @pytest.mark.parametrize("br_netfilter", [0, 1])
 def test_sandbox_to_sandbox_and_hairpin_with_and_without_br_netfilter(host, machines, br_netfilter):
     """Docker or kube-proxy load br_netfilter host-wide; then frames bridged between sandboxes pass the
     IP hooks too. Both ways a sandbox reaches its neighbour and its own network's published port (the
     hairpin, which the host masquerades so replies come back through it); with br_netfilter, nsnet keeps
     sandbox-to-sandbox frames out of the host's conntrack and tracks only what its NAT needs."""
-    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
-        pytest.skip("br_netfilter is not loaded on this machine (loading it would change the machine's own bridges)")
-    host.sh(f"sysctl -qw net.bridge.bridge-nf-call-iptables={br_netfilter}")
+    set_br_netfilter(host, br_netfilter)
     pc = machines.add("pc")
     machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
     host.nsnet("network", "create", "--subnet", "10.79.0.0/24", "flat")
@@ -230,10 +238,7 @@ def test_a_network_past_one_bridges_ports_spreads_over_leaf_bridges(host, machin
     network's bridge: every sandbox still reaches every other, the gateway and a published port (the
     hairpin too, with and without br_netfilter); with ICC off none reaches another, whichever bridges
     they are on; leaves survive a kill -9 of the daemon and go with the network."""
-    if br_netfilter and not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
-        pytest.skip("br_netfilter is not loaded on this machine (loading it would change the machine's own bridges)")
-    if os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
-        host.sh(f"sysctl -qw net.bridge.bridge-nf-call-iptables={br_netfilter}")
+    set_br_netfilter(host, br_netfilter)
     monkeypatch.setenv("NSNET_PORTS_PER_BRIDGE", "3")
     pc = machines.add("pc")
     machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")

@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from nsnet.ipam.evidence import Evidence, refusal
+from nsnet.facts import Evidence
+from nsnet.ipam.evidence import refusal
 from nsnet.ipam.pools import DEFAULT_POOLS, pick_subnet
 from nsnet.kernel import probe
 

@@ -6,7 +6,7 @@ import yaml
 
 from nsnet.errors import NsnetError
 from nsnet.ipam.compose import apply_fix, predict, suggest_fix
-from nsnet.ipam.evidence import Evidence
+from nsnet.facts import Evidence
 from nsnet.ipam.pools import DEFAULT_POOLS
 
 net = ipaddress.ip_network

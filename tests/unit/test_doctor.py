@@ -2,10 +2,9 @@
 import ipaddress
 import json
 
-from nsnet.doctor import (DockerNetwork, HostView, KernelAnswer, Link, Neighbour, NsnetNetwork, Report, Route,
-                          check_compose, client_path, diagnose, owner)
+from nsnet.doctor import HostView, NsnetNetwork, Report, check_compose, client_path, diagnose, owner
+from nsnet.facts import DockerNetwork, Evidence, KernelAnswer, Link, Neighbour, Route
 from nsnet.ipam.compose import apply_fix
-from nsnet.ipam.evidence import Evidence
 
 net, ip, iface = ipaddress.ip_network, ipaddress.ip_address, ipaddress.ip_interface
 PC = "172.22.10.119"

@@ -2,7 +2,8 @@ import ipaddress
 
 import pytest
 
-from nsnet.ipam.evidence import Evidence, explain, overlapping, ranked, refusal
+from nsnet.facts import Evidence
+from nsnet.ipam.evidence import explain, overlapping, ranked, refusal
 
 net = ipaddress.ip_network
 SSH = Evidence("peer", net("172.22.10.119/32"), "the peer of a live SSH connection to 172.42.10.112:22")

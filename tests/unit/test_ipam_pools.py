@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nsnet.errors import NsnetError
-from nsnet.ipam.evidence import Evidence
+from nsnet.facts import Evidence
 from nsnet.ipam.pools import DEFAULT_POOLS, Pool, candidates, parse_network, parse_pools, pick_subnet, skipped_summary
 
 net = ipaddress.ip_network

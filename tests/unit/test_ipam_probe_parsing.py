@@ -171,3 +171,12 @@ def test_gather_with_a_fake_kernel(tmp_path, monkeypatch):
         ("nsnet", "172.30.0.0/16", "the subnet of nsnet network 'web'", False),
         ("nsnet", "172.31.0.0/16", "the subnet of an nsnet network", False),
     ]
+
+
+def test_docker_socket_follows_docker_host(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert probe.docker_socket() == "/var/run/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/elsewhere.sock")
+    assert probe.docker_socket() == "/tmp/elsewhere.sock"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")   # not a socket we can ask
+    assert probe.docker_socket() is None

@@ -41,16 +41,14 @@ def cmd_doctor(client: Client, args) -> int:
     except (NsnetError, ValueError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
-    from pyroute2 import IPRoute
-
     from ..kernel import hostview
 
-    ipr = IPRoute()
-    try:
-        view = hostview.read(ipr, reserved=cfg.reserved, pools=cfg.pools, nsnet_networks=_nsnet_networks(client.root))
-        kernel = hostview.route_get(ipr, target) if target else None
-    finally:
-        ipr.close()
+    nsnet = _nsnet_networks(client.root)
+    facts, kernel = hostview.read(reserved=cfg.reserved, nsnet_subnets=[(n.name, s) for n in nsnet for s in n.subnets],
+                                  route_to=target)
+    view = doctor.HostView(facts.links, facts.routes, facts.neighbours, facts.evidence, nsnet, facts.docker)
+    if cfg.pools:
+        view.pools = tuple(cfg.pools)
     report = doctor.Report(doctor.diagnose(view))
     if target:
         report.client = doctor.client_path(view, target, kernel)

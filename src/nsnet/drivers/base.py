@@ -33,6 +33,12 @@ class Driver:
         if size is not None and not (size.isdigit() and 8 <= int(size) <= 30):
             raise NsnetError(f"invalid size {size!r}: give a prefix length from 8 to 30, e.g. -o size=24")
 
+    @staticmethod
+    def mtu(net: Network) -> int | None:
+        """The MTU asked for with -o com.docker.network.driver.mtu (checked by validate), else None."""
+        mtu = net.options.get(MTU_KEY)
+        return int(mtu) if mtu else None
+
     def on_lan(self, net: Network) -> bool:
         """Is the subnet the LAN's own (macvlan, flat bridge)? Then host evidence does not refuse it, and
         addresses are checked on the LAN instead (address_taken)."""

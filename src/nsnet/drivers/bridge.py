@@ -64,10 +64,6 @@ class BridgeDriver(Driver):
             except ValueError:
                 raise NsnetError(f"invalid {HOST_IP_KEY} {host_ip!r}: give an IPv4 address") from None
 
-    def _mtu(self, net: Network) -> int | None:
-        mtu = net.options.get(MTU_KEY)
-        return int(mtu) if mtu else None
-
     # An adopted (flat) bridge is the LAN's, not ours: see flat.py.
     def adopt(self, net: Network, link: dict) -> None:
         flat.adopt(net, link)
@@ -93,7 +89,7 @@ class BridgeDriver(Driver):
         for s in net.subnets:
             if s.gateway:
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
-        index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self._mtu(net),
+        index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self.mtu(net),
                                              addresses=addrs, alias=owner_alias(net.id))
         # A new bridge of a new network has no ports and no leaves: the first join need not read them
         # from the kernel. A bridge rebuilt under sandboxes or leaves has them read back, and plugged
@@ -123,7 +119,7 @@ class BridgeDriver(Driver):
         try:
             fab, bridge = self._bridge_with_room(net)
             host_index, peer_index = links.new_veth(chan, ep.host_ifname, sandbox.fd, ep.ifname, mac=ep.mac,
-                                                    mtu=self._mtu(net))
+                                                    mtu=self.mtu(net))
             addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
             links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
                                    gateway4=ep.gateway4 if default_route else None,
@@ -151,7 +147,7 @@ class BridgeDriver(Driver):
         bridge = fab.root if net.adopted else fab.with_room()
         if bridge is None:
             k = fab.next_leaf_number()
-            bridge = fabric.build_leaf(self.kernel.ipr, self.kernel.rtnl, net.id, k, fab.root, mtu=self._mtu(net),
+            bridge = fabric.build_leaf(self.kernel.ipr, self.kernel.rtnl, net.id, k, fab.root, mtu=self.mtu(net),
                                        isolated=not net.flag(ICC_KEY, True))
             fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
             fab.leaves[k] = bridge

@@ -107,10 +107,6 @@ class LanDriver(Driver):
 
     # ---- building --------------------------------------------------------------------------------
 
-    def _mtu(self, net: Network) -> int | None:
-        mtu = net.options.get(MTU_KEY)
-        return int(mtu) if mtu else None
-
     def create_network(self, net: Network) -> None:
         parent = self.parent(net)
         if links.index_of(self.kernel.ipr, parent) is None and split_vlan(parent):
@@ -131,7 +127,7 @@ class LanDriver(Driver):
         parent = links.index_of(ipr, self.parent(net))
         if parent is None:
             raise NsnetError(f"parent interface {self.parent(net)} of network {net.name} is gone from this host")
-        lan.add_in_netns(ipr, self.kind, ep.ifname, parent, sandbox.fd, mtu=self._mtu(net),
+        lan.add_in_netns(ipr, self.kind, ep.ifname, parent, sandbox.fd, mtu=self.mtu(net),
                          **self.link_options(net, ep))
         self.configure(net, ep, sandbox, default_route)
 

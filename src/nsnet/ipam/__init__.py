@@ -5,7 +5,8 @@ in nsnet.ipam.compose (import it explicitly; it pulls in PyYAML).
 """
 
 from nsnet.ipam.addresses import AddressPool, default_gateway, mac_for
-from nsnet.ipam.evidence import KINDS, Evidence, explain, overlapping, ranked, refusal
+from nsnet.facts import KINDS, Evidence
+from nsnet.ipam.evidence import explain, overlapping, ranked, refusal
 from nsnet.ipam.pools import DEFAULT_POOLS, Pool, candidates, parse_network, parse_pools, pick_subnet, skipped_summary
 
 __all__ = [

@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass, field
 
 from nsnet.errors import NsnetError
-from nsnet.ipam.evidence import Evidence, Network, as_network, overlapping
+from nsnet.facts import Evidence, Network, as_network
+from nsnet.ipam.evidence import overlapping
 from nsnet.ipam.pools import DEFAULT_POOLS, Pool, parse_network, pick_subnet
 
 _NO_SUBNET_DRIVERS = {"host", "none", "null"}

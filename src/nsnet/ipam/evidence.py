@@ -6,14 +6,7 @@ so that the allocation decisions and their wording are unit-testable.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Ordered by how bad it is to break: a live peer (the person typing) first.
-KINDS = ("peer", "resolver", "neighbour", "conntrack", "address", "route",
-         "reserved", "docker", "nsnet")
+from nsnet.facts import KINDS, Evidence, Network, as_network
 
 # What breaks when a new bridge takes a range that holds this evidence.
 _CONSEQUENCE = {
@@ -27,31 +20,6 @@ _CONSEQUENCE = {
     "docker": "both bridges would route the same addresses, so some containers become unreachable",
     "nsnet": "both bridges would route the same addresses, so some containers become unreachable",
 }
-
-
-def as_network(value) -> Network:
-    """A network from a network, an address (as a /32 or /128) or their text (host bits allowed)."""
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return value
-    return ipaddress.ip_network(value, strict=False)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One range seen in use. `detail` is a noun phrase ("the peer of a live SSH connection to
-    172.42.10.112:22") so explain() can build a sentence. `onlink` marks an IPv4 on-link route:
-    Docker's own allocator avoids those, which the Compose prediction needs to know."""
-
-    kind: str
-    network: Network
-    detail: str
-    onlink: bool = field(default=False, compare=False)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown evidence kind {self.kind!r}; expected one of {', '.join(KINDS)}")
-        if not isinstance(self.network, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            object.__setattr__(self, "network", as_network(self.network))
 
 
 def overlapping(subnet, evidence) -> list[Evidence]:

@@ -13,7 +13,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from nsnet.errors import NsnetError
-from nsnet.ipam.evidence import Evidence, Network, as_network, ranked, short
+from nsnet.facts import Evidence, Network, as_network
+from nsnet.ipam.evidence import ranked, short
 
 
 @dataclass(frozen=True)

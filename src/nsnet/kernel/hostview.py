@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import doctor
+from ..facts import DockerNetwork, HostFacts, KernelAnswer, Link, Neighbour, Route
 from . import links as links_mod
 from . import probe
 
@@ -15,17 +16,17 @@ _ROUTE_ERRORS = {22: "a blackhole or prohibit route drops it", 101: "network is 
                  113: "an unreachable route rejects it"}
 
 
-def _links(ipr, infos: dict[str, dict]) -> dict[str, doctor.Link]:
+def _links(ipr, infos: dict[str, dict]) -> dict[str, Link]:
     addrs: dict[int, list] = {}
     for m in ipr.get_addr():
         local = m.get("local") or m.get("address")
         if local:
             addrs.setdefault(m["index"], []).append(ipaddress.ip_interface(f"{local}/{m['prefixlen']}"))
-    return {name: doctor.Link(name, info["kind"], info["alias"], tuple(addrs.get(info["index"], ())))
+    return {name: Link(name, info["kind"], info["alias"], tuple(addrs.get(info["index"], ())))
             for name, info in infos.items()}
 
 
-def _routes(ipr, names: dict[int, str]) -> list[doctor.Route]:
+def _routes(ipr, names: dict[int, str]) -> list[Route]:
     out = []
     for m in ipr.route("dump"):
         if m["type"] in probe._RTN_SKIP:
@@ -35,46 +36,42 @@ def _routes(ipr, names: dict[int, str]) -> list[doctor.Route]:
         if net.prefixlen and not probe._net_counts(net):
             continue  # loopback, link-local, multicast: never a collision
         gw = m.get("gateway")
-        out.append(doctor.Route(net, names.get(m.get("oif")), ipaddress.ip_address(gw) if gw else None,
+        out.append(Route(net, names.get(m.get("oif")), ipaddress.ip_address(gw) if gw else None,
                                 m.get("table") or m["table"], m["type"], m.get("priority") or 0))
     return out
 
 
-def _neighbours(ipr, names: dict[int, str]) -> list[doctor.Neighbour]:
+def _neighbours(ipr, names: dict[int, str]) -> list[Neighbour]:
     out = []
     for m in ipr.get_neighbours():
         state, dst = probe._NUD_KEEP.get(m["state"]), m.get("dst")
         if state and dst:
-            out.append(doctor.Neighbour(ipaddress.ip_address(dst), names.get(m["ifindex"], "?"), state))
+            out.append(Neighbour(ipaddress.ip_address(dst), names.get(m["ifindex"], "?"), state))
     return out
 
 
-def read(ipr, *, reserved=(), pools=None, nsnet_networks=(), docker_socket="/var/run/docker.sock",
-         resolv_conf="/etc/resolv.conf") -> doctor.HostView:
-    """The host as it is. `nsnet_networks` are doctor.NsnetNetwork records (from the daemon when one
-    answers; nsnet's bridges are recognised by their alias anyway)."""
-    infos = links_mod.link_names(ipr)
-    names = {info["index"]: name for name, info in infos.items()}
-    links = _links(ipr, infos)
-    nsnet_subnets = [(n.name, s) for n in nsnet_networks for s in n.subnets]
-    evidence = probe.gather(ipr, reserved=reserved, nsnet_subnets=nsnet_subnets, docker_socket=None,
-                            resolv_conf=resolv_conf)
-    listing = probe.docker_list(docker_socket)  # asked once: for the evidence and to name Docker's bridges
-    evidence += probe.docker_evidence(listing)
-    docker = [doctor.DockerNetwork(name, nid, tuple(subnets)) for name, nid, subnets in listing]
-    view = doctor.HostView(links, _routes(ipr, names), _neighbours(ipr, names), evidence, list(nsnet_networks), docker)
-    if pools:
-        view.pools = tuple(pools)
-    return view
+def read(*, reserved=(), nsnet_subnets=(), route_to=None, resolv_conf="/etc/resolv.conf") -> tuple[HostFacts, KernelAnswer | None]:
+    """The host as it is, and the kernel's route to `route_to` when given. `nsnet_subnets` are
+    (network name, subnet) pairs of nsnet's networks (from the daemon when one answers)."""
+    with IPRoute() as ipr:
+        infos = links_mod.link_names(ipr)
+        names = {info["index"]: name for name, info in infos.items()}
+        evidence = probe.gather(ipr, reserved=reserved, nsnet_subnets=nsnet_subnets, docker_socket=None,
+                                resolv_conf=resolv_conf)
+        listing = probe.docker_list(probe.docker_socket())  # asked once: for the evidence and to name Docker's bridges
+        evidence += probe.docker_evidence(listing)
+        facts = HostFacts(_links(ipr, infos), _routes(ipr, names), _neighbours(ipr, names), evidence,
+                          [DockerNetwork(name, nid, tuple(subnets)) for name, nid, subnets in listing])
+        return facts, (route_get(ipr, route_to) if route_to is not None else None)
 
 
-def route_get(ipr, ip) -> doctor.KernelAnswer:
+def route_get(ipr, ip) -> KernelAnswer:
     """The kernel's answer for `ip` (RTM_GETROUTE, as `ip route get`)."""
     try:
         m = ipr.route("get", dst=str(ip))[0]
     except NetlinkError as e:
-        return doctor.KernelAnswer(error=_ROUTE_ERRORS.get(e.code, str(e)))
+        return KernelAnswer(error=_ROUTE_ERRORS.get(e.code, str(e)))
     oif = m.get("oif")
     dev = next((l.get("ifname") for l in ipr.get_links(oif)), None) if oif else None
     gw, src = m.get("gateway"), m.get("prefsrc")
-    return doctor.KernelAnswer(dev, ipaddress.ip_address(gw) if gw else None, ipaddress.ip_address(src) if src else None)
+    return KernelAnswer(dev, ipaddress.ip_address(gw) if gw else None, ipaddress.ip_address(src) if src else None)

@@ -144,7 +144,3 @@ def link_names(ipr) -> dict[str, dict]:
             "master": link.get("master"),
         }
     return out
-
-
-def open_netns_fd(pid: int) -> int:
-    return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)

@@ -43,15 +43,3 @@ def entered(netns_path: str):
     finally:
         os.close(target)
         os.close(home)
-
-
-def netns_inode(path: str) -> int:
-    return os.stat(path).st_ino
-
-
-def iproute_in(netns_path: str):
-    """A pyroute2 IPRoute whose socket lives inside the given namespace."""
-    from pyroute2 import IPRoute
-
-    with entered(netns_path):
-        return IPRoute()

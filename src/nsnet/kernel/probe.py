@@ -15,7 +15,8 @@ import socket
 import struct
 import sys
 
-from nsnet.ipam.evidence import Evidence, as_network
+from nsnet.facts import Evidence, as_network
+from nsnet.resolvconf import nameservers
 
 _NUD_KEEP = {0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE", 0x80: "PERMANENT"}
 _RTN_SKIP = {2, 3, 4, 5}  # local, broadcast, anycast, multicast: the host's own, shown as addresses
@@ -272,24 +273,26 @@ def conntrack(netdir: str | None = None, own=frozenset(), limit: int = 50000) ->
 
 def resolvers(path: str = "/etc/resolv.conf") -> list[Evidence]:
     out = []
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError:
-        return out
-    for line in lines:
-        f = line.split()
-        if len(f) >= 2 and f[0] == "nameserver":
-            try:
-                ip = ipaddress.ip_address(f[1].split("%")[0])
-            except ValueError:
-                continue
-            if _counts(ip):
-                out.append(Evidence("resolver", _host(ip), f"a nameserver in {path}"))
+    for server in nameservers(path):
+        try:
+            ip = ipaddress.ip_address(server.split("%")[0])
+        except ValueError:
+            continue
+        if _counts(ip):
+            out.append(Evidence("resolver", _host(ip), f"a nameserver in {path}"))
     return out
 
 
-def docker_list(sock_path: str | None = "/var/run/docker.sock", timeout: float = 0.25) -> list[tuple]:
+def docker_socket() -> str | None:
+    """Where Docker's engine answers, as Docker's own clients find it: DOCKER_HOST when it names a unix
+    socket (another scheme: nothing we can ask), else /var/run/docker.sock."""
+    host = os.environ.get("DOCKER_HOST")
+    if not host:
+        return "/var/run/docker.sock"
+    return host[len("unix://"):] if host.startswith("unix://") else None
+
+
+def docker_list(sock_path: str | None, timeout: float = 0.25) -> list[tuple]:
     """(name, id, [subnets]) of Docker's networks, when a Docker engine answers on its socket; else []."""
     if not sock_path or not os.path.exists(sock_path):
         return []
@@ -327,7 +330,7 @@ def docker_evidence(listing) -> list[Evidence]:
             for net in subnets]
 
 
-def docker_networks(sock_path: str | None = "/var/run/docker.sock", timeout: float = 0.25) -> list[Evidence]:
+def docker_networks(sock_path: str | None, timeout: float = 0.25) -> list[Evidence]:
     """Subnets of Docker's networks, when a Docker engine answers on its socket; else nothing."""
     return docker_evidence(docker_list(sock_path, timeout))
 
@@ -343,7 +346,7 @@ def _named(items, kind: str, label) -> list[Evidence]:
     return out
 
 
-def gather(ipr, *, reserved=(), nsnet_subnets=(), docker_socket="/var/run/docker.sock",
+def gather(ipr, *, reserved=(), nsnet_subnets=(), docker_socket: str | None,
            resolv_conf="/etc/resolv.conf") -> list[Evidence]:
     """All evidence of ranges in use, as seen from the calling thread's network namespace.
     `reserved` and `nsnet_subnets` take networks or (name, network) pairs."""
