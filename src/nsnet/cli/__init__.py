@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from .. import DEFAULT_ROOT
 from ..client import ApiError, Client
 from . import doctor, output
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "daemon":
         from ..daemon.server import serve
 
-        return serve(os.environ.get("NSNET_ROOT") or "/var/lib/nsnet")
+        return serve(os.environ.get("NSNET_ROOT") or DEFAULT_ROOT)
     client = Client()
     try:
         return COMMANDS[args.cmd](client, args)

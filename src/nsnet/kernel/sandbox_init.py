@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 
-from ..client import DEFAULT_ROOT
+from .. import DEFAULT_ROOT
 from .netns import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUTS, unshare
 
 MS_RDONLY = 1
