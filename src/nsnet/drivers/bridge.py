@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from ..errors import NsnetError
+from ..errors import KernelError, NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network, owner_alias
@@ -127,14 +125,14 @@ class BridgeDriver(Driver):
             try:
                 links.plug_in(chan, host_index, bridge.index, isolated=isolated)
                 fab.took(ep.host_ifname, bridge)
-            except NetlinkError as e:
+            except KernelError as e:
                 if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
                     raise
                 # A bridge went away behind our back. Reading the network back from the kernel rebuilds
                 # it, and plugs back every port of the network that is on no bridge: this one too.
                 self._fabrics.pop(net.id, None)
                 self._fabric(net)
-        except NetlinkError as e:
+        except KernelError as e:
             if e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None

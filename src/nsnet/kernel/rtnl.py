@@ -4,7 +4,7 @@ pyroute2 stays the engine's netlink library for everything else. On the hot path
 machinery, not the kernel's: encoding a veth request takes ~240 µs, and every request goes through an
 asyncio loop (profile: pyroute2 alone 3.4 ms per attach, the kernel 0.6 ms). Here a request is a few
 `struct.pack`s, a whole step goes to the kernel in one sendmsg (the kernel runs the messages in order
-and acknowledges each), and errors come back as pyroute2's NetlinkError so callers handle both alike.
+and acknowledges each), and errors come back as nsnet's KernelError (with the errno as `code`).
 The message layouts are checked byte for byte against pyroute2's encoder in tests/unit/test_rtnl.py.
 
 A channel's socket lives in the namespace the calling thread was in when it was opened.
@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 
-from pyroute2.netlink.exceptions import NetlinkError
+from ..errors import KernelError
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>
 NLMSG_ERROR = 2
@@ -167,7 +167,7 @@ class Reply:
 
     def check(self) -> None:
         if self.error:
-            raise NetlinkError(self.error, self.text or os.strerror(self.error))
+            raise KernelError(self.error, self.text or os.strerror(self.error))
 
 
 def link_indexes(data: bytes) -> tuple[int, int | None]:

@@ -1,0 +1,97 @@
+"""The layers of docs/architecture.md, checked on the source: every import of nsnet's own modules points
+down (or sideways where the table allows it), and only kernel/ speaks pyroute2."""
+import ast
+import os
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src", "nsnet")
+
+BASE = {"nsnet", "errors", "model", "facts", "resolvconf", "names"}
+# What each part of nsnet may import besides the base (a part always may import itself).
+ALLOWED = {
+    **{b: BASE for b in BASE},
+    "kernel": BASE,
+    "store": BASE,
+    "firewall": BASE | {"kernel"},
+    "dns": BASE | {"kernel"},
+    "ipam": BASE,
+    "requests": BASE,
+    "config": BASE | {"ipam"},
+    "doctor": BASE | {"ipam"},
+    "drivers": BASE | {"kernel", "firewall"},
+    "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers"},
+    "crashpoints": BASE,
+    "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",
+                      "crashpoints"},
+    "client": BASE,
+    "cli": BASE | {"client", "config", "ipam", "doctor", "kernel", "daemon"},   # kernel/daemon: lazily, per command
+    "__main__": {"cli"},
+}
+
+
+def _modules():
+    for folder, _, files in os.walk(SRC):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(folder, f)
+                rel = os.path.relpath(path, SRC)[:-3].split(os.sep)
+                yield path, [p for p in rel if p != "__init__"], f == "__init__.py"
+
+
+def _imports(path, parts, is_pkg):
+    """(part of nsnet imported, line) for every import of nsnet's own code, and pyroute2 imports as 'pyroute2'."""
+    tree = ast.parse(open(path).read())
+    package = ["nsnet"] + (parts if is_pkg else parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                target = base + (node.module.split(".") if node.module else [])
+                names = [a.name for a in node.names] if not node.module and len(target) == 1 else [None]
+            else:
+                target, names = (node.module or "").split("."), [None]
+            for name in names:
+                full = target + ([name] if name else [])
+                if full[0] == "nsnet":
+                    yield (full[1] if len(full) > 1 else "nsnet"), node.lineno
+                elif full[0] == "pyroute2":
+                    yield "pyroute2", node.lineno
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                first = a.name.split(".")
+                if first[0] == "nsnet":
+                    yield (first[1] if len(first) > 1 else "nsnet"), node.lineno
+                elif first[0] == "pyroute2":
+                    yield "pyroute2", node.lineno
+
+
+def _violations():
+    out = []
+    for path, parts, is_pkg in _modules():
+        part = parts[0] if parts else "nsnet"
+        for target, line in _imports(path, parts, is_pkg):
+            if target == "pyroute2":
+                if part != "kernel":
+                    out.append(f"{os.path.relpath(path, SRC)}:{line} imports pyroute2 (only kernel/ may)")
+            elif target != part and target not in ALLOWED.get(part, set()) and target != "DEFAULT_ROOT":
+                out.append(f"{os.path.relpath(path, SRC)}:{line}: {part} imports {target}")
+    return out
+
+
+def test_every_part_of_nsnet_is_in_the_table():
+    parts = {(p[0] if p else "nsnet") for _, p, _ in _modules()}
+    assert parts <= set(ALLOWED), sorted(parts - set(ALLOWED))
+
+
+def test_imports_point_down_and_only_kernel_speaks_pyroute2():
+    assert _violations() == []
+
+
+def test_the_check_sees_a_violation(tmp_path, monkeypatch):
+    """The check itself can fail: a kernel module importing the engine is caught."""
+    pkg = tmp_path / "kernel"
+    pkg.mkdir()
+    (pkg / "bad.py").write_text("from ..engine import Engine\nfrom pyroute2 import IPRoute\n")
+    (tmp_path / "engine.py").write_text("from pyroute2 import IPRoute\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", str(tmp_path))
+    got = _violations()
+    assert any("kernel imports engine" in v for v in got) and any("engine.py:1 imports pyroute2" in v for v in got)
