@@ -270,11 +270,13 @@ class Engine:
                 self._save_network(net)
                 try:
                     driver.create_network(net)
+                    # Inside the transaction: a ruleset nftables refuses (it changes nothing) undoes the
+                    # record too, so no network is left that every later apply would fail on.
+                    self._apply_firewall()
                 except Exception as e:
                     self.nets.pop(net.id, None)
                     driver.delete_network(net)
-                    raise NsnetError(f"could not build network {net.name}: {e}") from e
-            self._apply_firewall()
+                    raise NsnetError(f"could not create network {net.name}: {e}") from e
             self._dns_whole = False  # its name joins the resolver's domains at the next change
             log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
             return net

@@ -1,8 +1,13 @@
-"""nsnet's whole nftables state, rendered from the store as one text and applied atomically.
+"""nsnet's whole nftables state, rendered from the store as one libnftables JSON document and applied
+atomically.
 
 One table is ours: `inet nsnet` (isolation, NAT, published ports). The render deletes and recreates
 it in one transaction, so after a crash the next render is the repair, and nothing else's rules are
 touched. (ICC off is traffic that never leaves the bridge: the bridge driver isolates those ports.)
+
+JSON, not nft's text: an interface name is a JSON string, so no name (a quote, a brace, a newline…)
+can break the ruleset's syntax. The few that libnftables still reads as something else are refused
+by name (unwritable), never left to fail the whole ruleset.
 
 Frames bridged between two sandboxes of one network are not tracked. Without br_netfilter they never
 reach the IP hooks; with it (Docker and kube-proxy load it, and it is host-wide) each such frame would
@@ -12,8 +17,10 @@ host address, which stays tracked, and so do the gateway's own flows.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
+from .errors import NsnetError
 from .kernel.nft import OR
 
 
@@ -44,90 +51,164 @@ class Ruleset:
     ports: list[FwPort] = field(default_factory=list)
 
 
-def _q(name: str) -> str:
-    return '"' + name + '"'
+# ---- expressions (the shapes `nft -j list ruleset` prints; see man libnftables-json) ----------------
 
+ACCEPT, DROP, NOTRACK, MASQUERADE = {"accept": None}, {"drop": None}, {"notrack": None}, {"masquerade": None}
+IIF, OIF = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
+IIF_OIF = {"concat": [IIF, OIF]}
+CT_STATE, CT_STATUS = {"ct": {"key": "state"}}, {"ct": {"key": "status"}}
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+PRIO_RAW, PRIO_DSTNAT, PRIO_FILTER, PRIO_SRCNAT = -300, -100, 0, 100   # nft's named priorities, as numbers
+
+
+def _match(left, right, op: str = "==") -> dict:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _field(proto: str, name: str) -> dict:
+    return {"payload": {"protocol": proto, "field": name}}
+
+
+def _family(addr) -> str:
+    return "ip" if addr.version == 4 else "ip6"
+
+
+def _prefix(net) -> dict:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+IFNAME_MAX = 15   # bytes: the kernel's IFNAMSIZ less the NUL
+# What libnftables' JSON reader takes for something else than a string (json_parse_immediate in
+# parser_json.c): "@name" is a set, these words constants of other types. No escape exists for them.
+NOT_STRINGS = frozenset({"tcp", "udp", "udplite", "esp", "ah", "icmp", "icmpv6", "comp", "dccp", "sctp", "redirect"})
+
+
+def unwritable(name: str) -> str | None:
+    """Why no libnftables JSON string stands for exactly the interface `name`, or None."""
+    if len(name.encode()) > IFNAME_MAX:
+        return f"it is longer than {IFNAME_MAX} bytes, the most an interface name has"
+    if name.startswith("@") or name in NOT_STRINGS:
+        return "nftables reads it as a set or a keyword"
+    if name.endswith("*") and ("\\" in name or len(_ifname(name).encode()) > IFNAME_MAX):
+        # its final * is a wildcard unless escaped, and the escape removes every backslash and takes a byte
+        return "nftables reads its final * as a wildcard"
+    return None
+
+
+def _ifname(name: str) -> str:
+    """An interface name as the JSON string libnftables takes for that exact name: one ending in `*` is
+    a wildcard to nftables (the leaf patterns are), `\\*` a literal star."""
+    return name[:-1] + "\\*" if name.endswith("*") else name
+
+
+def _pair(name: str) -> dict:
+    return {"concat": [_ifname(name), _ifname(name)]}
+
+
+# ---- the nsnet table ---------------------------------------------------------------------------------
 
 def render(rs: Ruleset) -> str:
     # Under br_netfilter every frame between two sandboxes passes the forward and raw chains: they look
     # the network up in sets and a map (one lookup each), so a frame costs the same on a host of one
     # network as on a host of fifty. A rule per network made it grow with each network (30 networks:
     # netfilter took 17 % of the CPU of a sandbox-to-sandbox stream, against 4 % with one).
-    out = [
-        # "add" then "delete" makes the delete valid whether or not the table exists yet.
-        "add table inet nsnet", "delete table inet nsnet",
-        "table inet nsnet {",
-        _declare("bridges", "ifname", [_q(n.bridge) for n in rs.networks]),
-        _declare("within", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if n.icc]),
-        _declare("isolated", "ifname . ifname", [f"{_q(n.bridge)} . {_q(n.bridge)}" for n in rs.networks if not n.icc]),
-        # Leaf bridges (drivers/fabric.py), by name pattern: they forward nothing but their network's frames.
-        _declare("leaves", "ifname", sorted({_q(n.leaves) for n in rs.networks if n.leaves}), interval=True),
-        _declare("untracked", "ifname : verdict", [f"{_q(n.bridge)} : jump untracked-{i}" for i, n in enumerate(rs.networks)]),
-    ]
+    for n in rs.networks:
+        why = unwritable(n.bridge)
+        if why:
+            raise NsnetError(f"bridge name {n.bridge!r} cannot be written into the nftables ruleset: {why}")
+    t = _Table("inet", "nsnet")
+    t.declare("bridges", "ifname", [_ifname(n.bridge) for n in rs.networks])
+    t.declare("within", ["ifname", "ifname"], [_pair(n.bridge) for n in rs.networks if n.icc])
+    t.declare("isolated", ["ifname", "ifname"], [_pair(n.bridge) for n in rs.networks if not n.icc])
+    # Leaf bridges (drivers/fabric.py), by name pattern: they forward nothing but their network's frames.
+    t.declare("leaves", "ifname", sorted({n.leaves for n in rs.networks if n.leaves}), interval=True)
+    t.declare("untracked", "ifname", [[_ifname(n.bridge), {"jump": {"target": f"untracked-{i}"}}]
+                                      for i, n in enumerate(rs.networks)], map_to="verdict")
 
-    out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;",
-            "    iifname . oifname @within accept",   # within one network, ICC on
-            "    iifname @leaves accept"]
+    forward = [[_match(IIF_OIF, "@within"), ACCEPT],      # within one network, ICC on
+               [_match(IIF, "@leaves"), ACCEPT]]
     for n in rs.networks:
         if n.internal:  # nothing in or out, whatever else allows it
-            out.append(f"    iifname {_q(n.bridge)} oifname != {_q(n.bridge)} drop")
-            out.append(f"    oifname {_q(n.bridge)} iifname != {_q(n.bridge)} drop")
-    out += [
-        "    ct state established,related accept",
-        "    ct state invalid drop",
-        "    ct status dnat accept",   # published ports, from anywhere (other networks' sandboxes included)
-        "    iifname . oifname @isolated drop",         # within one network, ICC off
-        "    iifname @bridges oifname @bridges drop",   # no traffic between two networks
-        "    iifname @bridges accept",                  # out to the world
-        "    oifname @bridges drop",                    # unsolicited traffic into a network
-        "  }",
+            b = _ifname(n.bridge)
+            forward.append([_match(IIF, b), _match(OIF, b, "!="), DROP])
+            forward.append([_match(OIF, b), _match(IIF, b, "!="), DROP])
+    forward += [
+        [_match(CT_STATE, ["established", "related"], "in"), ACCEPT],
+        [_match(CT_STATE, "invalid", "in"), DROP],
+        [_match(CT_STATUS, "dnat", "in"), ACCEPT],   # published ports, from anywhere (other networks' sandboxes included)
+        [_match(IIF_OIF, "@isolated"), DROP],                       # within one network, ICC off
+        [_match(IIF, "@bridges"), _match(OIF, "@bridges"), DROP],   # no traffic between two networks
+        [_match(IIF, "@bridges"), ACCEPT],                          # out to the world
+        [_match(OIF, "@bridges"), DROP],                            # unsolicited traffic into a network
     ]
-
-    out += ["  chain raw {", "    type filter hook prerouting priority raw; policy accept;",
-            "    iifname @leaves notrack",
-            "    iifname vmap @untracked", "  }"]
+    t.chain("forward", forward, hook=("filter", "forward", PRIO_FILTER))
+    t.chain("raw", [[_match(IIF, "@leaves"), NOTRACK],
+                    [{"vmap": {"key": IIF, "data": "@untracked"}}]], hook=("filter", "prerouting", PRIO_RAW))
     for i, n in enumerate(rs.networks):
-        out += [f"  chain untracked-{i} {{"] + ["    " + rule for rule in _untracked_within(n)] + ["  }"]
+        t.chain(f"untracked-{i}", _untracked_within(n))
 
-    out += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
-            "    fib daddr type local jump published", "  }",
-            "  chain output {", "    type nat hook output priority -100; policy accept;",
-            "    fib daddr type local jump published", "  }",
-            "  chain published {"]
-    for p in rs.ports:
-        out.append("    " + _dnat_rule(p))
-    out.append("  }")
+    to_published = [[_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"), {"jump": {"target": "published"}}]]
+    t.chain("prerouting", to_published, hook=("nat", "prerouting", PRIO_DSTNAT))
+    t.chain("output", to_published, hook=("nat", "output", -100))
+    t.chain("published", [_dnat(p) for p in rs.ports])
 
     # NAT chains see the first packet of a connection only: a rule per network costs nothing per frame.
-    out += ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;"]
+    postrouting = []
     for n in rs.networks:
-        b = _q(n.bridge)
+        b = _ifname(n.bridge)
+        subnets = [ipaddress.ip_network(s) for s in n.subnets]
         # The host reaching a published port through 127.0.0.1, and a sandbox reaching a published port
         # of its own network through the host (hairpin): replies must come back through the host to be
         # un-NATed. Matched by source, not by iifname: under br_netfilter a hairpin is bridged, not
         # routed, and has no input interface at this hook.
-        out.append(f"    oifname {b} ip saddr 127.0.0.0/8 masquerade")
-        for s in n.subnets:
-            fam = "ip" if ipaddress.ip_network(s).version == 4 else "ip6"
-            out.append(f"    oifname {b} {fam} saddr {s} ct status dnat masquerade")
+        postrouting.append([_match(OIF, b), _match(_field("ip", "saddr"), _prefix(LOOPBACK)), MASQUERADE])
+        for s in subnets:
+            postrouting.append([_match(OIF, b), _match(_field(_family(s), "saddr"), _prefix(s)),
+                                _match(CT_STATUS, "dnat", "in"), MASQUERADE])
         if n.masquerade and not n.internal:
-            for s in n.subnets:
-                fam = "ip" if ipaddress.ip_network(s).version == 4 else "ip6"
-                out.append(f"    {fam} saddr {s} oifname != {b} masquerade")
-    out += ["  }", "}"]
-
-    return "\n".join(out) + "\n"
+            for s in subnets:
+                postrouting.append([_match(_field(_family(s), "saddr"), _prefix(s)), _match(OIF, b, "!="), MASQUERADE])
+    t.chain("postrouting", postrouting, hook=("nat", "postrouting", PRIO_SRCNAT))
+    return t.text()
 
 
-def _declare(name: str, key: str, elements: list[str], interval: bool = False) -> str:
-    """A named set, or a map when `key` has a value type ("ifname : verdict")."""
-    kind = "map" if ":" in key else "set"
-    flags = " flags interval;" if interval else ""
-    items = f" elements = {{ {', '.join(elements)} }}" if elements else ""
-    return f"  {kind} {name} {{ type {key};{flags}{items} }}"
+class _Table:
+    """The commands that replace one table, in the order nft orders them itself: its chains, its sets,
+    then the rules (a map's element or a rule names only what exists already)."""
+
+    def __init__(self, family: str, name: str):
+        self.ref = {"family": family, "table": name}
+        table = {"table": {"family": family, "name": name}}
+        # "add" then "delete" makes the delete valid whether or not the table exists yet.
+        self.replace = [{"add": table}, {"delete": table}, {"add": table}]
+        self.chains, self.sets, self.rules = [], [], []
+
+    def declare(self, name: str, key, elements: list, interval: bool = False, map_to: str | None = None) -> None:
+        """A named set, or a map when `map_to` is its value type."""
+        obj = {**self.ref, "name": name, "type": key}
+        if map_to:
+            obj["map"] = map_to
+        if interval:
+            obj["flags"] = ["interval"]
+        if elements:
+            obj["elem"] = elements
+        self.sets.append({"add": {"map" if map_to else "set": obj}})
+
+    def chain(self, name: str, rules: list[list[dict]], hook: tuple[str, str, int] | None = None,
+              device: str | None = None) -> None:
+        obj = {**self.ref, "name": name}
+        if hook:
+            obj.update(type=hook[0], hook=hook[1], prio=hook[2], policy="accept")
+            if device:
+                obj["dev"] = device
+        self.chains.append({"add": {"chain": obj}})
+        self.rules += [{"add": {"rule": {**self.ref, "chain": name, "expr": expr}}} for expr in rules]
+
+    def text(self) -> str:
+        return json.dumps({"nftables": self.replace + self.chains + self.sets + self.rules}, separators=(",", ":"))
 
 
-def _untracked_within(n: FwNetwork) -> list[str]:
+def _untracked_within(n: FwNetwork) -> list[list[dict]]:
     """Sandbox-to-sandbox traffic of a network's bridge: both ends in a subnet, the gateway not one of
     them (the raw chain jumps here by the frame's bridge). All that a leaf bridge sees (under
     br_netfilter) is untracked too, by the raw chain: a leaf is layer 2 only. Tracked there, a sandbox's
@@ -136,21 +217,20 @@ def _untracked_within(n: FwNetwork) -> list[str]:
     rules = []
     for s in n.subnets:
         net = ipaddress.ip_network(s)
-        fam = "ip" if net.version == 4 else "ip6"
+        fam = _family(net)
         own = [g for g in n.gateways if ipaddress.ip_address(g) in net]
-        not_gw = "".join(f" {fam} daddr != {g}" for g in own)
-        rules.append(f"{fam} saddr {s} {fam} daddr {s}{not_gw} notrack")
+        rules.append([_match(_field(fam, "saddr"), _prefix(net)), _match(_field(fam, "daddr"), _prefix(net))]
+                     + [_match(_field(fam, "daddr"), g, "!=") for g in own] + [NOTRACK])
     return rules
 
 
-def _dnat_rule(p: FwPort) -> str:
-    target = ipaddress.ip_address(p.target_ip)
-    fam = "ip" if target.version == 4 else "ip6"
-    match = f"meta nfproto {'ipv4' if fam == 'ip' else 'ipv6'} "
+def _dnat(p: FwPort) -> list[dict]:
+    fam = _family(ipaddress.ip_address(p.target_ip))
+    rule = [_match({"meta": {"key": "nfproto"}}, "ipv4" if fam == "ip" else "ipv6")]
     if p.host_ip and p.host_ip not in ("0.0.0.0", "::"):
-        match += f"{fam} daddr {p.host_ip} "
-    dest = f"{p.target_ip}:{p.target_port}" if fam == "ip" else f"[{p.target_ip}]:{p.target_port}"
-    return f"{match}{p.proto} dport {p.host_port} dnat {fam} to {dest}"
+        rule.append(_match(_field(fam, "daddr"), p.host_ip))
+    return rule + [_match(_field(p.proto, "dport"), p.host_port),
+                   {"dnat": {"family": fam, "addr": p.target_ip, "port": p.target_port}}]
 
 
 def render_dns_redirect(address: str, udp_port: int, tcp_port: int) -> str:
@@ -161,15 +241,14 @@ def render_dns_redirect(address: str, udp_port: int, tcp_port: int) -> str:
     chain they ran for every packet the sandbox sends (perf: ~0.6 % of a TCP stream's CPU, gone
     here). A kernel without the egress hook (before 5.16) gets the output chain: two alternatives,
     for nft.run_first()."""
-    rewrites = (f"    ip daddr {address} udp dport 53 udp dport set {udp_port}\n"
-                f"    ip daddr {address} tcp dport 53 tcp dport set {tcp_port}\n"
-                f"    ip saddr {address} udp sport {udp_port} udp sport set 53\n"
-                f"    ip saddr {address} tcp sport {tcp_port} tcp sport set 53\n")
-    # "add" then "delete": replaces the ports of a previous daemon
-    on_loopback = ("add table netdev nsnet_dns\ndelete table netdev nsnet_dns\n"
-                   "table netdev nsnet_dns {\n"
-                   f'  chain egress {{\n    type filter hook egress device "lo" priority 0; policy accept;\n{rewrites}  }}\n}}\n')
-    on_output = ("add table ip nsnet_dns\ndelete table ip nsnet_dns\n"
-                 "table ip nsnet_dns {\n"
-                 f"  chain output {{\n    type filter hook output priority 0; policy accept;\n{rewrites}  }}\n}}\n")
-    return on_loopback + OR + on_output
+    def rewrite(end: str, port: str, proto: str, old: int, new: int) -> list[dict]:
+        return [_match(_field("ip", end), address), _match(_field(proto, port), old),
+                {"mangle": {"key": _field(proto, port), "value": new}}]
+    rewrites = [rewrite("daddr", "dport", "udp", 53, udp_port), rewrite("daddr", "dport", "tcp", 53, tcp_port),
+                rewrite("saddr", "sport", "udp", udp_port, 53), rewrite("saddr", "sport", "tcp", tcp_port, 53)]
+    # Replacing the table replaces the ports of a previous daemon.
+    on_loopback = _Table("netdev", "nsnet_dns")
+    on_loopback.chain("egress", rewrites, hook=("filter", "egress", PRIO_FILTER), device="lo")
+    on_output = _Table("ip", "nsnet_dns")
+    on_output.chain("output", rewrites, hook=("filter", "output", PRIO_FILTER))
+    return on_loopback.text() + OR + on_output.text()

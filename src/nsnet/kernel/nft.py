@@ -12,6 +12,10 @@ _lib = None
 _ctx = None
 _lock = threading.Lock()
 
+# libnftables 1.0.6 reads a buffer as JSON only with JSON output on (1.0.7 added an input flag); a text
+# buffer still parses: the JSON reader refuses it and nft's own takes it.
+NFT_CTX_OUTPUT_JSON = 1 << 4
+
 OR = "\n# or else\n"   # between alternative rulesets in one text: run_first() applies the first nftables takes
 
 
@@ -25,12 +29,14 @@ def _context():
         _lib.nft_ctx_new.restype = ctypes.c_void_p
         _lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         _lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        _lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_run_cmd_from_buffer",
                    "nft_ctx_get_error_buffer", "nft_ctx_get_output_buffer"):
             getattr(_lib, fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_char_p] if fn == "nft_run_cmd_from_buffer" else [])
         ctx = _lib.nft_ctx_new(0)
         _lib.nft_ctx_buffer_output(ctx)
         _lib.nft_ctx_buffer_error(ctx)
+        _lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
         _ctx = ctx
     return _lib, _ctx
 
@@ -43,7 +49,8 @@ def run(commands: str) -> str:
         out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
         err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
     if rc != 0:
-        raise NsnetError("nftables refused the ruleset: " + " ".join(err.split())[:400])
+        lines = dict.fromkeys(" ".join(line.split()) for line in err.splitlines() if line.strip())  # once each
+        raise NsnetError("nftables refused the ruleset: " + " ".join(lines)[:400])
     return out
 
 
