@@ -171,6 +171,8 @@ def subnet_configs(subnets: list[str], gateways: list[str], ranges: list[str],
         cfg.ip_range = r
     for name, a in aux.items():
         check_text(name, "auxiliary address name")
+        if not name:
+            raise NsnetError(f"invalid auxiliary address ={a}: give it a name, e.g. --aux-address printer={a}")
         addr = parse_address(a, "auxiliary address")
         cfg = holder(addr, "auxiliary address", a)
         subnet = ipaddress.ip_network(cfg.subnet)

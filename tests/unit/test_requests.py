@@ -140,6 +140,7 @@ def test_smallest_subnets_hold_a_gateway_and_a_sandbox():
 @pytest.mark.parametrize("aux,msg", [
     ({"n": "10.1.0.0"}, "network address"), ({"b": "10.1.255.255"}, "broadcast address"),
     ({"n": "fd00:1::"}, "network address"), ({"x\ny": "10.1.0.9"}, "control characters"),
+    ({"": "10.1.0.9"}, "give it a name"),
 ])
 def test_aux_addresses_are_host_addresses(aux, msg):
     with pytest.raises(NsnetError, match=msg):
