@@ -504,6 +504,8 @@ class Engine:
         if not cmd:
             raise NsnetError("no command given: nsnet run [OPTIONS] -- CMD [ARGS...]")
         hostname = spec.get("Hostname") or ""
+        if hostname:
+            rq.check_hostname(hostname)
         sid = new_id()
         sb = Sandbox(id=sid, name=name, hostname=hostname or sid[:12], created=now_rfc3339(), cmd=cmd,
                      auto_remove=bool(spec.get("AutoRemove")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import NsnetError
 from ..firewall import FwNetwork
 from ..model import Endpoint, Network
+from ..requests import check_labels
 
 MTU_KEY = "com.docker.network.driver.mtu"
 SIZE_KEY = "size"  # prefix length of the subnet taken from the pools (`-o size=24`), when none is given
@@ -21,7 +22,9 @@ class Driver:
         self.ports_of = lambda net: []
 
     def validate(self, net: Network) -> None:
-        """Refuse options this driver does not know, before anything is built."""
+        """Refuse options this driver does not know, and values no driver can use, before anything is built."""
+        check_labels(net.labels)
+        check_labels(net.options, "option")
         unknown = sorted(set(net.options) - self.options)
         if unknown:
             known = ", ".join(sorted(self.options)) or "none"

@@ -8,6 +8,7 @@ from ..errors import KernelError, NsnetError
 from ..firewall import FwNetwork
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network, owner_alias
+from ..requests import ifname_problem
 from . import fabric, flat
 from .base import MTU_KEY, SIZE_KEY, Driver
 
@@ -16,7 +17,7 @@ ICC_KEY = "com.docker.network.bridge.enable_icc"
 MASQ_KEY = "com.docker.network.bridge.enable_ip_masquerade"
 HOST_IP_KEY = "com.docker.network.bridge.host_binding_ipv4"
 DEFAULT_KEY = "com.docker.network.bridge.default_bridge"
-IFNAMSIZ = 15
+IPV6_KEY = "com.docker.network.bridge.enable_ipv6"
 BR_MAX_PORTS = 1023  # ports a Linux bridge takes (BR_MAX_PORTS is 1024 with port 0 reserved); one more: EXFULL
 EXFULL = 54
 EINVAL = 22
@@ -26,19 +27,10 @@ def bridge_name_for(network_id: str) -> str:
     return "nsbr-" + network_id[:10]
 
 
-def valid_ifname(name: str) -> str | None:
-    """Why the kernel would refuse `name` as an interface name, or None."""
-    if not name or len(name) > IFNAMSIZ:
-        return f"interface name {name!r} is {len(name)} characters; the kernel allows at most {IFNAMSIZ}"
-    if name in (".", "..") or any(c in name for c in "/: \t\n"):
-        return f"interface name {name!r} has a character the kernel does not allow"
-    return None
-
-
 class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY, SIZE_KEY,
-                         "com.docker.network.bridge.enable_ipv6"})
+                         IPV6_KEY})
 
     def __init__(self, kernel):
         super().__init__(kernel)
@@ -48,10 +40,10 @@ class BridgeDriver(Driver):
         super().validate(net)
         name = net.options.get(NAME_KEY)
         if name is not None:
-            why = valid_ifname(name)
+            why = ifname_problem(name)
             if why:
                 raise NsnetError(f"invalid bridge name: {why}")
-        for key in (ICC_KEY, MASQ_KEY):
+        for key in (ICC_KEY, MASQ_KEY, IPV6_KEY, DEFAULT_KEY):
             v = net.options.get(key)
             if v is not None and v.lower() not in ("true", "false", "1", "0"):
                 raise NsnetError(f"invalid value {v!r} for {key}: use true or false")

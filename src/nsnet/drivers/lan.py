@@ -14,8 +14,8 @@ import re
 from ..errors import Conflict, NsnetError
 from ..kernel import arp, features, lan, links
 from ..model import Endpoint, Network, owner_alias
+from ..requests import ifname_problem
 from .base import MTU_KEY, Driver
-from .bridge import valid_ifname
 
 PARENT_KEY = "parent"
 VLAN_RE = re.compile(r"^(?P<base>.+)\.(?P<vid>\d{1,4})$")
@@ -59,7 +59,7 @@ class LanDriver(Driver):
         if not parent:
             raise NsnetError(f"{self.name} networks need a parent interface: add -o parent=IF, the host's "
                              f"interface on the LAN (for example -o parent=eth0)")
-        why = valid_ifname(parent)
+        why = ifname_problem(parent)
         if why:
             raise NsnetError(f"invalid parent: {why}")
         present = self.kernel.links()

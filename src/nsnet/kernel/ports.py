@@ -1,5 +1,6 @@
 """Published ports hold a bound socket on the host, so that nothing else can take the port while
-the sandbox has it, and a port already taken is refused before anything is built."""
+the sandbox has it, and a port already taken is refused before anything is built. A mapping without
+a host port (`-p 127.0.0.1::80`) gets the free ephemeral port the kernel binds it to, as Docker's."""
 from __future__ import annotations
 
 import errno
@@ -26,4 +27,6 @@ def hold(p: PortMapping) -> socket.socket:
         if e.errno == errno.EADDRNOTAVAIL:
             raise Conflict(f"cannot publish on {p.host_ip}: it is not an address of this host") from None
         raise
+    if p.host_port == 0:
+        p.host_port = s.getsockname()[1]
     return s
