@@ -51,10 +51,11 @@ def test_odd_bridge_names_render_into_a_ruleset_nftables_takes_and_match_exactly
 
 
 @pytest.mark.parametrize("bridge", ["tcp", "abcdefghijklmn*"])
-def test_a_create_whose_ruleset_nftables_cannot_take_is_undone_whole(host, bridge):
+def test_a_bridge_name_no_ruleset_can_hold_is_refused_whole(host, bridge):
     """'tcp' is a constant to libnftables' JSON reader and 'abcdefghijklmn*' a wildcard with no room for
-    the escape: no ruleset can hold either bridge. The create is refused after the bridge is built, and
-    undone: no bridge, no record, the ruleset in force untouched; the next create works."""
+    the escape: no ruleset can hold either bridge. The create is refused (by the driver's checks, before
+    anything is built; were it built, the failed apply would undo it): no bridge, no record, the ruleset in
+    force untouched; the next create works."""
     host.nsnet("network", "create", "--subnet", "10.77.0.0/24", "first")
     before = host.state()
     p = host.nsnet("network", "create", "--subnet", "10.78.0.0/24", "-o", f"com.docker.network.bridge.name={bridge}",

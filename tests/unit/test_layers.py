@@ -17,7 +17,7 @@ ALLOWED = {
     "requests": BASE,
     "config": BASE | {"ipam"},
     "doctor": BASE | {"ipam"},
-    "drivers": BASE | {"kernel", "firewall"},
+    "drivers": BASE | {"kernel", "firewall", "requests"},
     "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers"},
     "crashpoints": BASE,
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import KernelError, NsnetError
-from ..firewall import FwNetwork
+from ..firewall import FwNetwork, unwritable
 from ..kernel import links, sysctl
 from ..model import Endpoint, Network, owner_alias
 from ..requests import ifname_problem
@@ -40,7 +40,8 @@ class BridgeDriver(Driver):
         super().validate(net)
         name = net.options.get(NAME_KEY)
         if name is not None:
-            why = ifname_problem(name)
+            # nftables must be able to name it too: a few valid interface names are its keywords.
+            why = ifname_problem(name) or (f"nftables cannot name {name!r}: {unwritable(name)}" if unwritable(name) else None)
             if why:
                 raise NsnetError(f"invalid bridge name: {why}")
         for key in (ICC_KEY, MASQ_KEY, IPV6_KEY, DEFAULT_KEY):
