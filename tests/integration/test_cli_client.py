@@ -27,4 +27,5 @@ def test_names_are_one_path_segment_whatever_they_hold(host):
         err = p.stderr.strip()
         assert p.returncode == 1 and err.startswith("Error:") and len(err.splitlines()) == 1, (args, p.stderr)
     assert host.json("inspect", "web")[0]["State"]["Running"]
+    assert len(host.nsnet("network", "ls", "-q", "-f", "name=re").stdout.split()) == 1   # filters still quoted
     assert "red" in [n["Name"] for n in host.json("network", "ls", "--format", "json")]

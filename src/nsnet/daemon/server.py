@@ -203,7 +203,7 @@ class Daemon:
         self.engine.on_sandbox_running = self._watch
 
     def _watch(self, sb, proc) -> None:
-        self.watcher.watch(sb.id, sb.pid, proc)
+        self.watcher.watch(sb.id, sb.pid, sb.pid_start, proc)
 
     def run_sandbox(self, spec: dict):
         return self.engine.run_sandbox(spec, self._launch_detached)
@@ -220,7 +220,7 @@ class Daemon:
         self.engine.start()
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
-                self.watcher.watch(sb.id, sb.pid)
+                self.watcher.watch(sb.id, sb.pid, sb.pid_start)
         dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 redirected to them
         dns.start()
         self.engine.serve_dns(dns)
