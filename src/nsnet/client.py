@@ -9,18 +9,25 @@ import os
 import socket
 import sys
 import time
-from urllib.parse import quote, urlencode
 
 DEFAULT_ROOT = "/var/lib/nsnet"
+# RFC 3986's unreserved characters: everything else in a name is percent-encoded (urllib.parse.quote with
+# safe="", without the ~2 ms its import adds to every command).
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(text) -> str:
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in str(text).encode())
 
 
 def api_path(*segments: str, **query) -> str:
     """`/a/b?k=v` with every segment and value quoted: a name is one segment whatever it holds
     (`web?force=1` must not become a query, `a b` nor `../x` a broken or another path). Query values
     that are None or False are left out."""
-    path = "/" + "/".join(quote(str(s), safe="") for s in segments)
-    query = {k: ("1" if v is True else v) for k, v in query.items() if v is not None and v is not False}
-    return path + ("?" + urlencode(query) if query else "")
+    path = "/" + "/".join(_quote(s) for s in segments)
+    pairs = [f"{_quote(k)}={_quote('1' if v is True else v)}" for k, v in query.items()
+             if v is not None and v is not False]
+    return path + ("?" + "&".join(pairs) if pairs else "")
 
 
 class ApiError(Exception):

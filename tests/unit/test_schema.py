@@ -54,3 +54,4 @@ def test_api_path_quotes_each_segment():
     assert api_path("sandboxes", "web?force=1") == "/sandboxes/web%3Fforce%3D1"
     assert api_path("networks", "a b", "connect") == "/networks/a%20b/connect"
     assert api_path("sandboxes", "../x", force=True, all=False, t=None) == "/sandboxes/..%2Fx?force=1"
+    assert api_path("sandboxes", "web", "stop", t=0.0) == "/sandboxes/web/stop?t=0.0"   # 0 is a value, not "not given"
