@@ -9,8 +9,7 @@ import time
 from conftest import changes, wait_for
 from rawhttp import request
 
-TIMEOUT = 10      # server.REQUEST_TIMEOUT
-MAX_CONNECTIONS = 64
+from nsnet.daemon.httpd import MAX_CONNECTIONS, REQUEST_TIMEOUT as TIMEOUT
 
 
 def _threads(pid: int) -> int:
