@@ -69,7 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             status, result = api.dispatch(self.server.daemon, self.command, self.path, body, self.peer)
         except Exception as e:  # a bug: say it in one line, keep serving, log the trace
             log.exception("%s %s failed", self.command, self.path)
-            status, result = 500, {"message": f"internal error: {e}"}
+            status, result = 500, {"message": " ".join(f"internal error: {e}".split())[:300]}   # one line
         self._reply(status, result)
 
     def _refuse(self, status: int, message: str) -> None:
