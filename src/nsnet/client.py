@@ -10,7 +10,24 @@ import socket
 import sys
 import time
 
-DEFAULT_ROOT = "/var/lib/nsnet"
+from . import DEFAULT_ROOT
+# RFC 3986's unreserved characters: everything else in a name is percent-encoded (urllib.parse.quote with
+# safe="", without the ~2 ms its import adds to every command).
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(text) -> str:
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in str(text).encode())
+
+
+def api_path(*segments: str, **query) -> str:
+    """`/a/b?k=v` with every segment and value quoted: a name is one segment whatever it holds
+    (`web?force=1` must not become a query, `a b` nor `../x` a broken or another path). Query values
+    that are None or False are left out."""
+    path = "/" + "/".join(_quote(s) for s in segments)
+    pairs = [f"{_quote(k)}={_quote('1' if v is True else v)}" for k, v in query.items()
+             if v is not None and v is not False]
+    return path + ("?" + "&".join(pairs) if pairs else "")
 
 
 class ApiError(Exception):
@@ -33,7 +50,10 @@ class _Connection:
         head = f"{method} {path} HTTP/1.1\r\nHost: nsnet\r\nContent-Length: {len(body or b'')}\r\n"
         if body:
             head += "Content-Type: application/json\r\n"
-        self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        try:
+            self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        except BrokenPipeError:
+            pass  # refused before it read it all (e.g. a body too big): its answer is still there to read
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         header, self.buf = self.buf.split(b"\r\n\r\n", 1)
@@ -102,13 +122,19 @@ class Client:
         return self.request("DELETE", path)
 
     def start_daemon(self, wait: float = 30.0) -> None:
-        """Start `nsnet daemon` in the background for this root and wait until it answers."""
+        """Start `nsnet daemon` in the background for this root and wait until it answers; if it exits
+        first, say why at once (the last line of its log), not after `wait` seconds."""
         import subprocess  # here, not at the top: ~5 ms of every other command's start-up
 
-        os.makedirs(self.root, exist_ok=True)
-        with open(os.path.join(self.root, "daemon.log"), "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "nsnet", "--root", self.root, "daemon"],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        path = os.path.join(self.root, "daemon.log")
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        start = os.lseek(log, 0, os.SEEK_END)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "nsnet", "--root", self.root, "daemon"],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        finally:
+            os.close(log)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
@@ -117,5 +143,41 @@ class Client:
                 s.close()
                 return
             except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.02)
-        raise ApiError(503, f"the nsnet daemon did not start within {wait:.0f} s: see {self.root}/daemon.log")
+                pass
+            # Exited, and no other daemon holds the root (two CLIs may start one each; one wins).
+            if proc.poll() is not None and not self._daemon_lock_held():
+                raise ApiError(503, f"the nsnet daemon exited at start: {_last_line(path, start)} (see {path})")
+            time.sleep(0.02)
+        raise ApiError(503, f"the nsnet daemon did not start within {wait:.0f} s: see {path}")
+
+    def _daemon_lock_held(self) -> bool:
+        import fcntl
+
+        try:
+            fd = os.open(os.path.join(self.root, "daemon.lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def _last_line(path: str, offset: int) -> str:
+    """The last line the daemon wrote to its log after `offset`, without the logger's prefix."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = [l for l in f.read()[-65536:].decode(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        lines = []
+    if not lines:
+        return "it wrote nothing"
+    line = lines[-1].strip()
+    # "2026-11-30 08:00:00,123 nsnet.daemon ERROR cannot start: why" -> "why"
+    parts = line.split(" ", 4)
+    line = parts[4] if len(parts) == 5 and parts[3] in ("ERROR", "CRITICAL", "WARNING", "INFO") else line
+    return line.removeprefix("cannot start: ")

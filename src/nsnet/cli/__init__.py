@@ -10,7 +10,7 @@ import os
 import sys
 
 from .. import DEFAULT_ROOT
-from ..client import ApiError, Client
+from ..client import ApiError, Client, api_path
 from . import doctor, output
 
 
@@ -140,17 +140,15 @@ def cmd_network(client: Client, args) -> int:
         print(client.post("/networks", body)["Id"])
     elif verb == "ls":
         filters = _kv(args.filter, "filter")
-        from urllib.parse import quote
-
-        nets = client.get("/networks?filters=" + quote(json.dumps(filters)))
+        nets = client.get(api_path("networks", filters=json.dumps(filters) if filters else None))
         output.networks(nets, quiet=args.quiet, fmt=args.format, no_trunc=args.no_trunc)
     elif verb == "inspect":
-        return _inspect_many(client, "/networks/", args.names)
+        return _inspect_many(client, "networks", args.names)
     elif verb == "rm":
         code = 0
         for name in args.names:
             try:
-                client.delete("/networks/" + name)
+                client.delete(api_path("networks", name))
                 print(name)
             except ApiError as e:
                 print(f"Error: {e}", file=sys.stderr)
@@ -166,18 +164,19 @@ def cmd_network(client: Client, args) -> int:
         if deleted:
             print("Deleted Networks:\n" + "\n".join(deleted))
     elif verb == "connect":
-        client.post(f"/networks/{args.network}/connect",
+        client.post(api_path("networks", args.network, "connect"),
                     {"Sandbox": args.sandbox, "IP": args.ip, "IP6": args.ip6, "Aliases": args.alias})
     elif verb == "disconnect":
-        client.post(f"/networks/{args.network}/disconnect", {"Sandbox": args.sandbox, "Force": args.force})
+        client.post(api_path("networks", args.network, "disconnect"),
+                    {"Sandbox": args.sandbox, "Force": args.force})
     return 0
 
 
-def _inspect_many(client: Client, prefix: str, names: list[str]) -> int:
+def _inspect_many(client: Client, kind: str, names: list[str]) -> int:
     docs, code = [], 0
     for name in names:
         try:
-            docs.append(client.get(prefix + name))
+            docs.append(client.get(api_path(kind, name)))
         except ApiError as e:
             print(f"Error: {e}", file=sys.stderr)
             code = 1
@@ -226,7 +225,7 @@ def _run_foreground(client: Client, spec: dict, host: bool) -> int:
     code = launch.proc.wait()
     code = 128 - code if code < 0 else code
     try:
-        client.post(f"/sandboxes/{made['Id']}/exited", {"ExitCode": code})
+        client.post(api_path("sandboxes", made["Id"], "exited"), {"ExitCode": code})
     except ApiError:
         pass
     return code
@@ -237,7 +236,7 @@ def cmd_exec(client: Client, args) -> int:
     if not command:
         print("Error: no command given: nsnet exec SANDBOX -- CMD [ARGS...]", file=sys.stderr)
         return 125
-    doc = client.get("/sandboxes/" + args.sandbox)
+    doc = client.get(api_path("sandboxes", args.sandbox))
     if not doc["State"]["Running"]:
         print(f"Error: sandbox {args.sandbox} is not running", file=sys.stderr)
         return 125
@@ -258,12 +257,12 @@ def cmd_exec(client: Client, args) -> int:
 
 
 def cmd_ps(client: Client, args) -> int:
-    output.sandboxes(client.get("/sandboxes" + ("?all=1" if args.all else "")), quiet=args.quiet, fmt=args.format)
+    output.sandboxes(client.get(api_path("sandboxes", all=args.all)), quiet=args.quiet, fmt=args.format)
     return 0
 
 
 def cmd_inspect(client: Client, args) -> int:
-    return _inspect_many(client, "/sandboxes/", args.names)
+    return _inspect_many(client, "sandboxes", args.names)
 
 
 def _each(client: Client, names: list[str], call) -> int:
@@ -279,15 +278,15 @@ def _each(client: Client, names: list[str], call) -> int:
 
 
 def cmd_stop(client: Client, args) -> int:
-    return _each(client, args.names, lambda n: client.post(f"/sandboxes/{n}/stop?t={args.time}"))
+    return _each(client, args.names, lambda n: client.post(api_path("sandboxes", n, "stop", t=args.time)))
 
 
 def cmd_rm(client: Client, args) -> int:
-    return _each(client, args.names, lambda n: client.delete(f"/sandboxes/{n}" + ("?force=1" if args.force else "")))
+    return _each(client, args.names, lambda n: client.delete(api_path("sandboxes", n, force=args.force)))
 
 
 def cmd_logs(client: Client, args) -> int:
-    sys.stdout.write(client.get(f"/sandboxes/{args.sandbox}/logs")["Log"])
+    sys.stdout.write(client.get(api_path("sandboxes", args.sandbox, "logs"))["Log"])
     return 0
 
 

@@ -1,46 +1,58 @@
 """HTTP routes of the daemon's API (JSON over a unix socket), mapped onto the engine's use cases."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from urllib.parse import parse_qs, unquote, urlparse
 
-from ..errors import NsnetError, NotFound
+from ..errors import Conflict, NsnetError, NotFound
 from ..firewall import render_dns_redirect
+from ..kernel import procs
 from ..model import to_dict
+from . import schema
 
-ROUTES = []
+ROUTES = []   # (method, path regex, handler, the endpoint's schemas)
 
 
-def route(method: str, pattern: str):
+def route(method: str, path: str):
+    """Register a handler for `path` ({ref} stands for one path segment); its schemas come from schema.ENDPOINTS."""
+    spec = schema.ENDPOINTS[(method, path)]
+
     def register(fn):
-        ROUTES.append((method, re.compile("^" + pattern + "$"), fn))
+        ROUTES.append((method, re.compile("^" + path.replace("{ref}", "([^/]+)") + "$"), fn, spec))
         return fn
     return register
 
 
-def dispatch(daemon, method: str, raw_path: str, body: bytes) -> tuple[int, object]:
+def dispatch(daemon, method: str, raw_path: str, body: bytes, peer=None) -> tuple[int, object]:
+    """`peer` is the calling process, (pid, start time), from the socket's credentials."""
     url = urlparse(raw_path)
-    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-    data = json.loads(body) if body else {}
-    for m, pattern, fn in ROUTES:
+    allowed = []
+    for m, pattern, fn, spec in ROUTES:
         match = pattern.match(url.path)
-        if match and m == method:
-            try:
-                return 200, fn(daemon, *[unquote(g) for g in match.groups()], query=query, body=data)
-            except NsnetError as e:
-                return e.status, {"message": str(e)}
-    return 404, {"message": f"no such API: {method} {url.path}"}
+        if not match:
+            continue
+        if m != method:
+            allowed.append(m)
+            continue
+        try:
+            query = schema.query(spec["query"], parse_qs(url.query, keep_blank_values=True))
+            data = schema.body(spec["body"], body)
+            return 200, fn(daemon, *[unquote(g) for g in match.groups()], query=query, body=data, peer=peer)
+        except NsnetError as e:
+            return e.status, {"message": str(e)}
+    if allowed:
+        return 405, {"message": f"{method[:20]} is not allowed on {url.path[:200]}: use {' or '.join(allowed)}"}
+    return 404, {"message": f"no such API: {method[:20]} {url.path[:200]}"}
 
 
 @route("GET", "/_ping")
-def ping(d, query, body):
+def ping(d, query, body, peer):
     return {"ok": True, "pid": os.getpid()}
 
 
 @route("GET", "/info")
-def info(d, query, body):
+def info(d, query, body, peer):
     e = d.engine
     return {"Root": e.root, "Networks": len(e.nets), "Sandboxes": len(e.sbs),
             "Running": sum(1 for s in e.sbs.values() if s.state == "running"),
@@ -48,84 +60,90 @@ def info(d, query, body):
 
 
 @route("GET", "/networks")
-def networks(d, query, body):
-    filters = json.loads(query.get("filters") or "{}")
+def networks(d, query, body, peer):
+    filters = query.get("filters") or {}
     return [d.engine.inspect_network(n.id) for n in d.engine.list_networks(filters)]
 
 
 @route("POST", "/networks")
-def network_create(d, query, body):
+def network_create(d, query, body, peer):
     net = d.engine.create_network(body)
     return {"Id": net.id, "Warning": ""}
 
 
 @route("POST", "/networks/prune")
-def network_prune(d, query, body):
+def network_prune(d, query, body, peer):
     return {"NetworksDeleted": d.engine.prune_networks()}
 
 
-@route("GET", "/networks/([^/]+)")
-def network_inspect(d, ref, query, body):
+@route("GET", "/networks/{ref}")
+def network_inspect(d, ref, query, body, peer):
     return d.engine.inspect_network(ref)
 
 
-@route("DELETE", "/networks/([^/]+)")
-def network_remove(d, ref, query, body):
+@route("DELETE", "/networks/{ref}")
+def network_remove(d, ref, query, body, peer):
     return {"Id": d.engine.remove_network(ref).id}
 
 
-@route("POST", "/networks/([^/]+)/connect")
-def network_connect(d, ref, query, body):
+@route("POST", "/networks/{ref}/connect")
+def network_connect(d, ref, query, body, peer):
     ep = d.engine.connect(ref, body.get("Sandbox", ""), body.get("IP"), body.get("IP6"), body.get("Aliases"))
     return to_dict(ep) if ep else {}
 
 
-@route("POST", "/networks/([^/]+)/disconnect")
-def network_disconnect(d, ref, query, body):
+@route("POST", "/networks/{ref}/disconnect")
+def network_disconnect(d, ref, query, body, peer):
     d.engine.disconnect(ref, body.get("Sandbox", ""), bool(body.get("Force")))
     return {}
 
 
 @route("GET", "/sandboxes")
-def sandboxes(d, query, body):
-    return [d.engine.inspect_sandbox(s.id) for s in d.engine.list_sandboxes(query.get("all") == "1")]
+def sandboxes(d, query, body, peer):
+    return [d.engine.inspect_sandbox(s.id) for s in d.engine.list_sandboxes(query.get("all", False))]
 
 
 @route("POST", "/sandboxes")
-def sandbox_run(d, query, body):
+def sandbox_run(d, query, body, peer):
+    if body.get("Pid") is not None:
+        _check_owned(body["Pid"], peer)
     sb = d.run_sandbox(body)
     files = os.path.join(d.engine.root, "sandboxes", sb.id)
     nft = render_dns_redirect(d.engine.dns.address, *sb.dns_ports) if sb.dns_ports and d.engine.dns else None
     return {"Id": sb.id, "Name": sb.name, "Pid": sb.pid, "Files": files, "Hostname": sb.hostname, "Nft": nft}
 
 
-@route("GET", "/sandboxes/([^/]+)")
-def sandbox_inspect(d, ref, query, body):
+@route("GET", "/sandboxes/{ref}")
+def sandbox_inspect(d, ref, query, body, peer):
     return d.engine.inspect_sandbox(ref)
 
 
-@route("POST", "/sandboxes/([^/]+)/stop")
-def sandbox_stop(d, ref, query, body):
-    return {"Id": d.engine.stop_sandbox(ref, float(query.get("t", 10))).id}
+@route("POST", "/sandboxes/{ref}/stop")
+def sandbox_stop(d, ref, query, body, peer):
+    return {"Id": d.engine.stop_sandbox(ref, query.get("t", 10.0)).id}
 
 
-@route("POST", "/sandboxes/([^/]+)/exited")
-def sandbox_exited(d, ref, query, body):
+@route("POST", "/sandboxes/{ref}/exited")
+def sandbox_exited(d, ref, query, body, peer):
+    """The exit code of a foreground sandbox, from the client that waited for it. The daemon sees the exit
+    itself (watcher.py); this only records the code, and only once the process is really gone."""
     try:
         sb = d.engine.sandbox(ref)
     except NotFound:
         return {}  # --rm sandboxes are gone already
+    if procs.alive(sb.pid, sb.pid_start):
+        raise Conflict(f"sandbox {sb.name} is still running: the daemon sees by itself when it exits")
     d.engine.sandbox_exited(sb.id, body.get("ExitCode"))
     return {}
 
 
-@route("DELETE", "/sandboxes/([^/]+)")
-def sandbox_remove(d, ref, query, body):
-    return {"Id": d.engine.remove_sandbox(ref, query.get("force") == "1").id}
+@route("DELETE", "/sandboxes/{ref}")
+def sandbox_remove(d, ref, query, body, peer):
+    return {"Id": d.engine.remove_sandbox(ref, query.get("force", False)).id}
 
 
-@route("GET", "/sandboxes/([^/]+)/logs")
-def sandbox_logs(d, ref, query, body):
+@route("GET", "/sandboxes/{ref}/logs")
+def sandbox_logs(d, ref, query, body, peer):
     sb = d.engine.sandbox(ref)
     try:
         with open(os.path.join(d.engine.root, "sandboxes", sb.id, "log"), errors="replace") as f:
@@ -135,5 +153,37 @@ def sandbox_logs(d, ref, query, body):
 
 
 @route("POST", "/reconcile")
-def reconcile(d, query, body):
+def reconcile(d, query, body, peer):
     return {"Done": d.engine.reconcile()}
+
+
+def _check_owned(pid: int, peer) -> None:
+    """A client may hand over only a process of its own: itself or one of its descendants. Otherwise any
+    PID, in any namespace (PID 1: the machine's own), would get plumbed. Start times guard against a PID
+    reused along the way: a parent never starts after its child, and the peer is the one that connected."""
+    if peer is None:
+        raise NsnetError("Pid is only accepted from a caller whose credentials the socket tells", 403)
+    peer_pid, peer_start = peer
+    cur, node = pid, _parent_and_start(pid)
+    while node is not None:
+        ppid, start = node
+        if cur == peer_pid:
+            if start == peer_start:
+                return
+            break
+        parent = _parent_and_start(ppid) if ppid > 0 else None
+        if parent is None or parent[1] > start:
+            break
+        cur, node = ppid, parent
+    raise NsnetError(f"process {pid} is neither the caller (pid {peer_pid}) nor one of its children: "
+                     "hand over only a process you started", 403)
+
+
+def _parent_and_start(pid: int) -> tuple[int, int] | None:
+    """(parent PID, start time) of a process, from /proc/PID/stat; None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[19])

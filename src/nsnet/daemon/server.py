@@ -2,56 +2,22 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import resource
 import signal
-import socketserver
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler
 
 from ..dns.server import DnsServer
 from ..engine import Engine
+from ..errors import NsnetError
 from ..kernel.procs import Launch, alive
-from . import api
+from .httpd import Handler, Server
 from .watcher import Watcher
 
 log = logging.getLogger("nsnet.daemon")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        try:
-            status, result = api.dispatch(self.server.daemon, self.command, self.path, body)
-        except Exception as e:  # a bug: say it in one line, keep serving, log the trace
-            log.exception("%s %s failed", self.command, self.path)
-            status, result = 500, {"message": f"internal error: {e}"}
-        data = json.dumps(result).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _serve
-
-    def log_message(self, fmt, *args) -> None:
-        log.debug("api: " + fmt, *args)
-
-    def address_string(self) -> str:
-        return "unix"
-
-
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 class Daemon:
@@ -62,32 +28,60 @@ class Daemon:
         self.engine.on_sandbox_running = self._watch
 
     def _watch(self, sb, proc) -> None:
-        self.watcher.watch(sb.id, sb.pid, proc)
+        self.watcher.watch(sb.id, sb.pid, sb.pid_start, proc)
 
     def run_sandbox(self, spec: dict):
         return self.engine.run_sandbox(spec, self._launch_detached)
 
     def _launch_detached(self, sb, files: str) -> Launch:
-        out = open(os.path.join(files, "log"), "ab")
+        out = os.open(os.path.join(files, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             return Launch(sb.cmd, netmode="host" if sb.netmode == "host" else "own",
                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, new_session=True)
         finally:
-            out.close()
+            os.close(out)
 
     def start(self) -> None:
         self.engine.start()
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
-                self.watcher.watch(sb.id, sb.pid)
+                self.watcher.watch(sb.id, sb.pid, sb.pid_start)
         dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 redirected to them
         dns.start()
         self.engine.serve_dns(dns)
 
 
+# What only root may read: the state, and what sandboxes printed (their logs may hold secrets).
+PRIVATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "daemon.log", "daemon.lock")
+
+
+def make_private(root: str) -> None:
+    """The root is 0700 and its files 0600; roots made before that was so are fixed here, at each start.
+    A sandbox's hosts, resolv.conf and hostname stay 0644: they are bind-mounted over its /etc, where
+    its non-root users read them, and the bind mount is made by path, so the 0700 root does not hide them."""
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+    logs = [os.path.join(root, "sandboxes", sid, "log") for sid in _listdir(os.path.join(root, "sandboxes"))]
+    for path in [os.path.join(root, name) for name in PRIVATE_FILES] + logs:
+        try:
+            os.chmod(path, 0o600)
+        except FileNotFoundError:
+            pass
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def serve(root: str) -> int:
-    os.makedirs(root, exist_ok=True)
-    lock = open(os.path.join(root, "daemon.lock"), "w")
+    # Files are kept private by the root's mode and explicit modes, not the umask: the sandboxes' /etc
+    # files must stay readable inside, and detached sandboxes' processes start with Docker's umask.
+    os.umask(0o022)
+    make_private(root)
+    lock = os.fdopen(os.open(os.path.join(root, "daemon.lock"), os.O_WRONLY | os.O_CREAT, 0o600), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -99,8 +93,12 @@ def serve(root: str) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    daemon = Daemon(root)
-    daemon.start()
+    try:
+        daemon = Daemon(root)
+        daemon.start()
+    except NsnetError as e:   # e.g. a config.toml it refuses: one line, the last of the log, for the CLI
+        log.error("cannot start: %s", e)
+        return 1
     sock = os.path.join(root, "nsnet.sock")
     if os.path.exists(sock):
         os.unlink(sock)

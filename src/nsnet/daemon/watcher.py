@@ -6,6 +6,8 @@ import os
 import select
 import threading
 
+from ..kernel.procs import start_time
+
 log = logging.getLogger("nsnet.watcher")
 
 
@@ -20,10 +22,16 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
         self._thread.start()
 
-    def watch(self, sandbox_id: str, pid: int, proc=None) -> None:
+    def watch(self, sandbox_id: str, pid: int, started: int | None, proc=None) -> None:
+        """Report when process `pid` that started at `started` (clock ticks) ends; if it is gone already, now."""
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
+            fd = None
+        if fd is not None and start_time(pid) != started:   # the PID is another process's by now
+            os.close(fd)
+            fd = None
+        if fd is None:
             self._on_exit(sandbox_id, proc.wait() if proc else None)
             return
         with self._lock:

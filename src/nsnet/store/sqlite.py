@@ -37,6 +37,8 @@ def _dump(value: dict | None) -> str | None:
 class SqliteKV:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Only root reads the state; SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
