@@ -87,6 +87,7 @@ BAD_API = [
     ("POST", "/sandboxes", {"Name": "box\x00", "Cmd": ["sleep", "300"], "Networks": [{"Network": "good"}]}),
     ("POST", "/networks", {"Name": "xa", "Labels": {"k\x00": "v"}}),
     ("POST", "/networks", {"Name": "xb", "Options": {BR: "br\x00"}}),
+    ("POST", "/sandboxes", {"Name": "argv", "Cmd": ["sleep", "3\x000"], "Networks": [{"Network": "good"}]}),
 ]
 
 

@@ -55,3 +55,9 @@ def test_api_path_quotes_each_segment():
     assert api_path("networks", "a b", "connect") == "/networks/a%20b/connect"
     assert api_path("sandboxes", "../x", force=True, all=False, t=None) == "/sandboxes/..%2Fx?force=1"
     assert api_path("sandboxes", "web", "stop", t=0.0) == "/sandboxes/web/stop?t=0.0"   # 0 is a value, not "not given"
+
+
+def test_no_string_holds_a_nul():
+    """The kernel takes none (argv, paths, names): refused at the edge, not a 500 from exec."""
+    with pytest.raises(schema.BadRequest, match=r"Cmd\[1\] contains a NUL"):
+        schema.check(schema.SANDBOX_RUN, {"Cmd": ["sleep", "3\x000"]}, "the body")

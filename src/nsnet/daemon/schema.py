@@ -113,6 +113,8 @@ def check(schema: dict, value, where: str) -> None:
     if t == "string":
         if len(value) > schema.get("max", math.inf):
             raise BadRequest(f"{where} is too long: at most {schema['max']} characters")
+        if "\0" in value:  # no field of Docker's API holds one, and the kernel takes none (argv, paths, names)
+            raise BadRequest(f"{where} contains a NUL character")
     elif t == "int":
         _bounds(schema, value, where)
     elif t in ("list", "map"):
