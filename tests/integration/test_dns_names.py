@@ -115,3 +115,34 @@ def test_a_ruleset_nftables_refuses_gives_way_to_the_next_alternative(host):
     host.sh(f"{sys.executable} -c {shlex.quote(script)}")
     tables = host.sh("nft list tables").stdout
     assert "table ip fallback" in tables and "table netdev t" not in tables
+
+
+def test_a_sandbox_name_too_long_for_dns_breaks_no_lookup(host):
+    """A 64-character sandbox name (written to the state directly: the CLI and API refuse it) cannot be
+    a DNS label: its PTR answers give its next name that fits (its hostname), every other lookup is
+    answered as before, and the log says so once, not once per query."""
+    import json
+    import sqlite3
+
+    host.nsnet("network", "create", "red")
+    for name in ("a", "b"):
+        host.nsnet("run", "-d", "--name", name, "--network", "red", "--", "sleep", "300")
+    a_ip, b_ip = ip_on(host, "a", "red"), ip_on(host, "b", "red")
+    long = "x" * 64
+    con = sqlite3.connect(os.path.join(host.root, "state.db"))
+    with con:
+        (sid, doc), = con.execute("SELECT id, doc FROM docs WHERE kind='sandbox' AND name='a'")
+        doc = json.loads(doc)
+        doc["name"] = long
+        con.execute("UPDATE docs SET name=?, doc=? WHERE kind='sandbox' AND id=?", (long, json.dumps(doc), sid))
+    con.close()
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.nsnet("ps")                                                        # a new daemon reads it
+    for _ in range(10):
+        for asker in (sid, "b"):
+            assert dig(host, asker, "-x", a_ip).strip() == f"{sid[:12]}.red."
+            assert dig(host, asker, "-x", b_ip).strip() == "b.red."
+    assert getent(host, sid, "b") == [b_ip] and getent(host, "b", sid[:12]) == [a_ip]
+    with open(os.path.join(host.root, "daemon.log")) as f:
+        log = f.read()
+    assert log.count("names DNS cannot carry") == 1 and "Traceback" not in log, log[-3000:]

@@ -25,6 +25,7 @@ from . import handler, netns
 from .forward import Forwarder, Route
 from .handler import FORWARD, REPLY
 from .loop import ERR, HUP, IN, OUT, EventLoop
+from .ratelog import exception_site
 from .records import Record, RecordSet
 from .upstream import read_resolv_conf, resolve_upstreams
 
@@ -114,14 +115,21 @@ class DnsServer:
 
     def set_records(self, records: RecordSet) -> None:
         """Answer from `records` (now the server's own) from the moment this returns."""
-        self._loop.call(lambda: self._apply(records))
+        self._log_unservable(self._loop.call(lambda: self._apply(records)))
 
     def change_records(self, add: list[Record], remove: list[tuple[str, str]]) -> None:
         """Records added and (sandbox id, network id) pairs removed, in effect when this returns."""
         def change():
             self._records.update(add, remove)
             self._records_gen += 1
-        self._loop.call(change)
+            notes = self._records.unservable
+            return {key: notes[key] for key in ((r.sandbox_id, r.network_id) for r in add) if key in notes}
+        self._log_unservable(self._loop.call(change))
+
+    def _log_unservable(self, notes: dict[tuple[str, str], str]) -> None:
+        """Once per record added, here rather than per query (on the caller's thread, not the loop's)."""
+        for (sandbox_id, network_id), why in notes.items():
+            self.log.warning("dns: sandbox %s on network %s: %s", sandbox_id, network_id, why)
 
     def sandboxes(self) -> list[str]:
         return list(self._sandboxes)
@@ -185,11 +193,13 @@ class DnsServer:
             raise
         return s
 
-    def _apply(self, records: RecordSet) -> None:
+    def _apply(self, records: RecordSet) -> dict[tuple[str, str], str]:
+        """Returns the notes on unservable records that the old set did not have (to log)."""
         # Caches are dropped lazily, by the next query of each sandbox (_fresh): an attach must not
         # cost a walk over a thousand sandboxes.
-        self._records = records
+        old, self._records = self._records.unservable, records
         self._records_gen += 1
+        return {k: why for k, why in records.unservable.items() if old.get(k) != why}
 
     def _fresh(self, sb: _Sandbox) -> None:
         """Drop `sb`'s cached answers if they come from older records."""
@@ -216,9 +226,11 @@ class DnsServer:
         netns_close(sb.ns_fd)
 
     def _sweep(self, gen: int) -> None:
-        """Close idle TCP clients, once a second (one chain of timers per start())."""
+        """Close idle TCP clients and report the counts of log lines held back, once a second
+        (one chain of timers per start())."""
         if gen != self._sweep_gen:
             return
+        self._loop.ratelog.flush()
         limit = time.monotonic() - self.tcp_idle
         for sb in self._sandboxes.values():
             for conn in [c for c in sb.conns if c.last < limit]:
@@ -246,7 +258,15 @@ class DnsServer:
             self._slow(sb, data, _UdpClient(sock, addr), False)
 
     def _slow(self, sb: _Sandbox, data: bytes, client, tcp: bool) -> None:
-        out = handler.handle(self._records, sb.id, data, tcp)
+        try:
+            out = handler.handle(self._records, sb.id, data, tcp)
+        except Exception as e:  # a bug for one record must not cost every query a traceback
+            self._loop.ratelog.exception(exception_site(e), "dns: a query from sandbox %s failed; "
+                                         "answering SERVFAIL", sb.id)
+            answer = handler.servfail(data)
+            if answer is not None:
+                client.reply(answer)
+            return
         if out.action == REPLY:
             replies = out.replies
             if len(replies) > 1 and not out.cacheable:

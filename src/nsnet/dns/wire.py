@@ -151,13 +151,29 @@ def truncated(q: Query, data: bytes, upstream_flags: int) -> bytes:
 
 
 def encode_name(name: str) -> bytes:
+    """`name` in wire form; ValueError if DNS cannot carry it (an empty label, a label over 63
+    bytes, over 255 bytes in all, or not ASCII)."""
     out = bytearray()
     for label in name.rstrip(".").split("."):
-        raw = label.encode("ascii")
+        try:
+            raw = label.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"DNS name {name!r} is not ASCII") from None
         if not raw or len(raw) > 63:
-            raise ValueError(f"bad DNS name {name!r}")
+            raise ValueError(f"DNS name {name!r} has an empty label or one over 63 bytes")
         out += bytes((len(raw),)) + raw
+    if len(out) + 1 > _MAX_NAME:
+        raise ValueError(f"DNS name {name!r} is over {_MAX_NAME} bytes")
     return bytes(out) + b"\x00"
+
+
+def name_fits(name: str) -> bool:
+    """Whether DNS can carry `name` (see encode_name)."""
+    try:
+        encode_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 # Answer records point at the question's name (offset 12) instead of repeating it.
