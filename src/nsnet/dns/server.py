@@ -111,6 +111,7 @@ class DnsServer:
     def close(self) -> None:
         """stop() and release the loop's own descriptors (the server cannot restart after)."""
         self.stop()
+        self._fwd.close()
         self._loop.close()
 
     def set_records(self, records: RecordSet) -> None:
@@ -146,21 +147,17 @@ class DnsServer:
                  if upstreams else self._default_upstreams)
         ns_fd = netns.open_netns(netns_path_or_fd)
         udp = tcp = None
-        route = None
         try:
             with netns.inside(ns_fd):
                 udp = self._listener(socket.SOCK_DGRAM, ports[0] if ports else self.port)
                 tcp = self._listener(socket.SOCK_STREAM, ports[1] if ports else self.port)
-            route = Route.open(ns_fd, addrs)
+            route = Route.open(ns_fd, addrs, sandbox_id)
             sb = _Sandbox(sandbox_id, ns_fd, udp, tcp, route)
             self._loop.call(lambda: self._attach(sb))
         except BaseException:
             for s in (udp, tcp):
                 if s is not None:
                     s.close()
-            if route is not None:
-                for up in route.upstreams:
-                    up.sock.close()
             netns_close(ns_fd)
             raise
 
@@ -211,7 +208,6 @@ class DnsServer:
         self._sandboxes[sb.id] = sb
         self._loop.register(sb.udp.fileno(), functools.partial(self._on_udp, sb))
         self._loop.register(sb.tcp.fileno(), functools.partial(self._on_accept, sb))
-        self._fwd.attach(sb.route)
 
     def _detach(self, sandbox_id: str) -> None:
         sb = self._sandboxes.pop(sandbox_id, None)
@@ -226,8 +222,8 @@ class DnsServer:
         netns_close(sb.ns_fd)
 
     def _sweep(self, gen: int) -> None:
-        """Close idle TCP clients and report the counts of log lines held back, once a second
-        (one chain of timers per start())."""
+        """Close idle TCP clients and unused forwarding sockets, and report the counts of log
+        lines held back, once a second (one chain of timers per start())."""
         if gen != self._sweep_gen:
             return
         self._loop.ratelog.flush()
@@ -235,6 +231,7 @@ class DnsServer:
         for sb in self._sandboxes.values():
             for conn in [c for c in sb.conns if c.last < limit]:
                 self._tcp_close(conn)
+            self._fwd.trim(sb.route)
         self._loop.call_later(1.0, lambda: self._sweep(gen))
 
     # UDP: the hot path. Drains up to 256 datagrams per wakeup (epoll is level-triggered, so
