@@ -168,12 +168,14 @@ def encode_name(name: str) -> bytes:
 
 
 def name_fits(name: str) -> bool:
-    """Whether DNS can carry `name` (see encode_name)."""
-    try:
-        encode_name(name)
-    except ValueError:
+    """Whether DNS can carry `name` (encode_name's rules, without building it: every record's
+    names are checked when the record is added)."""
+    name = name.rstrip(".")
+    if not name.isascii():
         return False
-    return True
+    if 0 < len(name) <= 63 and "." not in name:  # one label, as most names of sandboxes
+        return True
+    return len(name) < _MAX_NAME - 1 and all(0 < len(x) <= 63 for x in name.split("."))
 
 
 # Answer records point at the question's name (offset 12) instead of repeating it.
