@@ -115,3 +115,84 @@ def test_a_ruleset_nftables_refuses_gives_way_to_the_next_alternative(host):
     host.sh(f"{sys.executable} -c {shlex.quote(script)}")
     tables = host.sh("nft list tables").stdout
     assert "table ip fallback" in tables and "table netdev t" not in tables
+
+
+def lines_until(stream, enough, seconds: float) -> list[list[str]]:
+    """Words of each line a child prints, until `enough(lines)` or the time is up. Read from the fd
+    itself: the stream's buffer could hold lines that select() no longer reports."""
+    import select
+    import time
+
+    lines, rest, deadline = [], b"", time.monotonic() + seconds
+    while not enough(lines) and select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            break
+        *done, rest = (rest + chunk).split(b"\n")
+        lines += [line.decode().split() for line in done]
+    return lines
+
+
+def test_one_sandboxs_flood_of_unanswered_names_leaves_anothers_lookups_alone(host, machines):
+    """Sandbox a floods names the upstream never answers, more than its 1,024 queries in flight (Docker's
+    limit, per container); b's lookups, forwarded and local, are still answered. Each forwarded query
+    leaves from a port of its own, and the flood's timeouts cost the log a line, not one per query."""
+    import time
+
+    inet = machines.add("inet")
+    machines.wire(host.ns, "203.0.113.1/24", inet, host.RESOLVER + "/24")
+    upstream = machines.spawn(inet, f"{sys.executable} {FAKEDNS} {host.RESOLVER} --silent .flood.test --log")
+    assert upstream.stdout.readline().strip() == "listening"
+    host.nsnet("network", "create", "red")
+    for name in ("a", "b"):
+        host.nsnet("run", "-d", "--name", name, "--network", "red", "--", "sleep", "300")
+    flood = ("import socket, time, dns.message; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "[s.sendto(dns.message.make_query(f'n{i}.flood.test', 'A').to_wire(), ('127.0.0.11', 53)) "
+             "or i % 50 or time.sleep(0.005) for i in range(1200)]")  # paced: no socket buffer overflows
+    # first one lookup: the host's neighbour entry for the upstream is resolved (until then the kernel
+    # queues at most 212992 bytes of packets to it, and drops the rest of a flood)
+    assert dig(host, "a", "warm.example.test").strip() == "192.0.2.7"
+    seen = lines_until(upstream.stdout, lambda lines: lines and lines[-1][1] == "warm.example.test", 5)
+    t0 = time.monotonic()
+    host.exec("a", f"{sys.executable} -c \"{flood}\"")
+    seen = lines_until(upstream.stdout, lambda lines: len(lines) >= 1000, 5)
+    assert len(seen) >= 1000                              # a's share is in flight, for the 4 s timeout
+    assert time.monotonic() - t0 < 3.5
+    assert dig(host, "b", "www.example.test").strip() == "192.0.2.7"
+    assert getent(host, "b", "a") == [ip_on(host, "a", "red")]
+    assert len({port for port, _ in seen}) == len(seen)   # a port of its own per forwarded query
+    time.sleep(max(0.0, t0 + 6 - time.monotonic()))       # the flood's queries time out
+    with open(os.path.join(host.root, "daemon.log")) as f:
+        log = f.read()
+    assert log.count("did not answer") == 1 and "Traceback" not in log, log[-3000:]
+
+
+def test_a_sandbox_name_too_long_for_dns_breaks_no_lookup(host):
+    """A 64-character sandbox name (written to the state directly: the CLI and API refuse it) cannot be
+    a DNS label: its PTR answers give its next name that fits (its hostname), every other lookup is
+    answered as before, and the log says so once, not once per query."""
+    import json
+    import sqlite3
+
+    host.nsnet("network", "create", "red")
+    for name in ("a", "b"):
+        host.nsnet("run", "-d", "--name", name, "--network", "red", "--", "sleep", "300")
+    a_ip, b_ip = ip_on(host, "a", "red"), ip_on(host, "b", "red")
+    long = "x" * 64
+    con = sqlite3.connect(os.path.join(host.root, "state.db"))
+    with con:
+        (sid, doc), = con.execute("SELECT id, doc FROM docs WHERE kind='sandbox' AND name='a'")
+        doc = json.loads(doc)
+        doc["name"] = long
+        con.execute("UPDATE docs SET name=?, doc=? WHERE kind='sandbox' AND id=?", (long, json.dumps(doc), sid))
+    con.close()
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.nsnet("ps")                                                        # a new daemon reads it
+    for _ in range(10):
+        for asker in (sid, "b"):
+            assert dig(host, asker, "-x", a_ip).strip() == f"{sid[:12]}.red."
+            assert dig(host, asker, "-x", b_ip).strip() == "b.red."
+    assert getent(host, sid, "b") == [b_ip] and getent(host, "b", sid[:12]) == [a_ip]
+    with open(os.path.join(host.root, "daemon.log")) as f:
+        log = f.read()
+    assert log.count("names DNS cannot carry") == 1 and "Traceback" not in log, log[-3000:]

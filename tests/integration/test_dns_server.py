@@ -472,3 +472,53 @@ def test_upstream_down_is_servfail_quickly_and_others_are_served(fwd_server):
         assert result["r"].rcode() == dns.rcode.SERVFAIL and time.monotonic() - t0 < 2.5
     finally:
         sh("ip", "-n", inet, "link", "set", "v1", "up")
+
+
+# --- what must never break answering, nor flood the log -----------------------------------------
+
+
+def test_a_name_too_long_for_dns_gives_way_to_one_that_fits_and_is_logged_once(make_ns, caplog):
+    """A 64-character sandbox name: its PTR answers give its alias (Docker's <name>.<network> cannot
+    be encoded), from every sandbox; one warning when the record comes, nothing per query."""
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    ns = {k: make_ns(k) for k in ("long", "peer")}
+    srv = DnsServer(upstreams=[], log=LOG)
+    srv.start()
+    try:
+        for k, n in ns.items():
+            srv.add_sandbox(f"sb-{k}", f"/run/netns/{n}")
+        srv.set_records(RecordSet([Record("sb-long", "n1", ("x" * 64, "alias"), "10.96.0.2"),
+                                   Record("sb-peer", "n1", ("peer",), "10.96.0.3")], {"n1": "front"}))
+        srv.change_records([Record("sb-peer", "n1", ("peer", "y" * 64), "10.96.0.3")], [])
+        for _ in range(50):
+            for asker in ns.values():
+                r = ask(asker, "2.0.96.10.in-addr.arpa", "PTR", timeout=1.0)
+                assert [rr.to_text() for rr in r.answer[0]] == ["alias.front."]
+                assert addrs(ask(asker, "alias", timeout=1.0)) == ["10.96.0.2"]
+        lines = [r.getMessage() for r in caplog.records if r.name == LOG.name and "upstream" not in r.getMessage()]
+        assert lines == [f"dns: sandbox sb-long on network n1: names DNS cannot carry, not served: {'x' * 64}; "
+                         "reverse name alias.front",
+                         f"dns: sandbox sb-peer on network n1: names DNS cannot carry, not served: {'y' * 64}; "
+                         "reverse name peer.front"]
+    finally:
+        srv.stop()
+
+
+def test_a_query_that_fails_is_answered_servfail_and_logged_once(make_ns, caplog):
+    """Whatever raises while answering (here a record the engine never makes: an address out of range) costs that
+    query a SERVFAIL and the log one traceback per cause a minute, never one per query."""
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    ns = make_ns("bad")
+    srv = DnsServer(upstreams=[], log=LOG)
+    srv.start()
+    try:
+        srv.add_sandbox("sb-bad", f"/run/netns/{ns}")
+        srv.set_records(RecordSet([Record("sb-bad", "n1", ("me",), "10.97.0.2"),
+                                   Record("sb-x", "n1", ("broken",), "999.0.0.1")]))
+        for i in range(200):
+            assert ask(ns, "broken" if i % 2 else "BROKEN", timeout=1.0).rcode() == dns.rcode.SERVFAIL
+        assert addrs(ask(ns, "me")) == ["10.97.0.2"]
+        errors = [r for r in caplog.records if r.name == LOG.name and r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info, [r.getMessage() for r in errors]
+    finally:
+        srv.stop()

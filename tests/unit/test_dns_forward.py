@@ -2,6 +2,7 @@
 upstreams from the host's resolv.conf are reached from the daemon's namespace, no setns)."""
 
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -16,7 +17,7 @@ import dns.rdata
 import dns.rrset
 import pytest
 
-from nsnet.dns import wire
+from nsnet.dns import forward as fwdmod, wire
 from nsnet.dns.forward import Forwarder, Route
 from nsnet.dns.loop import EventLoop
 from nsnet.dns.upstream import parse_upstream, read_resolv_conf, resolve_upstreams
@@ -29,6 +30,7 @@ class FakeUpstream:
     def __init__(self, mode="answer", address="203.0.113.7", txt_size=0):
         self.mode, self.address, self.txt_size = mode, address, txt_size
         self.udp_queries = self.tcp_queries = 0
+        self.peers = []  # where each UDP query came from
         for _ in range(20):
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.udp.bind(("127.0.0.1", 0))
@@ -79,6 +81,7 @@ class FakeUpstream:
                 if key.fileobj is self.udp:
                     data, addr = self.udp.recvfrom(4096)
                     self.udp_queries += 1
+                    self.peers.append(addr)
                     if self.mode != "silent":
                         self.udp.sendto(self.answer(data, False), addr)
                 else:
@@ -123,7 +126,6 @@ def loop():
 def forward(loop, specs, name="www.example.com", rdtype="A", timeout=3.0, max_size=512, **kw):
     fwd = Forwarder(loop, logging.getLogger("test"), timeout)
     route = Route.open(None, resolve_upstreams(specs, from_host=True, own_address="127.0.0.11"))
-    loop.call(lambda: fwd.attach(route))
     q = dns.message.make_query(name, rdtype, **kw)
     data = q.to_wire()
     client = Client()
@@ -209,6 +211,71 @@ def test_tcp_answer_too_big_for_the_udp_client_is_truncated(loop, upstreams):
     assert r.flags & dns.flags.TC and not r.answer
     _, r, _ = forward(loop, [up.spec()], rdtype="TXT", max_size=65535)
     assert not r.flags & dns.flags.TC and len(r.answer[0]) == 6
+
+
+@pytest.fixture(params=["daemon", "sandbox"])
+def route_to(request):
+    """A route to one upstream, its sockets made in the daemon's namespace (a loopback upstream of
+    the host's) or, as for a sandbox, entering a namespace: this process's own, which needs root."""
+    in_sandbox = request.param == "sandbox"
+    if in_sandbox and os.geteuid() != 0:
+        pytest.skip("entering a namespace needs root")
+    fds = []
+
+    def make(spec):
+        ns_fd = None
+        if in_sandbox:
+            ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            fds.append(ns_fd)
+        return Route.open(ns_fd, resolve_upstreams([spec], from_host=not in_sandbox, own_address="127.0.0.11"))
+
+    yield make
+    for fd in fds:
+        os.close(fd)
+
+
+def test_each_query_leaves_from_its_own_random_port(loop, upstreams, route_to):
+    """Not one socket per upstream: a forger would have only the 16-bit ID to guess (RFC 5452)."""
+    up = upstreams()
+    fwd = Forwarder(loop, logging.getLogger("test"), 3.0)
+    route = route_to(up.spec())
+    for i in range(4):
+        ask(loop, fwd, route, f"q{i}.example.com").q.get(timeout=3)
+    ports = [port for _, port in up.peers]
+    assert len(ports) == 4 and len(set(ports)) == 4, ports
+    # a sandbox's sockets are made several at a time; once it stops forwarding, the spares go
+    spares = sum(map(len, route.spares.values()))
+    assert spares == (fwdmod.SPARES - 4 if route.ns_fd is not None else 0)
+    loop.call(lambda: fwd.trim(route))
+    assert sum(map(len, route.spares.values())) == spares  # it forwarded since the last trim
+    loop.call(lambda: fwd.trim(route))
+    assert route.spares == {}
+    loop.call(lambda: fwd.detach(route))
+    fwd.close()
+
+
+def ask(loop, fwd, route, name):
+    data = dns.message.make_query(name, "A").to_wire()
+    client = Client()
+    loop.call(lambda: fwd.forward(client, data, wire.parse_query(data), 512, route))
+    return client
+
+
+def test_the_limit_on_queries_in_flight_is_per_sandbox(loop, upstreams, monkeypatch):
+    """A sandbox flooding names its upstream never answers fills its own share, not another's."""
+    monkeypatch.setattr(fwdmod, "MAX_PENDING", 20)
+    silent, good = upstreams("silent"), upstreams()
+    fwd = Forwarder(loop, logging.getLogger("test"), 5.0)
+    flooder = Route.open(None, resolve_upstreams([silent.spec()], from_host=True, own_address="127.0.0.11"))
+    other = Route.open(None, resolve_upstreams([good.spec()], from_host=True, own_address="127.0.0.11"))
+    flood = [ask(loop, fwd, flooder, f"n{i}.flood.example") for i in range(25)]
+    refused = [dns.message.from_wire(c.q.get(timeout=2)[1]) for c in flood[20:]]  # over its share: at once
+    assert {r.rcode() for r in refused} == {dns.rcode.SERVFAIL}
+    _, answer = ask(loop, fwd, other, "www.example.com").q.get(timeout=2)
+    assert [rr.address for rr in dns.message.from_wire(answer).answer[0]] == ["203.0.113.7"]
+    assert all(c.q.empty() for c in flood[:20])  # still waiting on the silent upstream
+    loop.call(lambda: (fwd.detach(flooder), fwd.detach(other)))
+    assert fwd.count == 0
 
 
 def test_no_upstream_left_is_servfail(loop):

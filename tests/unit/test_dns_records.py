@@ -109,3 +109,31 @@ def test_snapshot_is_independent_of_the_input_list():
     assert rs.lookup("sb-api", "web", A).values == ("10.1.0.2",)
     assert rs.networks_of("sb-both") == ("n1", "n2")
     assert len(rs.records) == len(RECORDS)
+
+
+# --- names DNS cannot carry -------------------------------------------------------------------
+
+LONG = "x" * 64
+
+
+def test_names_dns_cannot_carry_are_not_served_and_noted_once_per_record():
+    rs = RecordSet([Record("me", "n1", ("me",), "10.1.0.1"),
+                    Record("long", "n1", (LONG, "alias", "id12"), "10.1.0.7"),
+                    Record("ok", "n1", ("ok",), "10.1.0.8")], {"n1": "front"})
+    assert rs.lookup("me", LONG, A).outcome == NXDOMAIN  # no record under that name
+    assert rs.lookup("me", "alias", A).values == ("10.1.0.7",)
+    assert rs.lookup("me", "7.0.1.10.in-addr.arpa", PTR).values == ("alias.front",)
+    assert rs.unservable == {("long", "n1"): f"names DNS cannot carry, not served: {LONG}; reverse name alias.front"}
+    rs.update(remove=[("long", "n1")])
+    assert rs.unservable == {}
+    # with the network's name, Docker's PTR name is too long though every name alone fits
+    name = "y" * 63
+    net = ".".join(["z" * 63] * 3)
+    rs = RecordSet([Record("me", "n1", ("me",), "10.1.0.1")], {"n1": net})
+    rs.update(add=[Record("big", "n1", (name, "short"), "10.1.0.9")])
+    assert rs.lookup("me", "9.0.1.10.in-addr.arpa", PTR).values == (f"short.{net}",)
+    assert rs.lookup("me", name, A).values == ("10.1.0.9",)
+    assert rs.unservable == {("big", "n1"): f"reverse name short.{net}"}
+    rs.update(add=[Record("big", "n1", (name,), "10.1.0.9")])
+    assert rs.lookup("me", "9.0.1.10.in-addr.arpa", PTR).outcome == FORWARD
+    assert rs.unservable == {("big", "n1"): "no reverse name"}

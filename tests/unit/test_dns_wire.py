@@ -8,6 +8,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -231,3 +232,32 @@ def test_random_garbage_fast_enough():
     rnd = random.Random(4)
     for _ in range(2000):
         handle(RS, "me", header() + bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(64))))
+
+
+# --- names DNS cannot carry (a label over 63 bytes, a name over 253) --------------------------
+
+LONG = "x" * 64  # one byte over a label's limit
+
+
+def test_encode_name_refuses_what_dns_cannot_carry():
+    assert wire.encode_name("a" * 63 + ".net") == b"\x3f" + b"a" * 63 + b"\x03net\x00"
+    longest = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253 characters, 255 bytes on the wire
+    assert len(wire.encode_name(longest)) == 255 and wire.name_fits(longest)
+    for bad in (LONG, LONG + ".net", longest + "a", "a..b", "café.net", ""):
+        assert not wire.name_fits(bad)
+        with pytest.raises(ValueError):
+            wire.encode_name(bad)
+
+
+def test_ptr_for_an_address_whose_name_is_too_long_answers_with_the_names_that_fit():
+    rs = RecordSet([Record("me", "n1", ("me",), "10.1.0.1"),
+                    Record("long", "n1", (LONG, "alias", "0123456789ab"), "10.1.0.7", "fd01::7"),
+                    Record("none", "n1", (LONG,), "10.1.0.8")], {"n1": "net1"})
+    for arpa in ("7.0.1.10.in-addr.arpa", dns.reversename.from_address("fd01::7").to_text()):
+        out = handle(rs, "me", dns.message.make_query(arpa, "PTR").to_wire())
+        assert [rr.target.to_text() for rr in parse(out).answer[0]] == ["alias.net1."]
+    # no name of it fits: no PTR record of ours (the address is as good as unknown)
+    assert handle(rs, "me", dns.message.make_query("8.0.1.10.in-addr.arpa", "PTR").to_wire()).action == FORWARD
+    # the long name itself cannot even be asked for: the query is refused as malformed
+    raw = header() + b"\x40" + b"x" * 64 + b"\x00\x00\x01\x00\x01"
+    assert rcode_of(handle(rs, "me", raw).replies[0]) == dns.rcode.FORMERR

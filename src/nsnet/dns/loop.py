@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from .ratelog import RateLimitedLog, exception_site
+
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
 
 
@@ -33,6 +35,8 @@ class Timer:
 class EventLoop:
     def __init__(self, log: logging.Logger, name: str = "nsnet-dns"):
         self.log = log
+        # Everything logged on the loop's thread while it answers goes through this (see ratelog.py).
+        self.ratelog = RateLimitedLog(log)
         self._name = name
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
@@ -128,11 +132,11 @@ class EventLoop:
             fn = self._inbox.popleft()
             try:
                 fn()
-            except Exception:
-                self.log.exception("dns: posted job failed")
+            except Exception as e:
+                self.ratelog.exception(exception_site(e), "dns: posted job failed")
 
     def _run(self) -> None:
-        poll, handlers, timers, log = self._ep.poll, self._handlers, self._timers, self.log
+        poll, handlers, timers, ratelog = self._ep.poll, self._handlers, self._timers, self.ratelog
         while self._running:
             timeout = 1.0
             if timers:
@@ -147,8 +151,8 @@ class EventLoop:
                     continue
                 try:
                     handler(ev)
-                except Exception:  # one bad packet or socket must never stop the resolver
-                    log.exception("dns: handler for fd %d failed", fd)
+                except Exception as e:  # one bad packet or socket must never stop the resolver
+                    ratelog.exception(exception_site(e), "dns: handler for fd %d failed", fd)
             if timers and timers[0][0] <= time.monotonic():
                 now = time.monotonic()
                 while timers and timers[0][0] <= now:
@@ -156,5 +160,5 @@ class EventLoop:
                     if not t.cancelled:
                         try:
                             t.fn()
-                        except Exception:
-                            log.exception("dns: timer failed")
+                        except Exception as e:
+                            ratelog.exception(exception_site(e), "dns: timer failed")

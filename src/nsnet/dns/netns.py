@@ -33,19 +33,26 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-@contextmanager
-def inside(ns_fd: int) -> Iterator[None]:
-    """Run the body with this thread in namespace `ns_fd`, and always come back."""
+def own_netns() -> int:
+    """An fd for the calling thread's namespace."""
     # thread-self, not self: /proc/self is the main thread, which may live elsewhere.
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@contextmanager
+def inside(ns_fd: int, home: int | None = None) -> Iterator[None]:
+    """Run the body with this thread in namespace `ns_fd`, and always come back (to `home`, the
+    thread's own namespace, if given: a caller that enters often keeps it open)."""
+    own = home if home is not None else own_netns()
     try:
         _setns(ns_fd)
         try:
             yield
         finally:
-            _setns(home)
+            _setns(own)
     finally:
-        os.close(home)
+        if home is None:
+            os.close(own)
 
 
 def socket_in(ns_fd: int | None, family: int, kind: int) -> socket.socket:

@@ -12,6 +12,9 @@ Rules (Docker's embedded resolver, libnetwork `Sandbox.ResolveName`/`ResolveIP`)
 - several sandboxes with one name (an alias) give all their addresses;
 - PTR for a sandbox address gives `<sandbox name>.<network name>` (Docker's answer), under the
   same visibility rule;
+- a name DNS cannot carry (a label over 63 bytes, over 253 in all) is not served: a query cannot
+  ask for it, and a PTR answer gives the first of the sandbox's names that fits instead (the
+  set keeps a note per such record in `unservable`, for the server to log once);
 - a name that exists but lacks the asked family or type is NODATA, never forwarded;
 - a single-label name that is not ours is NXDOMAIN at once (see `_never_forward`); anything
   else that is not ours goes to the upstream resolvers.
@@ -22,6 +25,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
+
+from . import wire
 
 # Query types we answer ourselves (numbers from RFC 1035 / 3596).
 A, PTR, AAAA = 1, 12, 28
@@ -69,6 +74,8 @@ class RecordSet:
         ptr: dict[str, list[tuple[str, str]]] = {}
         self._netname = {nid: _norm(n) for nid, n in (domains or {}).items()}
         self._netid = {n: nid for nid, n in self._netname.items()}
+        # (sandbox_id, network_id) -> what of that record is not served, for the server to log once
+        self.unservable: dict[tuple[str, str], str] = {}
         records = tuple(records)
         self._by_key = {(r.sandbox_id, r.network_id): r for r in records}
         for r in records:
@@ -76,20 +83,11 @@ class RecordSet:
             if r.network_id not in nets_of[r.sandbox_id]:
                 nets_of[r.sandbox_id].append(r.network_id)
             table = names.setdefault(r.network_id, {})
-            seen = set()
-            for n in r.names:
-                n = _norm(n)
-                if n and n not in seen:  # a sandbox named like its hostname counts once
-                    seen.add(n)
-                    table.setdefault(n, []).append(r)
-            if r.names:
-                target = _norm(r.names[0])
-                net = self._netname.get(r.network_id)
-                if net:
-                    target = f"{target}.{net}"
-                for ip in (r.ipv4, r.ipv6):
-                    if ip:
-                        ptr.setdefault(_canonical(ip), []).append((r.network_id, target))
+            served, target, ips = self._entries(r)
+            for n in served:
+                table.setdefault(n, []).append(r)
+            for ip in ips:
+                ptr.setdefault(ip, []).append((r.network_id, target))
         # Network order is sorted so that answers do not depend on the order of the store's rows.
         self._nets_of = {sid: tuple(sorted(nets)) for sid, nets in nets_of.items()}
         self._names = names
@@ -108,18 +106,20 @@ class RecordSet:
             old = by_key.pop(key, None)
             if old is None:
                 continue
+            self.unservable.pop(key, None)
             sid, nid = key
             nets_of[sid] = tuple(n for n in nets_of.get(sid, ()) if n != nid)
             if not nets_of[sid]:
                 del nets_of[sid]
             t = names.setdefault(nid, {})
-            for n in self._names_of(old):
+            served, _, ips = self._entries(old, note=False)
+            for n in served:
                 left = [x for x in t.get(n, ()) if x is not old]
                 if left:
                     t[n] = left
                 else:
                     t.pop(n, None)
-            for ip in self._ptr_of(old)[1]:
+            for ip in ips:
                 left = [x for x in ptr.get(ip, ()) if x[0] != nid]
                 if left:
                     ptr[ip] = left
@@ -129,29 +129,32 @@ class RecordSet:
             by_key[(r.sandbox_id, r.network_id)] = r
             nets_of[r.sandbox_id] = tuple(sorted(set(nets_of.get(r.sandbox_id, ())) | {r.network_id}))
             t = names.setdefault(r.network_id, {})
-            for n in self._names_of(r):
+            served, target, ips = self._entries(r)
+            for n in served:
                 t[n] = t.get(n, []) + [r]
-            target, ips = self._ptr_of(r)
             for ip in ips:
                 ptr[ip] = ptr.get(ip, []) + [(r.network_id, target)]
 
-    @staticmethod
-    def _names_of(r: Record) -> list[str]:
-        out = []
+    def _entries(self, r: Record, note: bool = True) -> tuple[list[str], str, list[str]]:
+        """What `r` is served as: its names (normalised, each once, those DNS can carry), the PTR
+        target of its addresses and those addresses ([] for no PTR). `note`: what is not served
+        goes to `unservable`."""
+        served, bad = [], []
         for n in r.names:  # a sandbox named like its hostname counts once
             n = _norm(n)
-            if n and n not in out:
-                out.append(n)
-        return out
-
-    def _ptr_of(self, r: Record) -> tuple[str, list[str]]:
-        if not r.names:
-            return "", []
-        target = _norm(r.names[0])
+            if n and n not in served and n not in bad:
+                (served if wire.name_fits(n) else bad).append(n)
+        # PTR: Docker's <sandbox name>.<network name>, or when DNS cannot carry that, the first of
+        # the other names that fits.
         net = self._netname.get(r.network_id)
-        if net:
-            target = f"{target}.{net}"
-        return target, [_canonical(ip) for ip in (r.ipv4, r.ipv6) if ip]
+        target = next((t for t in (f"{n}.{net}" if net else n for n in served) if wire.name_fits(t)), "")
+        ips = [_canonical(ip) for ip in (r.ipv4, r.ipv6) if ip] if target else []
+        first = _norm(r.names[0]) if r.names else ""
+        if note and (bad or (r.ipv4 or r.ipv6) and target != (f"{first}.{net}" if net else first)):
+            why = [f"names DNS cannot carry, not served: {', '.join(bad)}"] if bad else []
+            why.append(f"reverse name {target}" if target else "no reverse name")
+            self.unservable[(r.sandbox_id, r.network_id)] = "; ".join(why)
+        return served, target, ips
 
     @property
     def records(self) -> tuple[Record, ...]:

@@ -25,6 +25,7 @@ from . import handler, netns
 from .forward import Forwarder, Route
 from .handler import FORWARD, REPLY
 from .loop import ERR, HUP, IN, OUT, EventLoop
+from .ratelog import exception_site
 from .records import Record, RecordSet
 from .upstream import read_resolv_conf, resolve_upstreams
 
@@ -110,18 +111,26 @@ class DnsServer:
     def close(self) -> None:
         """stop() and release the loop's own descriptors (the server cannot restart after)."""
         self.stop()
+        self._fwd.close()
         self._loop.close()
 
     def set_records(self, records: RecordSet) -> None:
         """Answer from `records` (now the server's own) from the moment this returns."""
-        self._loop.call(lambda: self._apply(records))
+        self._log_unservable(self._loop.call(lambda: self._apply(records)))
 
     def change_records(self, add: list[Record], remove: list[tuple[str, str]]) -> None:
         """Records added and (sandbox id, network id) pairs removed, in effect when this returns."""
         def change():
             self._records.update(add, remove)
             self._records_gen += 1
-        self._loop.call(change)
+            notes = self._records.unservable
+            return {key: notes[key] for key in ((r.sandbox_id, r.network_id) for r in add) if key in notes}
+        self._log_unservable(self._loop.call(change))
+
+    def _log_unservable(self, notes: dict[tuple[str, str], str]) -> None:
+        """Once per record added, here rather than per query (on the caller's thread, not the loop's)."""
+        for (sandbox_id, network_id), why in notes.items():
+            self.log.warning("dns: sandbox %s on network %s: %s", sandbox_id, network_id, why)
 
     def sandboxes(self) -> list[str]:
         return list(self._sandboxes)
@@ -138,21 +147,17 @@ class DnsServer:
                  if upstreams else self._default_upstreams)
         ns_fd = netns.open_netns(netns_path_or_fd)
         udp = tcp = None
-        route = None
         try:
             with netns.inside(ns_fd):
                 udp = self._listener(socket.SOCK_DGRAM, ports[0] if ports else self.port)
                 tcp = self._listener(socket.SOCK_STREAM, ports[1] if ports else self.port)
-            route = Route.open(ns_fd, addrs)
+            route = Route.open(ns_fd, addrs, sandbox_id)
             sb = _Sandbox(sandbox_id, ns_fd, udp, tcp, route)
             self._loop.call(lambda: self._attach(sb))
         except BaseException:
             for s in (udp, tcp):
                 if s is not None:
                     s.close()
-            if route is not None:
-                for up in route.upstreams:
-                    up.sock.close()
             netns_close(ns_fd)
             raise
 
@@ -185,11 +190,13 @@ class DnsServer:
             raise
         return s
 
-    def _apply(self, records: RecordSet) -> None:
+    def _apply(self, records: RecordSet) -> dict[tuple[str, str], str]:
+        """Returns the notes on unservable records that the old set did not have (to log)."""
         # Caches are dropped lazily, by the next query of each sandbox (_fresh): an attach must not
         # cost a walk over a thousand sandboxes.
-        self._records = records
+        old, self._records = self._records.unservable, records
         self._records_gen += 1
+        return {k: why for k, why in records.unservable.items() if old.get(k) != why}
 
     def _fresh(self, sb: _Sandbox) -> None:
         """Drop `sb`'s cached answers if they come from older records."""
@@ -201,7 +208,6 @@ class DnsServer:
         self._sandboxes[sb.id] = sb
         self._loop.register(sb.udp.fileno(), functools.partial(self._on_udp, sb))
         self._loop.register(sb.tcp.fileno(), functools.partial(self._on_accept, sb))
-        self._fwd.attach(sb.route)
 
     def _detach(self, sandbox_id: str) -> None:
         sb = self._sandboxes.pop(sandbox_id, None)
@@ -216,13 +222,16 @@ class DnsServer:
         netns_close(sb.ns_fd)
 
     def _sweep(self, gen: int) -> None:
-        """Close idle TCP clients, once a second (one chain of timers per start())."""
+        """Close idle TCP clients and unused forwarding sockets, and report the counts of log
+        lines held back, once a second (one chain of timers per start())."""
         if gen != self._sweep_gen:
             return
+        self._loop.ratelog.flush()
         limit = time.monotonic() - self.tcp_idle
         for sb in self._sandboxes.values():
             for conn in [c for c in sb.conns if c.last < limit]:
                 self._tcp_close(conn)
+            self._fwd.trim(sb.route)
         self._loop.call_later(1.0, lambda: self._sweep(gen))
 
     # UDP: the hot path. Drains up to 256 datagrams per wakeup (epoll is level-triggered, so
@@ -246,7 +255,15 @@ class DnsServer:
             self._slow(sb, data, _UdpClient(sock, addr), False)
 
     def _slow(self, sb: _Sandbox, data: bytes, client, tcp: bool) -> None:
-        out = handler.handle(self._records, sb.id, data, tcp)
+        try:
+            out = handler.handle(self._records, sb.id, data, tcp)
+        except Exception as e:  # a bug for one record must not cost every query a traceback
+            self._loop.ratelog.exception(exception_site(e), "dns: a query from sandbox %s failed; "
+                                         "answering SERVFAIL", sb.id)
+            answer = handler.servfail(data)
+            if answer is not None:
+                client.reply(answer)
+            return
         if out.action == REPLY:
             replies = out.replies
             if len(replies) > 1 and not out.cacheable:

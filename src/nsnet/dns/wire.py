@@ -151,13 +151,31 @@ def truncated(q: Query, data: bytes, upstream_flags: int) -> bytes:
 
 
 def encode_name(name: str) -> bytes:
+    """`name` in wire form; ValueError if DNS cannot carry it (an empty label, a label over 63
+    bytes, over 255 bytes in all, or not ASCII)."""
     out = bytearray()
     for label in name.rstrip(".").split("."):
-        raw = label.encode("ascii")
+        try:
+            raw = label.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"DNS name {name!r} is not ASCII") from None
         if not raw or len(raw) > 63:
-            raise ValueError(f"bad DNS name {name!r}")
+            raise ValueError(f"DNS name {name!r} has an empty label or one over 63 bytes")
         out += bytes((len(raw),)) + raw
+    if len(out) + 1 > _MAX_NAME:
+        raise ValueError(f"DNS name {name!r} is over {_MAX_NAME} bytes")
     return bytes(out) + b"\x00"
+
+
+def name_fits(name: str) -> bool:
+    """Whether DNS can carry `name` (encode_name's rules, without building it: every record's
+    names are checked when the record is added)."""
+    name = name.rstrip(".")
+    if not name.isascii():
+        return False
+    if 0 < len(name) <= 63 and "." not in name:  # one label, as most names of sandboxes
+        return True
+    return len(name) < _MAX_NAME - 1 and all(0 < len(x) <= 63 for x in name.split("."))
 
 
 # Answer records point at the question's name (offset 12) instead of repeating it.
