@@ -171,22 +171,19 @@ def test_a_sandbox_name_too_long_for_dns_breaks_no_lookup(host):
     """A 64-character sandbox name (written to the state directly: the CLI and API refuse it) cannot be
     a DNS label: its PTR answers give its next name that fits (its hostname), every other lookup is
     answered as before, and the log says so once, not once per query."""
-    import json
-    import sqlite3
+    from nsnet.store.records import Records
+    from nsnet.store.sqlite import SqliteKV
 
     host.nsnet("network", "create", "red")
     for name in ("a", "b"):
         host.nsnet("run", "-d", "--name", name, "--network", "red", "--", "sleep", "300")
     a_ip, b_ip = ip_on(host, "a", "red"), ip_on(host, "b", "red")
-    long = "x" * 64
-    con = sqlite3.connect(os.path.join(host.root, "state.db"))
-    with con:
-        (sid, doc), = con.execute("SELECT id, doc FROM docs WHERE kind='sandbox' AND name='a'")
-        doc = json.loads(doc)
-        doc["name"] = long
-        con.execute("UPDATE docs SET name=?, doc=? WHERE kind='sandbox' AND id=?", (long, json.dumps(doc), sid))
-    con.close()
     os.kill(host.daemon_pid(), signal.SIGKILL)
+    records = Records(SqliteKV(os.path.join(host.root, "state.db")))
+    doc = next(d for d in records.list("sandbox") if d["name"] == "a")
+    sid = doc["id"]
+    records.put("sandbox", sid, {**doc, "name": "x" * 64})
+    records.close()
     host.nsnet("ps")                                                        # a new daemon reads it
     for _ in range(10):
         for asker in (sid, "b"):

@@ -24,7 +24,7 @@ import dns.rrset
 import pytest
 
 from nsnet.dns import DnsServer, Record, RecordSet
-from nsnet.dns import netns as nsmod
+from nsnet.kernel import netns as nsmod
 
 pytestmark = [
     pytest.mark.integration,

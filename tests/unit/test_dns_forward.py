@@ -20,7 +20,8 @@ import pytest
 from nsnet.dns import forward as fwdmod, wire
 from nsnet.dns.forward import Forwarder, Route
 from nsnet.dns.loop import EventLoop
-from nsnet.dns.upstream import parse_upstream, read_resolv_conf, resolve_upstreams
+from nsnet.dns.upstream import parse_upstream, resolve_upstreams
+from nsnet.resolvconf import nameservers
 
 
 class FakeUpstream:
@@ -293,12 +294,12 @@ def test_parse_upstream():
     assert parse_upstream("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
 
 
-def test_read_resolv_conf(tmp_path):
+def test_nameservers_of_a_resolv_conf(tmp_path):
     p = tmp_path / "resolv.conf"
     p.write_text("# comment\nsearch example.com\nnameserver 192.0.2.1\nnameserver  2001:db8::53 # v6\n"
                  "options ndots:2\nnameserver 127.0.0.53\n")
-    assert read_resolv_conf(str(p)) == ["192.0.2.1", "2001:db8::53", "127.0.0.53"]
-    assert read_resolv_conf(str(tmp_path / "missing")) == []
+    assert nameservers(str(p)) == ["192.0.2.1", "2001:db8::53", "127.0.0.53"]
+    assert nameservers(str(tmp_path / "missing")) == []
 
 
 def test_resolve_upstreams_docker_rules():

@@ -34,7 +34,8 @@ import threading
 import time
 from typing import Protocol
 
-from . import netns, wire
+from ..kernel import netns
+from . import wire
 from .handler import servfail
 from .loop import IN, EventLoop, Timer
 from .upstream import UpstreamAddr

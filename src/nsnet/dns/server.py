@@ -21,13 +21,15 @@ import os
 import socket
 import time
 
-from . import handler, netns
+from ..kernel import netns
+from ..resolvconf import nameservers
+from . import handler
 from .forward import Forwarder, Route
 from .handler import FORWARD, REPLY
 from .loop import ERR, HUP, IN, OUT, EventLoop
 from .ratelog import exception_site
 from .records import Record, RecordSet
-from .upstream import read_resolv_conf, resolve_upstreams
+from .upstream import resolve_upstreams
 
 CACHE_ENTRIES = 4096  # per sandbox and transport; a flood of distinct queries just resets it
 MAX_TCP_CONNS = 64  # per sandbox
@@ -84,7 +86,7 @@ class DnsServer:
         self.log = log or logging.getLogger("nsnet.dns")
         self.address, self.port, self.tcp_idle = address, port, tcp_idle
         if upstreams is None:
-            upstreams = read_resolv_conf(resolv_conf)
+            upstreams = nameservers(resolv_conf)
         self._default_upstreams = resolve_upstreams(upstreams, from_host=True, own_address=address)
         if not self._default_upstreams:
             self.log.warning("dns: no upstream resolvers; names that are not local get SERVFAIL")

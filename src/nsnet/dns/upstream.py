@@ -25,20 +25,6 @@ class UpstreamAddr:
         return f"{self.sockaddr[0]}:{self.sockaddr[1]}"
 
 
-def read_resolv_conf(path: str = "/etc/resolv.conf") -> list[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        words = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            out.append(words[1])
-    return out
-
-
 def parse_upstream(spec: str) -> tuple[str, int]:
     """"192.0.2.53", "192.0.2.53:5353", "2001:db8::1", "[2001:db8::1]:5353" -> (host, port)."""
     spec = spec.strip()

@@ -1,14 +1,16 @@
-"""Network namespaces: entering them per thread, and netlink sockets bound inside them.
+"""Network namespaces: entering them per thread, and sockets made inside them.
 
-A socket keeps the namespace it was created in, so a thread setns()es in, opens the socket and
-comes straight back. setns() affects only the calling thread, so the daemon's other threads are
-never moved.
+A socket keeps the namespace it was created in for its whole life (its routing, its addresses, its
+bind), whichever thread later uses it. So the calling thread setns()es in, makes the socket and comes
+straight back; setns() moves only the calling thread, so the daemon's other threads never move.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import socket
 from contextlib import contextmanager
+from typing import Iterator
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -29,17 +31,49 @@ def unshare(flags: int) -> None:
         raise OSError(err, f"unshare: {os.strerror(err)}")
 
 
+def open_netns(target: str | int) -> int:
+    """Our own fd for a namespace given as a path (/run/netns/X, /proc/PID/ns/net) or an fd."""
+    if isinstance(target, int):
+        return os.dup(target)
+    return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def own_netns() -> int:
+    """An fd for the calling thread's namespace."""
+    # thread-self, not self: /proc/self is the main thread, which may live elsewhere.
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
 @contextmanager
-def entered(netns_path: str):
-    """Run the body with the calling thread inside the netns at `netns_path`."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns_path, os.O_RDONLY)
+def inside(ns_fd: int, home: int | None = None) -> Iterator[None]:
+    """Run the body with this thread in namespace `ns_fd`, and always come back (to `home`, the
+    thread's own namespace, if given: a caller that enters often keeps it open)."""
+    own = home if home is not None else own_netns()
     try:
-        setns(target)
+        setns(ns_fd)
         try:
             yield
         finally:
-            setns(home)
+            setns(own)
+    finally:
+        if home is None:
+            os.close(own)
+
+
+@contextmanager
+def entered(netns_path: str) -> Iterator[None]:
+    """Run the body with the calling thread inside the netns at `netns_path`."""
+    target = open_netns(netns_path)
+    try:
+        with inside(target):
+            yield
     finally:
         os.close(target)
-        os.close(home)
+
+
+def socket_in(ns_fd: int | None, family: int, kind: int) -> socket.socket:
+    """A socket created in namespace `ns_fd` (None: the caller's own)."""
+    if ns_fd is None:
+        return socket.socket(family, kind)
+    with inside(ns_fd):
+        return socket.socket(family, kind)
