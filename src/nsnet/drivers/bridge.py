@@ -114,8 +114,9 @@ class BridgeDriver(Driver):
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         kernel = self.kernel
         isolated = not net.flag(ICC_KEY, True)
+        new_leaf = None
         try:
-            fab, bridge = self._bridge_with_room(net)
+            fab, bridge, new_leaf = self._bridge_with_room(net)
             host_index, peer_index = kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac,
                                                      mtu=self.mtu(net))
             addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
@@ -132,24 +133,34 @@ class BridgeDriver(Driver):
                 # it, and plugs back every port of the network that is on no bridge: this one too.
                 self._fabrics.pop(net.id, None)
                 self._fabric(net)
-        except KernelError as e:
-            if e.code == EXFULL:
+        except BaseException as e:
+            if new_leaf is not None:  # built for this port alone: it goes with the failed join
+                self._remove_leaf(net, new_leaf)
+            if isinstance(e, KernelError) and e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
             raise
 
-    def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge]:
+    def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge, int | None]:
         """The bridge a new port goes on: the network's own while it has room, else a leaf (a new one
-        when all are full). An adopted bridge is the LAN's: it never gets leaves."""
+        when all are full; its number is returned too). An adopted bridge is the LAN's: it never gets leaves."""
         fab = self._fabric(net)
         bridge = fab.root if net.adopted else fab.with_room()
-        if bridge is None:
-            k = fab.next_leaf_number()
-            bridge = fabric.build_leaf(self.kernel, net.id, k, fab.root, mtu=self.mtu(net),
-                                       isolated=not net.flag(ICC_KEY, True))
-            fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
-            fab.leaves[k] = bridge
-        return fab, bridge
+        if bridge is not None:
+            return fab, bridge, None
+        k = fab.next_leaf_number()
+        bridge = fabric.build_leaf(self.kernel, net.id, k, fab.root, mtu=self.mtu(net),
+                                   isolated=not net.flag(ICC_KEY, True))
+        fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
+        fab.leaves[k] = bridge
+        return fab, bridge, k
+
+    def _remove_leaf(self, net: Network, k: int) -> None:
+        fabric.remove_leaves(self.kernel, net.id, [k])
+        fab = self._fabrics.get(net.id)  # read again: a join that found its bridge gone reloaded it
+        if fab is not None:
+            fab.released(fabric.uplink_names(net.id, k)[0])
+            fab.leaves.pop(k, None)
 
     def _fabric(self, net: Network) -> fabric.Fabric:
         """The network's bridges and their ports, read from the kernel once per daemon (a dump of all
@@ -180,7 +191,7 @@ class BridgeDriver(Driver):
         plugged = []
         for port in self.ports_of(net):
             if port in linkmap and port not in fab.port_of:
-                _, bridge = self._bridge_with_room(net)
+                _, bridge, _ = self._bridge_with_room(net)
                 self.kernel.plug_in(linkmap[port]["index"], bridge.index, isolated=isolated)
                 fab.took(port, bridge)
                 plugged.append(port)

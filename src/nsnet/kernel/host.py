@@ -201,7 +201,8 @@ class Kernel:
 
     @verb
     def ensure_bridge(self, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> tuple[int, bool]:
-        """(index, created) of bridge `name`, made if missing, with `addresses`, up."""
+        """(index, created) of bridge `name`, made if missing (marked with `alias`, or not left at all),
+        with `addresses`, up."""
         return links.ensure_bridge(self.ipr, self.rtnl, name, mtu=mtu, addresses=addresses, alias=alias)
 
     @verb
@@ -228,10 +229,13 @@ class Kernel:
 
     @verb
     def ensure_vlan(self, name: str, base: str, vid: int, *, alias: str) -> int:
-        return lan.ensure_vlan(self.ipr, name, base, vid, alias=alias)
+        """802.1Q link `name` on `base`, made if missing (marked with `alias`, or not left at all), up."""
+        return lan.ensure_vlan(self.ipr, self.rtnl, name, base, vid, alias=alias)
 
     @verb
     def ensure_shim(self, name: str, parent: str, address: str, *, alias: str) -> int:
+        """The host's macvlan link on `parent`, made if missing (marked with `alias`, or not left at all),
+        holding `address`/32, up."""
         return lan.ensure_shim(self.ipr, self.rtnl, name, parent, address, alias=alias)
 
     @verb

@@ -20,13 +20,11 @@ def add_in_netns(ipr, kind: str, ifname: str, parent_index: int, netns_fd: int, 
     ipr.link("add", ifname=ifname, kind=kind, link=parent_index, net_ns_fd=netns_fd, **kw)
 
 
-def ensure_vlan(ipr, name: str, base: str, vid: int, *, alias: str) -> int:
+def ensure_vlan(ipr, chan, name: str, base: str, vid: int, *, alias: str) -> int:
     """802.1Q sub-interface `name` (VLAN `vid` on `base`), marked as ours and up."""
     idx = links.index_of(ipr, name)
     if idx is None:
-        ipr.link("add", ifname=name, kind="vlan", link=links.index_of(ipr, base), vlan_id=vid)
-        idx = links.index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = links.add_marked(ipr, chan, name, alias, kind="vlan", link=links.index_of(ipr, base), vlan_id=vid)
     ipr.link("set", index=idx, state="up")
     return idx
 
@@ -45,9 +43,8 @@ def ensure_shim(ipr, chan, name: str, parent: str, address: str, *, alias: str) 
     """
     idx = links.index_of(ipr, name)
     if idx is None:
-        ipr.link("add", ifname=name, kind="macvlan", link=links.index_of(ipr, parent), macvlan_mode="bridge")
-        idx = links.index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = links.add_marked(ipr, chan, name, alias, kind="macvlan", link=links.index_of(ipr, parent),
+                               macvlan_mode="bridge")
     links.add_address(chan, idx, f"{address}/32")
     ipr.link("set", index=idx, state="up")
     return idx

@@ -45,13 +45,24 @@ def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str]
     created = idx is None
     if created:
         kw = {"mtu": mtu} if mtu else {}
-        ipr.link("add", ifname=name, kind="bridge", address=random_mac(), br_mcast_snooping=0, **kw)
-        idx = index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = add_marked(ipr, chan, name, alias, kind="bridge", address=random_mac(), br_mcast_snooping=0, **kw)
     for cidr in addresses:
         add_address(chan, idx, cidr)
     ipr.link("set", index=idx, state="up")
     return idx, created
+
+
+def add_marked(ipr, chan, name: str, alias: str, **link) -> int:
+    """Create link `name` marked as nsnet's with `alias`, or leave nothing: the kernel ignores an alias in
+    the creating request, and a link left without its mark would be no one's (delete_if_alias spares it)."""
+    ipr.link("add", ifname=name, **link)
+    idx = index_of(ipr, name)
+    try:
+        ipr.link("set", index=idx, ifalias=alias)
+    except BaseException:
+        delete_link(chan, name)
+        raise
+    return idx
 
 
 def random_mac() -> str:
