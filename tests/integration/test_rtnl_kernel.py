@@ -72,3 +72,33 @@ def test_errors_come_back_per_request(two_ns):
     assert "fd00:9::5/64" in sh(f"ip -n {b} -o addr show eth1").stdout
     again = inside.run(rtnl.new_address(peer, "fd00:9::5/64"))[0]
     assert again.error == 17
+
+
+def test_the_kernel_face_on_a_real_kernel_refuses_with_kernel_error_only(tag):
+    """The verbs drivers use, against the kernel: pyroute2's refusals and /proc/sys's come out as KernelError."""
+    from nsnet.kernel.host import Kernel
+
+    ns = f"nsnt-kf-{tag}"
+    ns_add(ns)
+    try:
+        with entered(f"/run/netns/{ns}"):
+            k = Kernel()
+            try:
+                idx, created = k.ensure_bridge("br9", mtu=None, addresses=["10.9.9.1/24"], alias="nsnet test")
+                assert created and k.alias_of("br9") == "nsnet test" and k.ipv4_addresses("br9") == ["10.9.9.1/24"]
+                up, down = k.veth_pair("vu9", "vd9", mtu=1400, alias="nsnet test")
+                k.plug_in(up, idx, isolated=True)
+                assert k.links()["vu9"]["master"] == idx and k.index("vd9") == down
+                with pytest.raises(KernelError) as e:       # refused by pyroute2's call: EEXIST
+                    k.veth_pair("vu9", "vd8", mtu=None, alias="nsnet test")
+                assert e.value.code == 17
+                with pytest.raises(KernelError) as e:       # a /proc/sys file of a link that is not there
+                    k.link_sysctl("ipv4", "nosuch0", "arp_ignore", "8")
+                assert e.value.code == 2
+                assert k.delete_link("vd9") and k.index("vu9") is None   # a veth goes with its peer
+                assert not k.delete_if_alias("br9", "someone else's") and k.index("br9") == idx
+                assert k.delete_if_alias("br9", "nsnet test") and k.index("br9") is None
+            finally:
+                k.close()
+    finally:
+        ns_del(ns)

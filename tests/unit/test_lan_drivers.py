@@ -11,7 +11,7 @@ from nsnet.drivers.lan import split_vlan
 from nsnet.drivers.macvlan import MacvlanDriver, shim_candidates, shim_name_for
 from nsnet.errors import Conflict, KernelFeatureMissing, NsnetError
 from nsnet.ipam.addresses import AddressPool
-from nsnet.kernel import arp, features
+from nsnet.kernel import arp, features, links
 from nsnet.model import Endpoint, Network, SubnetConfig
 
 PARENT_MAC = "aa:bb:cc:00:00:01"
@@ -32,6 +32,8 @@ class FakeIpr:
 
 
 class FakeKernel:
+    """The kernel face's read verbs, over the real kernel/ functions and a fake pyroute2."""
+
     def __init__(self, links=None, addrs=()):
         self._links = links if links is not None else {
             "lo": {"index": 1, "kind": None, "alias": None},
@@ -41,6 +43,18 @@ class FakeKernel:
 
     def links(self):
         return self._links
+
+    def index(self, name):
+        return links.index_of(self.ipr, name)
+
+    def mac_of(self, name):
+        return links.attr_of(self.ipr, name, "address")
+
+    def ipv4_addresses(self, name):
+        return links.addresses_of(self.ipr, name, 2)
+
+    def taken_on_lan(self, ifname, address):
+        return arp.taken_on_lan(self.ipr, ifname, address)
 
 
 @pytest.fixture(autouse=True)

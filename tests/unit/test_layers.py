@@ -100,3 +100,63 @@ def test_the_check_sees_a_violation(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "SRC", str(tmp_path))
     got = _violations()
     assert any("kernel imports engine" in v for v in got) and any("engine.py:1 imports pyroute2" in v for v in got)
+
+
+# Drivers touch the kernel only through its face: the verbs of the `Kernel` and `SandboxNs` objects they are
+# handed (kernel/host.py). From kernel/ a driver may import only `features`, what validate asks of the kernel
+# before anything is built (until validate, too, asks `self.kernel.require`).
+DRIVER_KERNEL_IMPORTS = {"features"}
+RAW_KERNEL = (".ipr", ".rtnl", ".fd", "pyroute2", "NetlinkError")
+
+
+def _kernel_modules_imported(path):
+    """(kernel submodule, line) for every import a module makes of nsnet.kernel (None: the package itself)."""
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = (node.module or "").split(".")
+            if target[0] == "nsnet":
+                target = target[1:]
+            if not target or target[0] != "kernel":
+                continue
+            if len(target) > 1:
+                yield target[1], node.lineno
+            else:
+                for a in node.names:
+                    yield a.name, node.lineno
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[:2] == ["nsnet", "kernel"]:
+                    yield (parts[2] if len(parts) > 2 else None), node.lineno
+
+
+def _driver_violations(src):
+    out = []
+    folder = os.path.join(src, "drivers")
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith(".py"):
+            continue
+        path = os.path.join(folder, f)
+        for module, line in _kernel_modules_imported(path):
+            if module not in DRIVER_KERNEL_IMPORTS:
+                out.append(f"drivers/{f}:{line} imports kernel.{module}")
+        for n, text in enumerate(open(path).read().splitlines(), 1):
+            for word in RAW_KERNEL:
+                if word in text:
+                    out.append(f"drivers/{f}:{n} speaks {word}")
+    return out
+
+
+def test_drivers_touch_the_kernel_only_through_its_verbs():
+    assert _driver_violations(SRC) == []
+
+
+def test_the_driver_check_sees_a_raw_channel(tmp_path):
+    (tmp_path / "drivers").mkdir()
+    (tmp_path / "drivers" / "bad.py").write_text(
+        "from ..kernel import links, features\nfrom nsnet.kernel.lan import ensure_vlan\n"
+        "def join(self, sandbox):\n    links.delete_link(self.kernel.rtnl, sandbox.fd)\n")
+    got = _driver_violations(str(tmp_path))
+    assert got == ["drivers/bad.py:1 imports kernel.links", "drivers/bad.py:2 imports kernel.lan",
+                   "drivers/bad.py:4 speaks .rtnl", "drivers/bad.py:4 speaks .fd"]

@@ -6,7 +6,6 @@ import ipaddress
 
 from ..errors import KernelError, NsnetError
 from ..firewall import FwNetwork, unwritable
-from ..kernel import links, sysctl
 from ..model import Endpoint, Network, owner_alias
 from ..requests import ifname_problem
 from . import fabric, flat
@@ -21,6 +20,7 @@ IPV6_KEY = "com.docker.network.bridge.enable_ipv6"
 BR_MAX_PORTS = 1023  # ports a Linux bridge takes (BR_MAX_PORTS is 1024 with port 0 reserved); one more: EXFULL
 EXFULL = 54
 EINVAL = 22
+ENODEV = 19
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -75,74 +75,85 @@ class BridgeDriver(Driver):
     def create_network(self, net: Network) -> None:
         if net.adopted:
             return
-        ipr = self.kernel.ipr
+        kernel = self.kernel
         addrs = []
         for s in net.subnets:
             if s.gateway:
                 addrs.append(f"{s.gateway}/{ipaddress.ip_network(s.subnet).prefixlen}")
-        index, created = links.ensure_bridge(ipr, self.kernel.rtnl, net.bridge, mtu=self.mtu(net),
-                                             addresses=addrs, alias=owner_alias(net.id))
+        index, created = kernel.ensure_bridge(net.bridge, mtu=self.mtu(net), addresses=addrs,
+                                              alias=owner_alias(net.id))
         # A new bridge of a new network has no ports and no leaves: the first join need not read them
         # from the kernel. A bridge rebuilt under sandboxes or leaves has them read back, and plugged
         # back in, by whoever rebuilt it (_fabric on an attach, mend at the daemon's start).
         self._fabrics.pop(net.id, None)
-        if created and not self.ports_of(net) and links.index_in(self.kernel.rtnl, fabric.leaf_name(net.id, 1)) is None:
+        if created and not self.ports_of(net) and kernel.index(fabric.leaf_name(net.id, 1)) is None:
             self._fabrics[net.id] = fabric.Fabric(fabric.Bridge(net.bridge, index))
-        sysctl.write("net.ipv4.ip_forward", "1")
+        kernel.sysctl("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
-        sysctl.write_iface("ipv4", net.bridge, "route_localnet", "1")
+        kernel.link_sysctl("ipv4", net.bridge, "route_localnet", "1")
         if net.ipv6:
-            sysctl.write("net.ipv6.conf.all.forwarding", "1")
+            kernel.sysctl("net.ipv6.conf.all.forwarding", "1")
         else:  # as its ports and its sandboxes' links: an IPv4-only network carries no IPv6 at all
-            links.no_ipv6(net.bridge)
+            kernel.no_ipv6(net.bridge)
 
     def delete_network(self, net: Network) -> None:
         fab = self._fabrics.pop(net.id, None)
         if not net.adopted:
             # Its leaves as this daemon knows them, or else as the kernel holds them (one link dump).
             leaves = fab.leaves if fab is not None else fabric.leaves_in(self.kernel.links(), net.id)
-            fabric.remove_leaves(self.kernel.rtnl, net.id, leaves)
-            links.delete_link(self.kernel.rtnl, net.bridge)
+            fabric.remove_leaves(self.kernel, net.id, leaves)
+            self.kernel.delete_link(net.bridge)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        chan = self.kernel.rtnl
+        kernel = self.kernel
         isolated = not net.flag(ICC_KEY, True)
+        new_leaf = None
         try:
-            fab, bridge = self._bridge_with_room(net)
-            host_index, peer_index = links.new_veth(chan, ep.host_ifname, sandbox.fd, ep.ifname, mac=ep.mac,
-                                                    mtu=self.mtu(net))
+            fab, bridge, new_leaf = self._bridge_with_room(net)
+            host_index, peer_index = kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac,
+                                                     mtu=self.mtu(net))
             addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-            links.configure_inside(sandbox.rtnl, peer_index, addresses=addrs,
-                                   gateway4=ep.gateway4 if default_route else None,
-                                   gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+            sandbox.configure(peer_index, addresses=addrs,
+                              gateway4=ep.gateway4 if default_route else None,
+                              gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
             try:
-                links.plug_in(chan, host_index, bridge.index, isolated=isolated)
+                kernel.plug_in(host_index, bridge.index, isolated=isolated)
                 fab.took(ep.host_ifname, bridge)
             except KernelError as e:
-                if e.code not in (links.ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
+                if e.code not in (ENODEV, EINVAL):  # EINVAL: a master index that is no longer there
                     raise
                 # A bridge went away behind our back. Reading the network back from the kernel rebuilds
                 # it, and plugs back every port of the network that is on no bridge: this one too.
                 self._fabrics.pop(net.id, None)
                 self._fabric(net)
-        except KernelError as e:
-            if e.code == EXFULL:
+        except BaseException as e:
+            if new_leaf is not None:  # built for this port alone: it goes with the failed join
+                self._remove_leaf(net, new_leaf)
+            if isinstance(e, KernelError) and e.code == EXFULL:
                 raise NsnetError(f"network {net.name} is full: its Linux bridge {net.bridge} already has "
                                  f"{BR_MAX_PORTS} ports, the kernel's limit; put more sandboxes on another network") from None
             raise
 
-    def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge]:
+    def _bridge_with_room(self, net: Network) -> tuple[fabric.Fabric, fabric.Bridge, int | None]:
         """The bridge a new port goes on: the network's own while it has room, else a leaf (a new one
-        when all are full). An adopted bridge is the LAN's: it never gets leaves."""
+        when all are full; its number is returned too). An adopted bridge is the LAN's: it never gets leaves."""
         fab = self._fabric(net)
         bridge = fab.root if net.adopted else fab.with_room()
-        if bridge is None:
-            k = fab.next_leaf_number()
-            bridge = fabric.build_leaf(self.kernel.ipr, self.kernel.rtnl, net.id, k, fab.root, mtu=self.mtu(net),
-                                       isolated=not net.flag(ICC_KEY, True))
-            fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
-            fab.leaves[k] = bridge
-        return fab, bridge
+        if bridge is not None:
+            return fab, bridge, None
+        k = fab.next_leaf_number()
+        bridge = fabric.build_leaf(self.kernel, net.id, k, fab.root, mtu=self.mtu(net),
+                                   isolated=not net.flag(ICC_KEY, True))
+        fab.took(fabric.uplink_names(net.id, k)[0], fab.root)
+        fab.leaves[k] = bridge
+        return fab, bridge, k
+
+    def _remove_leaf(self, net: Network, k: int) -> None:
+        fabric.remove_leaves(self.kernel, net.id, [k])
+        fab = self._fabrics.get(net.id)  # read again: a join that found its bridge gone reloaded it
+        if fab is not None:
+            fab.released(fabric.uplink_names(net.id, k)[0])
+            fab.leaves.pop(k, None)
 
     def _fabric(self, net: Network) -> fabric.Fabric:
         """The network's bridges and their ports, read from the kernel once per daemon (a dump of all
@@ -169,19 +180,19 @@ class BridgeDriver(Driver):
         ports on none of its bridges (theirs was rebuilt, or was a leaf that is gone)."""
         fab = self._fabrics[net.id] = fabric.load(linkmap, net.id, net.bridge)
         isolated = not net.flag(ICC_KEY, True)
-        fabric.mend_uplinks(self.kernel.rtnl, linkmap, net.id, fab, isolated=isolated)
+        fabric.mend_uplinks(self.kernel, linkmap, net.id, fab, isolated=isolated)
         plugged = []
         for port in self.ports_of(net):
             if port in linkmap and port not in fab.port_of:
-                _, bridge = self._bridge_with_room(net)
-                links.plug_in(self.kernel.rtnl, linkmap[port]["index"], bridge.index, isolated=isolated)
+                _, bridge, _ = self._bridge_with_room(net)
+                self.kernel.plug_in(linkmap[port]["index"], bridge.index, isolated=isolated)
                 fab.took(port, bridge)
                 plugged.append(port)
         return fab, plugged
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if ep.host_ifname:
-            links.delete_link(self.kernel.rtnl, ep.host_ifname)
+            self.kernel.delete_link(ep.host_ifname)
             fab = self._fabrics.get(net.id)
             if fab is not None:
                 fab.released(ep.host_ifname)

@@ -21,7 +21,6 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..kernel import links, sysctl
 from ..model import owner_alias
 
 # Ports per bridge. An environment knob so that tests can build leaves without a hundred sandboxes.
@@ -106,44 +105,40 @@ def load(linkmap: dict[str, dict], net_id: str, root: str) -> Fabric:
     return fab
 
 
-def mend_uplinks(chan, linkmap: dict[str, dict], net_id: str, fab: Fabric, *, isolated: bool) -> None:
+def mend_uplinks(kernel, linkmap: dict[str, dict], net_id: str, fab: Fabric, *, isolated: bool) -> None:
     """Plug back the uplinks of leaves whose network bridge was rebuilt, and remove those whose leaf is
     gone (both deleted behind our back)."""
     for k, (name, info) in _numbered(linkmap, UP, net_id, "veth").items():
         if k not in fab.leaves:
-            links.delete_link(chan, name)   # and its peer
+            kernel.delete_link(name)   # and its peer
             fab.released(name)
         elif info["master"] != fab.root.index:
-            links.plug_in(chan, info["index"], fab.root.index, isolated=isolated)
+            kernel.plug_in(info["index"], fab.root.index, isolated=isolated)
             fab.took(name, fab.root)
 
 
-def build_leaf(ipr, chan, net_id: str, k: int, root: Bridge, *, mtu: int | None, isolated: bool) -> Bridge:
+def build_leaf(kernel, net_id: str, k: int, root: Bridge, *, mtu: int | None, isolated: bool) -> Bridge:
     """Leaf k and its uplink, plugged into `root` (isolated there when ICC is off). All or nothing."""
     leaf = leaf_name(net_id, k)
     up, down = uplink_names(net_id, k)
     try:
-        index, _ = links.ensure_bridge(ipr, chan, leaf, mtu=mtu, addresses=[], alias=owner_alias(net_id))
-        links.no_ipv6(leaf)
+        index, _ = kernel.ensure_bridge(leaf, mtu=mtu, addresses=[], alias=owner_alias(net_id))
+        kernel.no_ipv6(leaf)
         # The leaf has no address, but Linux answers ARP for any of the host's addresses on any link:
         # the leaf would answer for the gateway and take the sandboxes' routed traffic itself.
-        sysctl.write_iface("ipv4", leaf, "arp_ignore", "8")
-        kw = {"mtu": mtu} if mtu else {}
-        links.delete_link(chan, up)  # one left from before a crash; a leaf left is reused as it is
-        ipr.link("add", ifname=up, kind="veth", peer={"ifname": down, **kw}, **kw)
-        for end in (up, down):
-            ipr.link("set", ifname=end, ifalias=owner_alias(net_id))
-            links.no_ipv6(end)
-        links.plug_in(chan, links.index_in(chan, down), index, isolated=False)
-        links.plug_in(chan, links.index_in(chan, up), root.index, isolated=isolated)
+        kernel.link_sysctl("ipv4", leaf, "arp_ignore", "8")
+        kernel.delete_link(up)  # one left from before a crash; a leaf left is reused as it is
+        up_index, down_index = kernel.veth_pair(up, down, mtu=mtu, alias=owner_alias(net_id))
+        kernel.plug_in(down_index, index, isolated=False)
+        kernel.plug_in(up_index, root.index, isolated=isolated)
     except BaseException:
-        links.delete_link(chan, up)   # and its peer
-        links.delete_link(chan, leaf)
+        kernel.delete_link(up)   # and its peer
+        kernel.delete_link(leaf)
         raise
     return Bridge(leaf, index, ports=1)
 
 
-def remove_leaves(chan, net_id: str, numbers) -> None:
+def remove_leaves(kernel, net_id: str, numbers) -> None:
     for k in numbers:
-        links.delete_link(chan, uplink_names(net_id, k)[0])   # and its peer
-        links.delete_link(chan, leaf_name(net_id, k))
+        kernel.delete_link(uplink_names(net_id, k)[0])   # and its peer
+        kernel.delete_link(leaf_name(net_id, k))

@@ -6,7 +6,6 @@ sandboxes are machines of the LAN), and it stays when the network is removed.
 from __future__ import annotations
 
 from ..errors import Conflict, NsnetError
-from ..kernel import arp
 from ..model import OWNER_ALIAS, Network
 
 # bridge.py's keys, repeated: bridge.py imports this module.
@@ -40,7 +39,7 @@ def plan(net: Network) -> None:
 def address_taken(kernel, net: Network, addr) -> str | None:
     if addr.version != 4:
         return None
-    return arp.taken_on_lan(kernel.ipr, net.bridge, str(addr))
+    return kernel.taken_on_lan(net.bridge, str(addr))
 
 
 def notes(net: Network) -> list[str]:

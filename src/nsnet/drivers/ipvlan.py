@@ -6,7 +6,6 @@ for them: the subnet is one the LAN's router sends to this host, no gateway on t
 """
 from __future__ import annotations
 
-from ..kernel import links
 from ..model import Endpoint, Network
 from .lan import LanDriver
 
@@ -31,9 +30,7 @@ class IpvlanDriver(LanDriver):
             ep.gateway4 = ep.gateway6 = None
 
     def _parent_mac(self, net: Network) -> str | None:
-        ipr = self.kernel.ipr
-        idx = links.index_of(ipr, self.parent(net))
-        return ipr.get_links(idx)[0].get("address") if idx is not None else None
+        return self.kernel.mac_of(self.parent(net))
 
     def link_options(self, net: Network, ep: Endpoint) -> dict:
         return {"ipvlan_mode": MODE_NUMBERS[self.mode(net)]}
@@ -41,11 +38,7 @@ class IpvlanDriver(LanDriver):
     def configure(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         super().configure(net, ep, sandbox, default_route)
         if default_route and not self.on_lan(net):
-            idx = links.index_of(sandbox.ipr, ep.ifname)
-            if ep.ipv4:
-                sandbox.ipr.route("replace", dst="0.0.0.0/0", oif=idx)
-            if ep.ipv6:
-                sandbox.ipr.route("replace", dst="::/0", oif=idx, family=10)
+            sandbox.default_routes_on(sandbox.index(ep.ifname), ipv4=bool(ep.ipv4), ipv6=bool(ep.ipv6))
 
     def notes(self, net: Network) -> list[str]:
         parent = self.parent(net)

@@ -12,7 +12,7 @@ import ipaddress
 import re
 
 from ..errors import Conflict, NsnetError
-from ..kernel import arp, features, lan, links
+from ..kernel import features
 from ..model import Endpoint, Network, owner_alias
 from ..requests import ifname_problem
 from .base import MTU_KEY, Driver
@@ -89,18 +89,14 @@ class LanDriver(Driver):
 
     def _hint(self, parent: str) -> str:
         """An example from the parent's own IPv4 address, when it has one."""
-        idx = links.index_of(self.kernel.ipr, parent)
-        if idx is None:
-            return ""
-        for msg in self.kernel.ipr.get_addr(index=idx, family=2):
-            net = ipaddress.ip_interface(f"{msg.get('local') or msg.get('address')}/{msg['prefixlen']}").network
-            return f" (the LAN of {parent} looks like --subnet {net})"
+        for cidr in self.kernel.ipv4_addresses(parent):
+            return f" (the LAN of {parent} looks like --subnet {ipaddress.ip_interface(cidr).network})"
         return ""
 
     def address_taken(self, net: Network, addr) -> str | None:
         if addr.version != 4 or not self.on_lan(net):
             return None
-        return arp.taken_on_lan(self.kernel.ipr, self.parent(net), str(addr))
+        return self.kernel.taken_on_lan(self.parent(net), str(addr))
 
     def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
         ep.host_ifname = None  # the endpoint's only link lives in the sandbox: nothing of it on the host
@@ -109,38 +105,36 @@ class LanDriver(Driver):
 
     def create_network(self, net: Network) -> None:
         parent = self.parent(net)
-        if links.index_of(self.kernel.ipr, parent) is None and split_vlan(parent):
+        if self.kernel.index(parent) is None and split_vlan(parent):
             base, vid = split_vlan(parent)
-            features.require("vlan", f"the 802.1Q sub-interface {parent}")
-            lan.ensure_vlan(self.kernel.ipr, parent, base, vid, alias=owner_alias(net.id))
+            self.kernel.require("vlan", f"the 802.1Q sub-interface {parent}")
+            self.kernel.ensure_vlan(parent, base, vid, alias=owner_alias(net.id))
 
     def delete_network(self, net: Network) -> None:
         # Only a sub-interface nsnet made for this network (its alias says so) goes; a user's stays.
-        lan.delete_if_alias(self.kernel, self.parent(net), owner_alias(net.id))
+        self.kernel.delete_if_alias(self.parent(net), owner_alias(net.id))
 
     def link_options(self, net: Network, ep: Endpoint) -> dict:
         """kind-specific attributes of the endpoint's link (mode, MAC)."""
         return {}
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        ipr = self.kernel.ipr
-        parent = links.index_of(ipr, self.parent(net))
+        parent = self.kernel.index(self.parent(net))
         if parent is None:
             raise NsnetError(f"parent interface {self.parent(net)} of network {net.name} is gone from this host")
-        lan.add_in_netns(ipr, self.kind, ep.ifname, parent, sandbox.fd, mtu=self.mtu(net),
-                         **self.link_options(net, ep))
+        self.kernel.add_in_netns(self.kind, ep.ifname, parent, sandbox, mtu=self.mtu(net),
+                                 **self.link_options(net, ep))
         self.configure(net, ep, sandbox, default_route)
 
     def configure(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
-        links.configure_inside(sandbox.rtnl, links.index_in(sandbox.rtnl, ep.ifname),
-                               addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
-                               gateway4=ep.gateway4 if default_route else None,
-                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+        sandbox.configure(sandbox.index(ep.ifname), addresses=[a for a in (ep.ipv4, ep.ipv6) if a],
+                          gateway4=ep.gateway4 if default_route else None,
+                          gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         # A dying sandbox takes its link along; a disconnect from a live one must remove it.
         if sandbox is not None:
-            links.delete_link(sandbox.rtnl, ep.ifname)
+            sandbox.delete_link(ep.ifname)
 
     def kernel_names(self, net: Network) -> set[str]:
         parent = self.parent(net)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import NsnetError
-from ..kernel import arp, lan, links
 from ..model import Endpoint, Network, owner_alias
 from .lan import PARENT_KEY, LanDriver
 
@@ -93,13 +92,13 @@ class MacvlanDriver(LanDriver):
             if cfg is None or not shim_allowed(cfg, wanted):
                 raise NsnetError(f"{SHIM_KEY} address {wanted} must be a free host address of "
                                  f"{' or '.join(c.subnet for c in v4)}, not its gateway or an aux-address")
-            why = arp.taken_on_lan(self.kernel.ipr, self.parent(net), str(wanted))
+            why = self.kernel.taken_on_lan(self.parent(net), str(wanted))
             if why:
                 raise NsnetError(f"cannot give the host shim {wanted}: {why}; pick another {SHIM_KEY} address")
             return cfg, wanted
         cfg = v4[0]
         for addr in shim_candidates(cfg):
-            if not arp.taken_on_lan(self.kernel.ipr, self.parent(net), str(addr)):
+            if not self.kernel.taken_on_lan(self.parent(net), str(addr)):
                 return cfg, addr
         raise NsnetError(f"no free address for the host shim at the top of {cfg.subnet}: give one with "
                          f"-o {SHIM_KEY}=IP")
@@ -107,9 +106,9 @@ class MacvlanDriver(LanDriver):
     def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
         super().plan_endpoint(net, ep)
         if self.mode(net) == "passthru":  # the link takes over the parent, and with it the parent's MAC
-            idx = links.index_of(self.kernel.ipr, self.parent(net))
-            if idx is not None:
-                ep.mac = self.kernel.ipr.get_links(idx)[0].get("address")
+            mac = self.kernel.mac_of(self.parent(net))
+            if mac is not None:
+                ep.mac = mac
 
     def link_options(self, net: Network, ep: Endpoint) -> dict:
         opts = {"macvlan_mode": self.mode(net)}
@@ -123,20 +122,20 @@ class MacvlanDriver(LanDriver):
         super().create_network(net)
         addr = shim_address(net)
         if shim_wanted(net) and addr:
-            lan.ensure_shim(self.kernel.ipr, self.kernel.rtnl, shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net.id))
+            self.kernel.ensure_shim(shim_name_for(net.id), self.parent(net), addr, alias=owner_alias(net.id))
 
     def delete_network(self, net: Network) -> None:
-        lan.delete_if_alias(self.kernel, shim_name_for(net.id), owner_alias(net.id))
+        self.kernel.delete_if_alias(shim_name_for(net.id), owner_alias(net.id))
         super().delete_network(net)
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         super().join(net, ep, sandbox, default_route)
         if shim_wanted(net) and ep.ipv4:
-            lan.host_route(self.kernel.ipr, "replace", shim_name_for(net.id), ep.ipv4)
+            self.kernel.route_to(shim_name_for(net.id), ep.ipv4)
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         if shim_wanted(net) and ep.ipv4:
-            lan.host_route(self.kernel.ipr, "del", shim_name_for(net.id), ep.ipv4)
+            self.kernel.unroute(shim_name_for(net.id), ep.ipv4)
         super().leave(net, ep, sandbox)
 
     def kernel_names(self, net: Network) -> set[str]:

@@ -1,24 +1,49 @@
-"""The engine's view of the kernel: netlink sockets in its own namespace and in each sandbox's, reused.
+"""The kernel's face: the verbs drivers (and the engine) use on the host's namespace (`Kernel`) and on a
+sandbox's (`SandboxNs`), with nsnet's errors only.
 
-Two kinds per namespace: the hot path's rtnl.Channel (attach, detach), and a pyroute2 IPRoute for the
-rest, opened in a sandbox only when something there asks for it (it costs ~1 ms to open).
+Behind the verbs, two netlink sockets per namespace, reused: the hot path's rtnl.Channel (attach, detach),
+and a pyroute2 IPRoute for the rest, opened in a sandbox only when something there asks for it (it costs
+~1 ms to open). A verb is a thin method over the module functions of links.py, lan.py, arp.py, sysctl.py
+and features.py: the attach path stays one sendmsg per namespace per step.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 import threading
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
-from . import conntrack, links, rtnl
+from ..errors import KernelError
+from . import arp, conntrack, features, lan, links, rtnl, sysctl
 from .netns import entered
 
 log = logging.getLogger("nsnet.kernel")
 
 
+def verb(fn):
+    """The one place where the libraries' refusals become nsnet's: pyroute2's NetlinkError and the OSError
+    of a /proc/sys write come out of every verb as KernelError (errno in `code`)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NetlinkError as e:
+            text = e.args[1] if len(e.args) > 1 and e.args[1] else os.strerror(e.code)
+            raise KernelError(e.code, str(text)) from None
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise KernelError(e.errno, e.strerror or os.strerror(e.errno)) from None
+    return wrapped
+
+
 class SandboxNs:
-    """An open handle on a sandbox's network namespace: its fd and a netlink socket inside it."""
+    """An open handle on a sandbox's network namespace: its fd, netlink sockets inside it, and the verbs
+    drivers use there."""
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -41,6 +66,27 @@ class SandboxNs:
             self._ipr.close()
         self.rtnl.close()
         os.close(self.fd)
+
+    # ---- verbs --------------------------------------------------------------------------------------
+
+    @verb
+    def index(self, name: str) -> int | None:
+        return links.index_in(self.rtnl, name)
+
+    @verb
+    def configure(self, index: int, *, addresses: list[str], gateway4: str | None, gateway6: str | None,
+                  ipv6: bool) -> None:
+        """Addresses, link up and default routes via the gateways, in one sendmsg (links.configure_inside)."""
+        links.configure_inside(self.rtnl, index, addresses=addresses, gateway4=gateway4, gateway6=gateway6,
+                               ipv6=ipv6)
+
+    @verb
+    def default_routes_on(self, index: int, *, ipv4: bool, ipv6: bool) -> None:
+        lan.default_routes_on(self.ipr, index, ipv4=ipv4, ipv6=ipv6)
+
+    @verb
+    def delete_link(self, name: str) -> bool:
+        return links.delete_link(self.rtnl, name)
 
 
 class Kernel:
@@ -98,8 +144,108 @@ class Kernel:
     def is_own_netns(self, pid: int) -> bool:
         return os.stat(f"/proc/{pid}/ns/net").st_ino == self.own_netns_inode
 
+    # ---- verbs on the host's namespace: the only way drivers touch it ----------------------------------
+
+    @verb
     def links(self) -> dict[str, dict]:
+        """name -> {index, kind, alias, master} of every link (one dump; never on the attach path)."""
         return links.link_names(self.ipr)
+
+    @verb
+    def index(self, name: str) -> int | None:
+        return links.index_in(self.rtnl, name)
+
+    @verb
+    def mac_of(self, name: str) -> str | None:
+        return links.attr_of(self.ipr, name, "address")
+
+    @verb
+    def alias_of(self, name: str) -> str | None:
+        return links.attr_of(self.ipr, name, "ifalias")
+
+    @verb
+    def ipv4_addresses(self, name: str) -> list[str]:
+        return links.addresses_of(self.ipr, name, socket.AF_INET)
+
+    @verb
+    def taken_on_lan(self, ifname: str, address: str) -> str | None:
+        """Why IPv4 `address` is not free on the LAN behind `ifname` (the host's own, or it answers ARP)."""
+        return arp.taken_on_lan(self.ipr, ifname, address)
+
+    @verb
+    def require(self, kind: str, what: str) -> None:
+        """KernelFeatureMissing when this kernel cannot build `kind` links (features.require)."""
+        features.require(kind, what)
+
+    @verb
+    def sysctl(self, key: str, value: str) -> None:
+        sysctl.write(key, value)
+
+    @verb
+    def link_sysctl(self, family: str, name: str, key: str, value: str) -> None:
+        sysctl.write_iface(family, name, key, value)
+
+    @verb
+    def no_ipv6(self, name: str) -> None:
+        links.no_ipv6(name)
+
+    @verb
+    def delete_link(self, name: str) -> bool:
+        """Remove a link if it is there (a veth takes its peer along); True when something was removed."""
+        return links.delete_link(self.rtnl, name)
+
+    @verb
+    def delete_if_alias(self, name: str, alias: str) -> bool:
+        """Remove link `name` only when it carries `alias`."""
+        return lan.delete_if_alias(self.ipr, self.rtnl, name, alias)
+
+    @verb
+    def ensure_bridge(self, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> tuple[int, bool]:
+        """(index, created) of bridge `name`, made if missing (marked with `alias`, or not left at all),
+        with `addresses`, up."""
+        return links.ensure_bridge(self.ipr, self.rtnl, name, mtu=mtu, addresses=addresses, alias=alias)
+
+    @verb
+    def new_veth(self, host_name: str, sandbox: SandboxNs, peer_name: str, *, mac: str | None,
+                 mtu: int | None) -> tuple[int, int]:
+        """A veth from the host into `sandbox`, in one sendmsg: (host end's index, peer's index in there)."""
+        return links.new_veth(self.rtnl, host_name, sandbox.fd, peer_name, mac=mac, mtu=mtu)
+
+    @verb
+    def plug_in(self, index: int, bridge_index: int, *, isolated: bool) -> None:
+        """Port `index` onto the bridge, up, in one sendmsg (links.plug_in)."""
+        links.plug_in(self.rtnl, index, bridge_index, isolated=isolated)
+
+    @verb
+    def veth_pair(self, name: str, peer: str, *, mtu: int | None, alias: str) -> tuple[int, int]:
+        """A veth pair inside the host (a leaf's uplink): both ends' indexes."""
+        return links.veth_pair(self.ipr, self.rtnl, name, peer, mtu=mtu, alias=alias)
+
+    @verb
+    def add_in_netns(self, kind: str, name: str, parent_index: int, sandbox: SandboxNs, *, mtu: int | None,
+                     **attrs) -> None:
+        """A `kind` link (macvlan, ipvlan) of host link `parent_index`, made directly inside `sandbox`."""
+        lan.add_in_netns(self.ipr, kind, name, parent_index, sandbox.fd, mtu=mtu, **attrs)
+
+    @verb
+    def ensure_vlan(self, name: str, base: str, vid: int, *, alias: str) -> int:
+        """802.1Q link `name` on `base`, made if missing (marked with `alias`, or not left at all), up."""
+        return lan.ensure_vlan(self.ipr, self.rtnl, name, base, vid, alias=alias)
+
+    @verb
+    def ensure_shim(self, name: str, parent: str, address: str, *, alias: str) -> int:
+        """The host's macvlan link on `parent`, made if missing (marked with `alias`, or not left at all),
+        holding `address`/32, up."""
+        return lan.ensure_shim(self.ipr, self.rtnl, name, parent, address, alias=alias)
+
+    @verb
+    def route_to(self, ifname: str, cidr: str) -> None:
+        """The host's route to one sandbox address through `ifname` (none when the link is gone)."""
+        lan.host_route(self.ipr, "replace", ifname, cidr)
+
+    @verb
+    def unroute(self, ifname: str, cidr: str) -> None:
+        lan.host_route(self.ipr, "del", ifname, cidr)
 
     def close(self) -> None:
         for pid in list(self._sandboxes):

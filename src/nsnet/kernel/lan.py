@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -19,29 +20,20 @@ def add_in_netns(ipr, kind: str, ifname: str, parent_index: int, netns_fd: int, 
     ipr.link("add", ifname=ifname, kind=kind, link=parent_index, net_ns_fd=netns_fd, **kw)
 
 
-def ensure_vlan(ipr, name: str, base: str, vid: int, *, alias: str) -> int:
+def ensure_vlan(ipr, chan, name: str, base: str, vid: int, *, alias: str) -> int:
     """802.1Q sub-interface `name` (VLAN `vid` on `base`), marked as ours and up."""
     idx = links.index_of(ipr, name)
     if idx is None:
-        ipr.link("add", ifname=name, kind="vlan", link=links.index_of(ipr, base), vlan_id=vid)
-        idx = links.index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = links.add_marked(ipr, chan, name, alias, kind="vlan", link=links.index_of(ipr, base), vlan_id=vid)
     ipr.link("set", index=idx, state="up")
     return idx
 
 
-def alias_of(ipr, name: str) -> str | None:
-    idx = links.index_of(ipr, name)
-    if idx is None:
-        return None
-    return ipr.get_links(idx)[0].get("ifalias")
-
-
-def delete_if_alias(kernel, name: str, alias: str) -> bool:
+def delete_if_alias(ipr, chan, name: str, alias: str) -> bool:
     """Remove link `name` only when it carries `alias` (so a link someone else made always stays)."""
-    if alias_of(kernel.ipr, name) != alias:
+    if links.attr_of(ipr, name, "ifalias") != alias:
         return False
-    return links.delete_link(kernel.rtnl, name)
+    return links.delete_link(chan, name)
 
 
 def ensure_shim(ipr, chan, name: str, parent: str, address: str, *, alias: str) -> int:
@@ -51,9 +43,8 @@ def ensure_shim(ipr, chan, name: str, parent: str, address: str, *, alias: str) 
     """
     idx = links.index_of(ipr, name)
     if idx is None:
-        ipr.link("add", ifname=name, kind="macvlan", link=links.index_of(ipr, parent), macvlan_mode="bridge")
-        idx = links.index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = links.add_marked(ipr, chan, name, alias, kind="macvlan", link=links.index_of(ipr, parent),
+                               macvlan_mode="bridge")
     links.add_address(chan, idx, f"{address}/32")
     ipr.link("set", index=idx, state="up")
     return idx
@@ -70,3 +61,11 @@ def host_route(ipr, op: str, ifname: str, cidr: str) -> None:
     except NetlinkError as e:
         if not (op == "del" and e.code in (ESRCH, ENOENT)):
             raise
+
+
+def default_routes_on(ipr, index: int, *, ipv4: bool, ipv6: bool) -> None:
+    """Default routes straight out of link `index`, no gateway (ipvlan l3: the host routes for the sandbox)."""
+    if ipv4:
+        ipr.route("replace", dst="0.0.0.0/0", oif=index)
+    if ipv6:
+        ipr.route("replace", dst="::/0", oif=index, family=socket.AF_INET6)

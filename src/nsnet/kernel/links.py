@@ -17,6 +17,20 @@ def index_of(ipr, ifname: str) -> int | None:
     return found[0] if found else None
 
 
+def attr_of(ipr, ifname: str, key: str):
+    """One attribute of a link as pyroute2 names it ("address", "ifalias"), or None when there is no link."""
+    idx = index_of(ipr, ifname)
+    return None if idx is None else ipr.get_links(idx)[0].get(key)
+
+
+def addresses_of(ipr, ifname: str, family: int) -> list[str]:
+    """The addresses ("ip/prefixlen") of a link, of one family."""
+    idx = index_of(ipr, ifname)
+    if idx is None:
+        return []
+    return [f"{m.get('local') or m.get('address')}/{m['prefixlen']}" for m in ipr.get_addr(index=idx, family=family)]
+
+
 def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str], alias: str) -> tuple[int, bool]:
     """Create (or reuse) bridge `name`, give it `addresses` ("ip/prefixlen") and bring it up. Returns
     its index, and whether it was created (a new bridge has no ports).
@@ -31,13 +45,24 @@ def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str]
     created = idx is None
     if created:
         kw = {"mtu": mtu} if mtu else {}
-        ipr.link("add", ifname=name, kind="bridge", address=random_mac(), br_mcast_snooping=0, **kw)
-        idx = index_of(ipr, name)
-        ipr.link("set", index=idx, ifalias=alias)
+        idx = add_marked(ipr, chan, name, alias, kind="bridge", address=random_mac(), br_mcast_snooping=0, **kw)
     for cidr in addresses:
         add_address(chan, idx, cidr)
     ipr.link("set", index=idx, state="up")
     return idx, created
+
+
+def add_marked(ipr, chan, name: str, alias: str, **link) -> int:
+    """Create link `name` marked as nsnet's with `alias`, or leave nothing: the kernel ignores an alias in
+    the creating request, and a link left without its mark would be no one's (delete_if_alias spares it)."""
+    ipr.link("add", ifname=name, **link)
+    idx = index_of(ipr, name)
+    try:
+        ipr.link("set", index=idx, ifalias=alias)
+    except BaseException:
+        delete_link(chan, name)
+        raise
+    return idx
 
 
 def random_mac() -> str:
@@ -85,6 +110,19 @@ def new_veth(chan, host_name: str, netns_fd: int, peer_name: str, *, mac: str | 
     got.check()
     no_ipv6(host_name)
     return rtnl.link_indexes(got.data)
+
+
+def veth_pair(ipr, chan, name: str, peer: str, *, mtu: int | None, alias: str) -> tuple[int, int]:
+    """A veth pair in this namespace (a leaf's uplink), both ends marked with `alias` and without IPv6,
+    down. Returns both ends' indexes."""
+    kw = {"mtu": mtu} if mtu else {}
+    ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer, **kw}, **kw)
+    indexes = []
+    for end in (name, peer):
+        ipr.link("set", ifname=end, ifalias=alias)
+        no_ipv6(end)
+        indexes.append(index_in(chan, end))
+    return indexes[0], indexes[1]
 
 
 def no_ipv6(ifname: str) -> None:

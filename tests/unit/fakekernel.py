@@ -1,0 +1,361 @@
+"""The kernel face (kernel/host.py's Kernel and SandboxNs verbs) in memory, with a fault hook.
+
+Each verb does what the real one asks of the kernel, one step per netlink message or /proc/sys write,
+so that `fail_at=k` can fail the k-th mutating step exactly where the real kernel could: that step
+raises KernelError and changes nothing, the steps before it stay done. A batch (one sendmsg on the
+attach path: plug_in, configure) runs every message as the kernel does, and the verb raises the first
+error after the batch. Links live in namespaces (the host's, each sandbox's); a veth's two ends may be in
+two of them, and deleting either end deletes both, as in the kernel.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from nsnet.errors import KernelError
+
+ENODEV, EEXIST, EINVAL, EIO, ESRCH = 19, 17, 22, 5, 3
+
+
+@dataclass
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    ns: "Namespace"
+    master: int | None = None
+    alias: str | None = None
+    addresses: set = field(default_factory=set)
+    up: bool = False
+    isolated: bool = False
+    mtu: int | None = None
+    mac: str | None = None
+    peer: "Link | None" = None          # the other end of a veth
+    parent: str | None = None           # macvlan/ipvlan/vlan: the host link it sits on
+    attrs: dict = field(default_factory=dict)
+    sysctls: dict = field(default_factory=dict)
+
+
+class Namespace:
+    def __init__(self, label: str, faults: "Faults"):
+        self.label, self.faults = label, faults
+        self.links: dict[str, Link] = {}
+        self.routes: dict[str, str] = {}    # destination -> "via GW" or "dev NAME"
+
+    def by_index(self, index: int) -> Link | None:
+        return next((lk for lk in self.links.values() if lk.index == index), None)
+
+    def add(self, name: str, kind: str | None, **kw) -> Link:
+        if name in self.links:
+            raise KernelError(EEXIST, f"link {name} exists")
+        link = self.links[name] = Link(self.faults.next_index(), name, kind, self, **kw)
+        return link
+
+    def remove(self, link: Link) -> None:
+        for end in (link, link.peer):
+            if end is None or end.ns.links.get(end.name) is not end:
+                continue
+            del end.ns.links[end.name]
+            for other in end.ns.links.values():   # a bridge's ports are let go
+                if other.master == end.index:
+                    other.master = None
+            for dst in [d for d, via in end.ns.routes.items() if via.endswith(f"dev {end.name}")]:
+                del end.ns.routes[dst]
+
+    def state(self) -> dict:
+        names = {lk.index: lk.name for lk in self.links.values()}
+        links = {name: {
+            "kind": lk.kind, "master": names.get(lk.master, lk.master), "alias": lk.alias,
+            "addresses": sorted(lk.addresses), "up": lk.up, "isolated": lk.isolated, "mtu": lk.mtu,
+            "mac": lk.mac, "peer": (lk.peer.ns.label, lk.peer.name) if lk.peer else None,
+            "parent": lk.parent, "attrs": dict(lk.attrs), "sysctls": dict(lk.sysctls),
+        } for name, lk in self.links.items()}
+        return {"links": links, "routes": dict(self.routes)}
+
+
+class Faults:
+    """Counts mutating steps across all namespaces; fails the `fail_at`-th one (once)."""
+
+    def __init__(self):
+        self.fail_at: int | None = None
+        self.fail_code = EIO
+        self.steps = 0
+        self.log: list[str] = []
+        self._index = 100
+
+    def next_index(self) -> int:
+        self._index += 1
+        return self._index
+
+    def step(self, what: str) -> None:
+        self.steps += 1
+        self.log.append(what)
+        if self.steps == self.fail_at:
+            raise KernelError(self.fail_code, f"injected fault at kernel call {self.steps} ({what})")
+
+    def batch(self, *steps) -> None:
+        """(what, do) pairs sent in one sendmsg: each runs unless it fails; the first error is raised last."""
+        first = None
+        for what, do in steps:
+            try:
+                self.step(what)
+                do()
+            except KernelError as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+
+def _add_address(link: Link, cidr: str) -> None:
+    link.addresses.add(str(ipaddress.ip_interface(cidr)))   # one already there is fine (EEXIST ignored)
+
+
+def _set(obj, **kw):
+    return lambda: [setattr(obj, k, v) for k, v in kw.items()]
+
+
+class FakeSandboxNs:
+    def __init__(self, pid: int, faults: Faults):
+        self.pid = pid
+        self.ns = Namespace(f"sandbox {pid}", faults)
+        self.faults = faults
+        self.ns.add("lo", None).up = True
+
+    def _link(self, index: int) -> Link:
+        link = self.ns.by_index(index)
+        if link is None:
+            raise KernelError(ENODEV, f"no link {index} in the sandbox")
+        return link
+
+    def index(self, name: str) -> int | None:
+        link = self.ns.links.get(name)
+        return link.index if link else None
+
+    def configure(self, index, *, addresses, gateway4, gateway6, ipv6) -> None:
+        link = self._link(index)
+        steps = [(f"sandbox: address {a}", lambda a=a: _add_address(link, a)) for a in addresses]
+        if not ipv6:
+            steps.append(("sandbox: no link-local", lambda: link.sysctls.__setitem__("addr_gen_mode", "none")))
+        steps.append(("sandbox: link up", _set(link, up=True)))
+        for gw, dst in ((gateway4, "0.0.0.0/0"), (gateway6, "::/0")):
+            if gw:
+                steps.append((f"sandbox: default via {gw}", lambda gw=gw, dst=dst: self.ns.routes.__setitem__(dst, f"via {gw} dev {link.name}")))
+        self.faults.batch(*steps)
+
+    def default_routes_on(self, index, *, ipv4, ipv6) -> None:
+        link = self._link(index)
+        for want, dst in ((ipv4, "0.0.0.0/0"), (ipv6, "::/0")):
+            if want:
+                self.faults.step(f"sandbox: default dev {link.name}")
+                self.ns.routes[dst] = f"dev {link.name}"
+
+    def delete_link(self, name: str) -> bool:
+        self.faults.step(f"sandbox: delete {name}")
+        link = self.ns.links.get(name)
+        if link is None:
+            return False
+        self.ns.remove(link)
+        return True
+
+
+class FakeKernel:
+    """The host's namespace (with a loopback and a NIC `lan0`), and the sandboxes' (`sandbox(pid)`)."""
+
+    def __init__(self):
+        self.faults = Faults()
+        self.ns = Namespace("host", self.faults)
+        self.ns.add("lo", None).up = True
+        self.ns.add("lan0", "veth", up=True, mac="aa:bb:cc:00:00:01", addresses={"192.168.50.2/24"})
+        self.sysctls: dict[str, str] = {}
+        self.sandboxes: dict[int, FakeSandboxNs] = {}
+        self.lan: dict[str, str] = {}       # address -> MAC of the machines answering ARP on the LAN
+        self.missing: set[str] = set()      # link kinds this kernel cannot build
+
+    @property
+    def fail_at(self):
+        return self.faults.fail_at
+
+    @fail_at.setter
+    def fail_at(self, k: int | None) -> None:
+        self.faults.fail_at, self.faults.steps, self.faults.log = k, 0, []
+
+    def sandbox(self, pid: int) -> FakeSandboxNs:
+        if pid not in self.sandboxes:
+            self.sandboxes[pid] = FakeSandboxNs(pid, self.faults)
+        return self.sandboxes[pid]
+
+    def state(self) -> dict:
+        """Everything the kernel holds, by name (indexes change when a link is made again)."""
+        return {"host": self.ns.state(), "sysctls": dict(self.sysctls),
+                "sandboxes": {pid: sb.ns.state() for pid, sb in self.sandboxes.items()}}
+
+    def _link(self, name: str) -> Link:
+        link = self.ns.links.get(name)
+        if link is None:
+            raise KernelError(ENODEV, f"no link {name}")
+        return link
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def links(self) -> dict[str, dict]:
+        return {n: {"index": lk.index, "kind": lk.kind, "alias": lk.alias, "master": lk.master}
+                for n, lk in self.ns.links.items()}
+
+    def index(self, name):
+        link = self.ns.links.get(name)
+        return link.index if link else None
+
+    def mac_of(self, name):
+        link = self.ns.links.get(name)
+        return link.mac if link else None
+
+    def alias_of(self, name):
+        link = self.ns.links.get(name)
+        return link.alias if link else None
+
+    def ipv4_addresses(self, name):
+        link = self.ns.links.get(name)
+        return sorted(a for a in link.addresses if ":" not in a) if link else []
+
+    def taken_on_lan(self, ifname, address):
+        mac = self.lan.get(address)
+        return f"{address} already answers ARP on the LAN of {ifname} (from {mac})" if mac else None
+
+    def require(self, kind, what):
+        if kind in self.missing:
+            raise KernelError(95, f"cannot create {what}: no {kind}")
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def sysctl(self, key, value):
+        if self.sysctls.get(key) == value:   # sysctl.write reads first: nothing written
+            return
+        self.faults.step(f"sysctl {key}={value}")
+        self.sysctls[key] = value
+
+    def link_sysctl(self, family, name, key, value):
+        link = self._link(name)
+        self.faults.step(f"sysctl {family} {name} {key}={value}")
+        link.sysctls[f"{family}.{key}"] = value
+
+    def no_ipv6(self, name):
+        link = self.ns.links.get(name)
+        if link is None:   # links.no_ipv6 lets a missing file be
+            return
+        self.faults.step(f"no ipv6 on {name}")
+        link.sysctls["ipv6.disable_ipv6"] = "1"
+
+    def delete_link(self, name):
+        self.faults.step(f"delete {name}")
+        link = self.ns.links.get(name)
+        if link is None:
+            return False
+        self.ns.remove(link)
+        return True
+
+    def delete_if_alias(self, name, alias):
+        if self.alias_of(name) != alias:
+            return False
+        return self.delete_link(name)
+
+    def _ensure(self, name, kind, alias, **kw) -> tuple[Link, bool]:
+        link = self.ns.links.get(name)
+        if link is not None:
+            return link, False
+        self.faults.step(f"add {kind} {name}")
+        link = self.ns.add(name, kind, **kw)
+        try:   # links.add_marked: a link that cannot be marked as ours is removed again
+            self.faults.step(f"alias {name}")
+        except KernelError:
+            self.ns.remove(link)
+            raise
+        link.alias = alias
+        return link, True
+
+    def ensure_bridge(self, name, *, mtu, addresses, alias):
+        link, created = self._ensure(name, "bridge", alias, mtu=mtu)
+        for a in addresses:
+            self.faults.step(f"address {a} on {name}")
+            _add_address(link, a)
+        self.faults.step(f"up {name}")
+        link.up = True
+        return link.index, created
+
+    def new_veth(self, host_name, sandbox, peer_name, *, mac, mtu):
+        self.faults.step(f"veth {host_name} / {peer_name}")
+        if peer_name in sandbox.ns.links:
+            raise KernelError(EEXIST, f"{peer_name} exists in the sandbox")
+        host = self.ns.add(host_name, "veth", mtu=mtu)
+        peer = sandbox.ns.add(peer_name, "veth", mtu=mtu, mac=mac)
+        host.peer, peer.peer = peer, host
+        self.no_ipv6(host_name)
+        return host.index, peer.index
+
+    def plug_in(self, index, bridge_index, *, isolated):
+        port, bridge = self.ns.by_index(index), self.ns.by_index(bridge_index)
+
+        def enslave():
+            if port is None:
+                raise KernelError(ENODEV, f"no link {index}")
+            if bridge is None or bridge.kind != "bridge":
+                raise KernelError(EINVAL, f"no bridge {bridge_index}")
+            port.master = bridge_index
+
+        def needs_port(**kw):
+            def do():
+                if port is None:
+                    raise KernelError(ENODEV, f"no link {index}")
+                _set(port, **kw)()
+            return do
+
+        steps = [(f"enslave {index} to {bridge_index}", enslave)]
+        if isolated:
+            steps.append((f"isolate {index}", needs_port(isolated=True)))
+        steps.append((f"up {index}", needs_port(up=True)))
+        self.faults.batch(*steps)
+
+    def veth_pair(self, name, peer, *, mtu, alias):
+        self.faults.step(f"veth {name} / {peer}")
+        if peer in self.ns.links:
+            raise KernelError(EEXIST, f"{peer} exists")
+        a = self.ns.add(name, "veth", mtu=mtu)
+        b = self.ns.add(peer, "veth", mtu=mtu)
+        a.peer, b.peer = b, a
+        for end in (a, b):
+            self.faults.step(f"alias {end.name}")
+            end.alias = alias
+            self.no_ipv6(end.name)
+        return a.index, b.index
+
+    def add_in_netns(self, kind, name, parent_index, sandbox, *, mtu, **attrs):
+        parent = self.ns.by_index(parent_index)
+        self.faults.step(f"{kind} {name} in sandbox {sandbox.pid}")
+        if parent is None:
+            raise KernelError(ENODEV, f"no parent {parent_index}")
+        sandbox.ns.add(name, kind, mtu=mtu, parent=parent.name, mac=attrs.pop("address", None), attrs=attrs)
+
+    def ensure_vlan(self, name, base, vid, *, alias):
+        link, _ = self._ensure(name, "vlan", alias, parent=base, attrs={"vlan_id": vid})
+        self.faults.step(f"up {name}")
+        link.up = True
+        return link.index
+
+    def ensure_shim(self, name, parent, address, *, alias):
+        link, _ = self._ensure(name, "macvlan", alias, parent=parent, attrs={"macvlan_mode": "bridge"})
+        self.faults.step(f"address {address}/32 on {name}")
+        _add_address(link, f"{address}/32")
+        self.faults.step(f"up {name}")
+        link.up = True
+        return link.index
+
+    def route_to(self, ifname, cidr):
+        if ifname not in self.ns.links:
+            return
+        self.faults.step(f"route {cidr} dev {ifname}")
+        self.ns.routes[str(ipaddress.ip_interface(cidr).ip)] = f"dev {ifname}"
+
+    def unroute(self, ifname, cidr):
+        if ifname not in self.ns.links:
+            return
+        self.faults.step(f"unroute {cidr} dev {ifname}")
+        self.ns.routes.pop(str(ipaddress.ip_interface(cidr).ip), None)

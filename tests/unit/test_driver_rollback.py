@@ -1,0 +1,197 @@
+"""Every failed driver operation, followed by the undo the engine runs, leaves the kernel as it was.
+
+The CNI plugins' rollback discipline, tested: for each k from 1 to the number of kernel calls an operation
+makes, the k-th call fails (tests/unit/fakekernel.py), the engine's undo runs (`leave` after a failed join,
+`delete_network` after a failed create), and the fake kernel must hold exactly what it held before. Then
+the same operation must still succeed: the driver's own bookkeeping survived the failure too.
+"""
+import ipaddress
+
+import pytest
+
+from fakekernel import ENODEV, FakeKernel
+
+from nsnet.drivers import fabric
+from nsnet.drivers.bridge import BridgeDriver, bridge_name_for
+from nsnet.drivers.ipvlan import IpvlanDriver
+from nsnet.drivers.macvlan import MacvlanDriver
+from nsnet.errors import NsnetError
+from nsnet.model import Endpoint, Network, SubnetConfig
+
+ICC = "com.docker.network.bridge.enable_icc"
+
+
+def network(driver="bridge", subnets=("10.7.0.0/24",), ipv6=False, **options):
+    net = Network(id="ab" * 32, name="n1", driver=driver, created="now", ipv6=ipv6, options=dict(options))
+    net.subnets = [SubnetConfig(subnet=s, gateway=str(ipaddress.ip_network(s)[1])) for s in subnets]
+    if driver == "bridge":
+        net.bridge = bridge_name_for(net.id)
+    return net
+
+
+def endpoint(net, i, host_side=True):
+    v4 = next(s for s in net.subnets if ":" not in s.subnet)
+    v6 = next((s for s in net.subnets if ":" in s.subnet), None)
+    prefix = ipaddress.ip_network(v4.subnet).prefixlen
+    return Endpoint(id=f"{i:064x}", network_id=net.id, sandbox_id=f"s{i}", ifname="eth0",
+                    host_ifname=f"nsv{i:012d}" if host_side else None, mac=f"02:42:0a:07:00:{i:02x}",
+                    ipv4=f"{ipaddress.ip_network(v4.subnet)[i + 1]}/{prefix}",
+                    ipv6=f"{ipaddress.ip_network(v6.subnet)[i + 1]}/64" if v6 else None,
+                    gateway4=v4.gateway, gateway6=v6.gateway if v6 else None)
+
+
+def calls(kernel, op) -> int:
+    """How many mutating kernel calls `op` makes when nothing fails."""
+    kernel.fail_at = None
+    op()
+    return kernel.faults.steps
+
+
+def each_failure(scenario, clean_undo=True) -> int:
+    """For each k, in a fresh world from scenario() -> (kernel, op, undo): op fails at its k-th kernel call,
+    undo runs, and the kernel must hold what it held before; then op, run again, must succeed (the driver's
+    own bookkeeping survived the failure). With `clean_undo`, undo after op that succeeded must bring the
+    kernel back too (disconnect, remove). Returns how many kernel calls op makes."""
+    kernel, op, undo = scenario()
+    before = kernel.state()
+    n = calls(kernel, op)
+    if clean_undo:
+        undo()
+        assert kernel.state() == before, "the undo of an operation that succeeded left changes"
+    for k in range(1, n + 1):
+        kernel, op, undo = scenario()
+        before = kernel.state()
+        kernel.fail_at = k
+        with pytest.raises(NsnetError):
+            op()
+        failed = kernel.faults.log[k - 1]
+        kernel.fail_at = None
+        undo()
+        assert kernel.state() == before, f"kernel call {k} of {n} ({failed}) failed, and the undo left changes"
+        op()
+    return n
+
+
+# ---- bridge ---------------------------------------------------------------------------------------
+
+def fresh_kernel() -> FakeKernel:
+    k = FakeKernel()
+    k.sysctls["net.ipv4.ip_forward"] = "1"   # host-wide and never undone: on as on any host with a network
+    return k
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_bridge_create_network_fails_at_each_call_and_is_undone(ipv6):
+    def scenario():
+        kernel = fresh_kernel()
+        kernel.sysctls["net.ipv6.conf.all.forwarding"] = "1"
+        net = network(subnets=("10.7.0.0/24", "fd00:7::/64") if ipv6 else ("10.7.0.0/24",), ipv6=ipv6)
+        d = BridgeDriver(kernel)
+        return kernel, lambda: d.create_network(net), lambda: d.delete_network(net)
+    assert each_failure(scenario) >= 5   # bridge, alias, address(es), up, route_localnet, no IPv6
+
+
+def bridge_with_ports(ports: int, **options):
+    """A kernel with a bridge network and `ports` sandboxes on it; the driver; the network."""
+    kernel = fresh_kernel()
+    net = network(**options)
+    d = BridgeDriver(kernel)
+    d.create_network(net)
+    for i in range(1, ports + 1):
+        d.join(net, endpoint(net, i), kernel.sandbox(1000 + i), True)
+    return kernel, d, net
+
+
+def joining(ports: int, **options):
+    def scenario():
+        kernel, d, net = bridge_with_ports(ports, **options)
+        ep, sandbox = endpoint(net, ports + 1), kernel.sandbox(2000)
+        return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
+    return scenario
+
+
+@pytest.mark.parametrize("icc", ["true", "false"])
+def test_bridge_join_fails_at_each_call_and_leave_undoes_it(icc):
+    assert each_failure(joining(1, **{ICC: icc})) >= 5   # veth, its host end's IPv6, address, up, route, port...
+
+
+def test_bridge_join_that_builds_a_leaf_fails_at_each_call_and_is_undone(monkeypatch):
+    """The network's bridge is full: the join builds leaf 1 and its uplink first. A failed join must not
+    leave them behind (and the join after it builds them again)."""
+    monkeypatch.setattr(fabric, "PORTS_PER_BRIDGE", 2)
+    assert each_failure(joining(2), clean_undo=False) > 12   # a leaf outlives its ports: see below
+
+
+def test_the_comparison_sees_a_leaf_left_behind(monkeypatch):
+    """A leaf outlives its last port (it is the network's until delete_network): the state shows it."""
+    monkeypatch.setattr(fabric, "PORTS_PER_BRIDGE", 2)
+    before = fresh_kernel().state()["host"]
+    kernel, d, net = bridge_with_ports(3)
+    for i in (1, 2, 3):
+        d.leave(net, endpoint(net, i))
+    assert kernel.state()["host"] != before and fabric.leaf_name(net.id, 1) in kernel.state()["host"]["links"]
+    d.delete_network(net)
+    assert kernel.state()["host"] == before
+
+
+# ---- macvlan ------------------------------------------------------------------------------------
+
+def lan_network(**options):
+    net = network("macvlan", subnets=("192.168.50.0/24",), parent="lan0", **options)
+    if "host_shim" in options:
+        net.subnets[0].aux["host_shim"] = "192.168.50.254"
+    return net
+
+
+@pytest.mark.parametrize("parent", ["lan0", "lan0.10"])
+def test_macvlan_create_network_fails_at_each_call_and_is_undone(parent):
+    def scenario():
+        kernel = fresh_kernel()
+        net = lan_network(host_shim="true")
+        net.options["parent"] = parent
+        d = MacvlanDriver(kernel)
+        return kernel, lambda: d.create_network(net), lambda: d.delete_network(net)
+    assert each_failure(scenario) >= 4   # (vlan, alias, up), shim, alias, address, up
+
+
+@pytest.mark.parametrize("shim", ["true", "false"])
+def test_macvlan_join_fails_at_each_call_and_leave_undoes_it(shim):
+    def scenario():
+        kernel = fresh_kernel()
+        net = lan_network(host_shim=shim)
+        d = MacvlanDriver(kernel)
+        d.create_network(net)
+        ep, sandbox = endpoint(net, 1, host_side=False), kernel.sandbox(2001)
+        return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
+    assert each_failure(scenario) >= 4   # the link, its address, up, the route (and the host's route to it)
+
+
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+def test_ipvlan_join_fails_at_each_call_and_leave_undoes_it(mode):
+    def scenario():
+        kernel = fresh_kernel()
+        net = network("ipvlan", subnets=("10.9.0.0/24", "fd00:9::/64"), ipv6=True, parent="lan0",
+                      ipvlan_mode=mode)
+        d = IpvlanDriver(kernel)
+        d.create_network(net)
+        ep, sandbox = endpoint(net, 1, host_side=False), kernel.sandbox(3001)
+        d.plan_endpoint(net, ep)
+        return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
+    assert each_failure(scenario) >= 4   # the link, its addresses, up, default routes (via the link in l3)
+
+
+def test_a_bridge_join_whose_bridge_seems_gone_reads_the_network_back_and_plugs_the_port():
+    """ENODEV from the port's enslave means the bridge went away: the join reloads the network from the
+    kernel, which plugs back every port of the network that is on no bridge, this one included."""
+    kernel, d, net = bridge_with_ports(1)
+    ep, sandbox = endpoint(net, 2), kernel.sandbox(2000)
+    d.ports_of = lambda net: [endpoint(net, 1).host_ifname, ep.host_ifname]
+    calls(kernel, lambda: d.join(net, ep, sandbox, True))
+    enslave = next(k for k, what in enumerate(kernel.faults.log, 1) if what.startswith("enslave"))
+    d.leave(net, ep, sandbox)
+    kernel.faults.fail_code = ENODEV
+    kernel.fail_at = enslave
+    d.join(net, ep, sandbox, True)
+    assert kernel.faults.steps > enslave   # the fault fired, and the join went on
+    assert kernel.ns.links[ep.host_ifname].master == kernel.index(net.bridge)
+    assert d._fabrics[net.id].root.ports == 2
