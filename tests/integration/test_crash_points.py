@@ -1,0 +1,306 @@
+"""kill -9 of the daemon at every crash point (nsnet.crashpoints.NAMES), then a restart: the host must be
+as the records say, and work must go on.
+
+One host for the whole walk (a daemon start is ~0.3 s, a fresh host several): network `red` with
+sandboxes `a` (publishing a port) and `b`, network `blue` to connect to. For each point: prepare, stop
+the daemon, start one armed with NSNET_CRASH_AT, run the operation that reaches the point, see the
+daemon die of SIGKILL there, restart it (the next CLI call), check the invariants with kernel reads,
+then retry the operation (the name, the port, the address are free again) and go back to the baseline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import wait_for
+from nsnet.crashpoints import ENV, NAMES
+
+RUN_C = ("run", "-d", "--name", "c", "--network", "red", "-p", "8082:80", "--", "sleep", "300")
+RUN_FG = ("run", "--name", "c", "--network", "red", "--", "true")
+
+
+class Walk:
+    def __init__(self, host):
+        self.host = host
+        self.log = os.path.join(host.root, "daemon.log")
+
+    # ---- the daemon ----------------------------------------------------------------------------
+
+    def stop_daemon(self) -> None:
+        pid = self.host.daemon_pid()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            assert wait_for(lambda: self.host.daemon_pid() is None, timeout=10)
+
+    def start_armed(self, point: str) -> subprocess.Popen:
+        cmd = ["ip", "netns", "exec", self.host.ns, sys.executable, "-m", "nsnet", "--root", self.host.root, "daemon"]
+        with open(self.log, "ab") as log:
+            return subprocess.Popen(cmd, env=dict(os.environ, **{ENV: point}), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True)
+
+    def wait_serving(self, proc: subprocess.Popen) -> None:
+        def up():
+            if proc.poll() is not None:
+                return True
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(os.path.join(self.host.root, "nsnet.sock"))
+                return self.host.daemon_pid() == proc.pid
+            except OSError:
+                return False
+            finally:
+                s.close()
+        assert wait_for(up, timeout=20)
+
+    # ---- the records and the kernel ------------------------------------------------------------
+
+    def records(self) -> dict[str, list[dict]]:
+        con = sqlite3.connect(os.path.join(self.host.root, "state.db"))
+        try:
+            out = {"network": [], "sandbox": [], "endpoint": []}
+            for kind, doc in con.execute("SELECT kind, doc FROM docs"):
+                out[kind].append(json.loads(doc))
+            return out
+        finally:
+            con.close()
+
+    def check(self, point: str) -> None:
+        """The records match the kernel, in the host and inside every running sandbox."""
+        h = self.host
+        rec = self.records()
+        nets = {n["id"]: n for n in rec["network"]}
+        sbs = {s["id"]: s for s in rec["sandbox"]}
+        running = {i: s for i, s in sbs.items() if s["state"] == "running"}
+        assert all(s["state"] in ("running", "exited") for s in sbs.values()), (point, sbs)  # no run half made
+        assert set(os.listdir(os.path.join(h.root, "sandboxes"))) <= set(sbs), point
+        eps = rec["endpoint"]
+        for ep in eps:
+            sb = running.get(ep["sandbox_id"])
+            assert sb is not None and ep["network_id"] in {r["network_id"] for r in sb["requests"]}, (point, ep)
+        for sb in running.values():   # every network a running sandbox asks for, it is on
+            on = {e["network_id"] for e in eps if e["sandbox_id"] == sb["id"]}
+            assert on == {r["network_id"] for r in sb["requests"]}, (point, sb["name"])
+        v4 = [e["ipv4"].split("/")[0] for e in eps if e["ipv4"]]
+        assert len(v4) == len(set(v4)), (point, v4)
+
+        # The host: bridges, the endpoints' host ends (up, on one of their network's bridges), nothing else of ours.
+        links = {l["ifname"]: l for l in json.loads(h.sh("ip -j -d link show").stdout)}
+        bridges = {n["bridge"] for n in nets.values() if n["driver"] == "bridge"}
+        for br in bridges:
+            assert br in links and "UP" in links[br]["flags"], (point, br)
+        for ep in eps:
+            link = links.get(ep["host_ifname"])
+            assert link is not None and "UP" in link["flags"], (point, ep["host_ifname"])
+            net = nets[ep["network_id"]]
+            assert link.get("master") == net["bridge"] or link.get("master", "").startswith("nsl"), (point, link)
+        strays = {n for n in links if n.startswith("nsv")} - {e["host_ifname"] for e in eps}
+        owners = {l.get("ifalias", "")[len("nsnet network "):] for l in links.values()
+                  if l.get("ifalias", "").startswith("nsnet network ")}
+        assert not strays and owners <= set(nets), (point, strays, owners - set(nets))
+
+        # Inside each running sandbox: each endpoint's link up with its address; the default route.
+        script = "; ".join(f"nsenter -t {s['pid']} -n ip -j addr show; echo; nsenter -t {s['pid']} -n ip -j route show default; echo"
+                           for s in running.values() if s["netmode"] == "bridge")
+        views = h.sh(f"sh -c '{script}'").stdout.split("\n") if script else []
+        views = [v for v in views if v.strip()]
+        addresses = []
+        for i, sb in enumerate(s for s in running.values() if s["netmode"] == "bridge"):
+            addrs, routes = json.loads(views[2 * i]), json.loads(views[2 * i + 1])
+            inside = {a["ifname"]: a for a in addrs}
+            mine = sorted((e for e in eps if e["sandbox_id"] == sb["id"]), key=lambda e: int(e["ifname"][3:]))
+            assert set(inside) - {"lo"} == {e["ifname"] for e in mine}, (point, sb["name"], set(inside))
+            for e in mine:
+                link = inside[e["ifname"]]
+                assert "UP" in link["flags"], (point, sb["name"], link)
+                assert e["ipv4"] in {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]}, (point, link)
+                addresses.append(e["ipv4"])
+            gw = next((e["gateway4"] for e in mine if e["gateway4"]), None)
+            assert gw is None or [r.get("gateway") for r in routes] == [gw], (point, sb["name"], routes)
+        assert len(addresses) == len(set(addresses)), (point, addresses)
+
+        # The firewall: every network's bridge and every running sandbox's published port, nothing else.
+        table = h.sh("nft list table inet nsnet").stdout
+        assert set(re.findall(r"\b(nsbr[\w-]*|nsnet0)\b", table)) == bridges, point
+        published = set(re.findall(r"dport (\d+) dnat ip to ([\d.]+):(\d+)", table))
+        want = set()
+        for sb in running.values():
+            ip = next((e["ipv4"].split("/")[0] for e in eps if e["sandbox_id"] == sb["id"]), None)
+            want |= {(str(p["host_port"]), ip, str(p["port"])) for p in sb["ports"]}
+        assert published == want, (point, published, want)
+        # Ports no running sandbox publishes are free again: 8082 is the crashed runs' port.
+        held = {p["host_port"] for s in running.values() for p in s["ports"]}
+        bind = h.sh(f"{sys.executable} -c 'import socket; socket.socket().bind((\"0.0.0.0\", 8082))'", check=False)
+        assert (bind.returncode == 0) == (8082 not in held), (point, bind.stderr)
+        self.ping("a", "b")
+
+    def ping(self, src: str, dst: str) -> None:
+        ip = self.host.json("inspect", dst)[0]["NetworkSettings"]["Networks"]["red"]["IPAddress"]
+        assert self.host.exec(src, f"ping -c1 -W1 {ip}", check=False).returncode == 0, (src, dst)
+
+    # ---- what the user sees afterwards ---------------------------------------------------------
+
+    def names(self) -> set[str]:
+        return {s["Name"].lstrip("/") for s in self.host.json("ps", "-a", "--format", "json")}
+
+    def on_blue(self, sandbox: str) -> bool:
+        return "blue" in self.host.json("inspect", sandbox)[0]["NetworkSettings"]["Networks"]
+
+
+# Each point: (what to prepare with a sound daemon, the operation that reaches the point, what must hold and
+# be done afterwards). Reconcile's own points have no operation: the armed daemon dies while starting, on
+# a host damaged while no daemon ran.
+
+def prepare_nothing(w): pass
+
+
+def prepare_green(w):
+    w.host.nsnet("network", "create", "--subnet", "10.83.0.0/24", "-o", "com.docker.network.bridge.name=nsbrgreen", "green")
+
+
+def prepare_c(w):
+    w.host.nsnet(*RUN_C)
+
+
+def prepare_connected(w):
+    w.host.nsnet("network", "connect", "blue", "a")
+
+
+def damage(w):
+    """While no daemon runs: a bridge deleted, a sandbox's address flushed and its link down, leftovers."""
+    w.host.sh("ip link del nsbrred")
+    pid = next(s["pid"] for s in w.records()["sandbox"] if s["name"] == "b")
+    w.host.sh(f"nsenter -t {pid} -n sh -c 'ip addr flush dev eth0; ip link set eth0 down'")
+    w.host.sh("ip link add nsvdeadbeef0001 type veth peer name strayp")
+    os.makedirs(os.path.join(w.host.root, "sandboxes", "deadbeef" * 8), exist_ok=True)
+
+
+def after_green_created(w, point):
+    names = [n["Name"] for n in w.host.json("network", "ls", "--format", "json")]
+    if "green" not in names:  # undone: the name and the bridge's name are free
+        prepare_green(w)
+    w.host.nsnet("network", "rm", "green")
+
+
+def after_green_removed(w, point):
+    names = [n["Name"] for n in w.host.json("network", "ls", "--format", "json")]
+    if "green" in names:
+        w.host.nsnet("network", "rm", "green")
+
+
+def after_run(w, point):
+    started = point == "run.after-running"
+    assert ("c" in w.names()) == started, point   # a run that never started leaves nothing
+    if not started:
+        w.host.nsnet(*RUN_C)                        # the name and the port are free
+    w.ping("c", "a")
+    w.host.nsnet("rm", "-f", "c")
+
+
+def after_run_fg(w, point):
+    # A foreground run's command starts when the CLI hears back: killed before that, it never ran.
+    # Killed after the record said running, the CLI ends the command, and the sandbox shows as exited.
+    assert ("c" in w.names()) == (point == "run.after-running"), point
+    if "c" in w.names():
+        w.host.nsnet("rm", "c")
+    w.host.nsnet(*RUN_FG)                           # the name is free
+    w.host.nsnet("rm", "c")
+
+
+def after_connect(w, point):
+    if w.on_blue("a"):  # finished: it says so and its link works (checked above)
+        p = w.host.nsnet("network", "connect", "blue", "a", check=False)
+        assert p.returncode != 0 and "already connected" in p.stderr, point
+    else:               # undone: a retry works
+        w.host.nsnet("network", "connect", "blue", "a")
+    w.host.nsnet("network", "disconnect", "blue", "a")
+
+
+def after_disconnect(w, point):
+    if w.on_blue("a"):
+        w.host.nsnet("network", "disconnect", "blue", "a")
+    assert not w.on_blue("a"), point
+
+
+def after_stop(w, point):
+    assert w.host.json("inspect", "c")[0]["State"]["Status"] == "exited", point
+    w.host.nsnet("rm", "c")
+
+
+def after_rm(w, point):
+    assert "c" not in w.names(), point
+
+
+def after_nothing(w, point):
+    pass
+
+
+def case(point):
+    if point.startswith("network-create."):
+        return prepare_nothing, ("network", "create", "--subnet", "10.83.0.0/24", "-o",
+                                 "com.docker.network.bridge.name=nsbrgreen", "green"), after_green_created
+    if point.startswith("network-rm."):
+        return prepare_green, ("network", "rm", "green"), after_green_removed
+    if point.startswith("run."):
+        return prepare_nothing, RUN_C, after_run
+    if point.startswith(("join.", "connect.")):
+        return prepare_nothing, ("network", "connect", "blue", "a"), after_connect
+    if point.startswith("disconnect."):
+        return prepare_connected, ("network", "disconnect", "blue", "a"), after_disconnect
+    if point.startswith(("stop.", "exited.")):
+        return prepare_c, ("stop", "-t", "1", "c"), after_stop
+    if point.startswith("rm."):
+        return prepare_c, ("rm", "-f", "c"), after_rm
+    assert point.startswith("reconcile."), point
+    return prepare_nothing, None, after_nothing
+
+
+# The foreground run's own points (the CLI, not the daemon, starts its process), and a run whose join is cut.
+EXTRA = [("run.after-record", RUN_FG, after_run_fg), ("run.after-join", RUN_FG, after_run_fg),
+         ("run.after-running", RUN_FG, after_run_fg), ("join.after-veth", RUN_C, after_run)]
+
+
+def test_a_kill_at_every_crash_point_then_a_restart_leaves_the_host_as_the_records_say(host):
+    w = Walk(host)
+    host.nsnet("network", "create", "--subnet", "10.81.0.0/24", "-o", "com.docker.network.bridge.name=nsbrred", "red")
+    host.nsnet("network", "create", "--subnet", "10.82.0.0/24", "-o", "com.docker.network.bridge.name=nsbrblue", "blue")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "-p", "8081:80", "--", "sleep", "600")
+    host.nsnet("run", "-d", "--name", "b", "--network", "red", "--", "sleep", "600")
+    w.check("baseline")
+
+    walk = [(p, *case(p)) for p in NAMES]
+    walk += [(p, prepare_nothing, op, after) for p, op, after in EXTRA]
+    started = time.monotonic()
+    for point, prepare, op, after in walk:
+        prepare(w)
+        w.stop_daemon()
+        if op is None:
+            damage(w)
+        logged = os.path.getsize(w.log)
+        proc = w.start_armed(point)
+        if op is not None:
+            w.wait_serving(proc)
+            assert proc.poll() is None, f"{point}: the armed daemon died before the operation"
+            p = host.nsnet(*op, check=False)
+            assert p.returncode != 0, f"{point}: {op} did not reach the crash point"
+        try:
+            assert proc.wait(timeout=30) == -signal.SIGKILL, point
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{point}: not reached; op gave {p.returncode} {p.stderr}")
+        with open(w.log) as f:
+            f.seek(logged)
+            assert f"crash point {point} reached" in f.read(), point
+        host.json("ps", "-a", "--format", "json")          # restarts the daemon, unarmed
+        w.check(point)
+        after(w, point)
+        print(f"{point}: {time.monotonic() - started:.1f} s", flush=True)  # DEBUG
+    print(f"\n{len(walk)} crash points walked ({len(NAMES)} named) in {time.monotonic() - started:.1f} s")
+    assert {p for p, *_ in walk} == set(NAMES)
