@@ -304,3 +304,60 @@ def test_a_kill_at_every_crash_point_then_a_restart_leaves_the_host_as_the_recor
         print(f"{point}: {time.monotonic() - started:.1f} s", flush=True)  # DEBUG
     print(f"\n{len(walk)} crash points walked ({len(NAMES)} named) in {time.monotonic() - started:.1f} s")
     assert {p for p, *_ in walk} == set(NAMES)
+
+
+def test_a_record_that_breaks_a_step_is_reported_and_the_daemon_serves_the_rest(host):
+    """As netavark's teardown: a network the kernel cannot build (a bridge name over 15 characters, written
+    into the store behind the daemon's back) fails its steps, the rest of reconcile goes on."""
+    host.nsnet("network", "create", "--subnet", "10.81.0.0/24", "red")
+    host.nsnet("run", "-d", "--name", "a", "--network", "red", "--", "sleep", "300")
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    db = sqlite3.connect(os.path.join(host.root, "state.db"))
+    (doc,) = db.execute("SELECT doc FROM docs WHERE kind='network' AND name='red'").fetchone()
+    bad = dict(json.loads(doc), id="f" * 64, name="broken", bridge="nsbr-far-too-long-a-name",
+               subnets=[{"subnet": "10.99.0.0/24", "gateway": "10.99.0.1", "ip_range": None, "aux": {}}])
+    db.execute("INSERT INTO docs(kind, id, name, doc) VALUES ('network', ?, 'broken', ?)", (bad["id"], json.dumps(bad)))
+    db.commit()
+    db.close()
+    host.sh("ip link add nsvdeadbeef0002 type veth peer name strayq")   # work for a later step
+
+    names = {n["Name"] for n in host.json("network", "ls", "--format", "json")}   # the daemon starts
+    assert {"red", "broken"} <= names
+    log = open(os.path.join(host.root, "daemon.log")).read()
+    assert "reconcile: network broken: failed:" in log
+    assert "nsvdeadbeef0002" not in host.state()["links"]                 # the steps after it ran
+    host.nsnet("run", "-d", "--name", "b", "--network", "red", "--", "sleep", "300")
+    ip = host.json("inspect", "a")[0]["NetworkSettings"]["Networks"]["red"]["IPAddress"]
+    assert host.exec("b", f"ping -c1 -W1 {ip}", check=False).returncode == 0
+
+
+def test_a_sandbox_link_left_half_plumbed_is_plumbed_again_at_restart(host):
+    """What a kill -9 inside an attach can leave (issue item 8): the endpoint recorded, its host end on the
+    bridge, but inside the sandbox the link down with no address and no default route."""
+    host.nsnet("network", "create", "--subnet", "10.81.0.0/24", "red")
+    for n in ("a", "b"):
+        host.nsnet("run", "-d", "--name", n, "--network", "red", "--", "sleep", "300")
+    ip = host.json("inspect", "a")[0]["NetworkSettings"]["Networks"]["red"]["IPAddress"]
+    pid = host.json("inspect", "b")[0]["State"]["Pid"]
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.sh(f"nsenter -t {pid} -n sh -c 'ip addr flush dev eth0; ip link set eth0 down'")
+
+    host.json("ps", "--format", "json")                                     # restarts the daemon
+    inside = json.loads(host.sh(f"nsenter -t {pid} -n ip -j addr show dev eth0").stdout)[0]
+    assert "UP" in inside["flags"] and any(a["local"].startswith("10.81.0.") for a in inside["addr_info"])
+    assert "default via 10.81.0.1" in host.sh(f"nsenter -t {pid} -n ip route").stdout
+    assert host.exec("b", f"ping -c1 -W1 {ip}", check=False).returncode == 0
+    assert "b: eth0 on red lacked" in open(os.path.join(host.root, "daemon.log")).read()
+
+
+def test_a_failed_run_leaves_no_folder_and_frees_its_name(host):
+    squatter = host.sh(f"sh -c '{sys.executable} -c \"import socket,time; s=socket.socket(); "
+                       f"s.bind((\\\"0.0.0.0\\\", 9998)); s.listen(); time.sleep(60)\" >/dev/null 2>&1 & echo $!'").stdout
+    try:
+        assert wait_for(lambda: ":9998" in host.sh("ss -ltn").stdout)
+        p = host.nsnet("run", "-d", "--name", "c", "-p", "9998:80", "--", "sleep", "300", check=False)
+        assert p.returncode != 0
+    finally:
+        os.kill(int(squatter), signal.SIGKILL)
+    assert os.listdir(os.path.join(host.root, "sandboxes")) == []
+    host.nsnet("run", "-d", "--name", "c", "--", "sleep", "300")
