@@ -30,7 +30,7 @@ from .ipam.evidence import overlapping, refusal
 from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
-from .kernel.links import configure_inside, delete_link, loopback_up
+from .kernel.links import configure_inside, delete_link, loopback_up, netns_view
 from .dns.records import Record, RecordSet
 from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
                     network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
@@ -629,8 +629,9 @@ class Engine:
             for a in skipped:  # asked again next time: the machine may have left the LAN
                 pool.release(a)
 
-    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest) -> Endpoint | None:
-        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure."""
+    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
+        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure. The default
+        route goes through it when asked, or else when no other endpoint has a gateway."""
         driver = self._driver(net)
         if not driver.builds_endpoints:
             return None
@@ -659,7 +660,8 @@ class Engine:
             elif subnet.version == 6 and ep.ipv6 is None:
                 ep.ipv6, ep.gateway6 = f"{addr}/{subnet.prefixlen}", cfg.gateway
         driver.plan_endpoint(net, ep)
-        default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
+        if default_route is None:
+            default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
         sandbox = None
         try:
             with self.store.transaction():
@@ -844,15 +846,17 @@ class Engine:
         done: list[str] = []
         with self.lock:
             for step in RECONCILE_STEPS:  # each a method below, in this order
+                first = len(done)
                 with _reported(done, step):
                     getattr(self, step)(done)
+                for line in done[first:]:
+                    log.info("reconcile: %s", line)
                 crashpoint("reconcile.after-" + step)
-        for line in done:
-            log.info("reconcile: %s", line)
         self._notify()
         return done
 
     def forget_dead_sandboxes(self, done: list[str]) -> None:
+        """Sandboxes whose process ended while no daemon watched: exited, their network freed."""
         for sb in list(self.sbs.values()):
             if sb.state == "running" and not procs.alive(sb.pid, sb.pid_start):
                 with _reported(done, f"sandbox {sb.name}"):
@@ -903,40 +907,43 @@ class Engine:
 
     def check_sandbox_side(self, done: list[str]) -> None:
         """Every endpoint of a running sandbox has its host link, and inside the sandbox its link up with its
-        addresses (and the first one with a gateway the default route): else it is plumbed again."""
-        links = self.kernel.links()
+        addresses (the first one with a gateway, the default route too); one that lacks any is plumbed again."""
+        host_links = self.kernel.links()
         for sb in self.sbs.values():
             eps = self.endpoints_of_sandbox(sb)
             if sb.state != "running" or not eps:
                 continue
             with _reported(done, f"sandbox {sb.name}"):
-                inside = _inside_view(self.kernel.sandbox(sb.pid).ipr)
+                ns = self.kernel.sandbox(sb.pid)
+                inside = netns_view(ns.ipr)
                 router = next((e for e in eps if e.gateway4), None)
                 for ep in eps:
-                    net = self.nets[ep.network_id]
-                    default_route = ep is router
-                    link = inside["links"].get(ep.ifname)
-                    if (ep.host_ifname and ep.host_ifname not in links) or link is None:
-                        req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
-                        self._driver(net).leave(net, ep, self.kernel.sandbox(sb.pid))
-                        self._drop_endpoint(ep)
-                        self._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None,
-                                                    ip6=ep.ipv6.split("/")[0] if ep.ipv6 else None))
-                        done.append(f"sandbox {sb.name}: {ep.ifname} on {net.name} was missing; rebuilt")
-                        continue
-                    index, up = link
-                    addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
-                    lacks = [a for a in addrs if (index, a) not in inside["addrs"]]
-                    if not up:
-                        lacks.append("up")
-                    if default_route and ep.gateway4 not in inside["gateways"]:
-                        lacks.append(f"default route via {ep.gateway4}")
-                    if lacks:
-                        configure_inside(self.kernel.sandbox(sb.pid).rtnl, index, addresses=addrs,
-                                         gateway4=ep.gateway4 if default_route else None,
-                                         gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
-                        done.append(f"sandbox {sb.name}: {ep.ifname} on {net.name} lacked {', '.join(lacks)}; "
-                                    f"plumbed again")
+                    line = self._plumb_again(sb, ep, ns, inside, host_links, default_route=ep is router)
+                    if line:
+                        done.append(f"sandbox {sb.name}: {line}")
+
+    def _plumb_again(self, sb: Sandbox, ep: Endpoint, ns, inside: dict, host_links: dict, default_route: bool):
+        """An endpoint with a link gone (either end) is built again, with its addresses; one whose link inside
+        lacks an address, up or its default route is configured again. Says what was done, or None."""
+        net = self.nets[ep.network_id]
+        link = inside["links"].get(ep.ifname)
+        if link is None or (ep.host_ifname and ep.host_ifname not in host_links):
+            req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
+            self._driver(net).leave(net, ep, ns)
+            self._drop_endpoint(ep)
+            self._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None,
+                                        ip6=ep.ipv6.split("/")[0] if ep.ipv6 else None), default_route)
+            return f"{ep.ifname} on {net.name} was missing; rebuilt"
+        index, up = link
+        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
+        lacks = [a for a in addrs if (index, a) not in inside["addrs"]] + ([] if up else ["up"])
+        if default_route and ep.gateway4 not in inside["gateways"]:
+            lacks.append(f"default route via {ep.gateway4}")
+        if not lacks:
+            return None
+        configure_inside(ns.rtnl, index, addresses=addrs, gateway4=ep.gateway4 if default_route else None,
+                         gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+        return f"{ep.ifname} on {net.name} lacked {', '.join(lacks)}; plumbed again"
 
     def rehold_ports(self, done: list[str]) -> None:
         for sb in self.sbs.values():
@@ -994,15 +1001,6 @@ def _reported(done: list[str], what: str):
     except Exception as e:
         log.debug("reconcile: %s failed", what, exc_info=True)
         done.append(f"{what}: failed: {e}")
-
-
-def _inside_view(ipr) -> dict:
-    """A sandbox's links (name -> (index, up)), addresses ((index, "ip/len")) and IPv4 default gateways."""
-    return {
-        "links": {l.get("ifname"): (l["index"], bool(l["flags"] & 1)) for l in ipr.get_links()},
-        "addrs": {(a["index"], f"{a.get('address')}/{a['prefixlen']}") for a in ipr.get_addr()},
-        "gateways": {r.get("gateway") for r in ipr.get_routes(family=2, table=254) if r["dst_len"] == 0},
-    }
 
 
 def _rmtree(path: str) -> None:
