@@ -25,7 +25,7 @@ from nsnet.crashpoints import ENV, NAMES
 from nsnet.store.records import Records
 from nsnet.store.sqlite import SqliteKV
 
-RUN_C = ("run", "-d", "--name", "c", "--network", "red", "-p", "8082:80", "--", "sleep", "300")
+RUN_C = ("run", "-d", "--name", "c", "--network", "red", "-p", "8082:80", "--", "sleep", "7301")
 RUN_FG = ("run", "--name", "c", "--network", "red", "--", "true")
 
 
@@ -36,6 +36,20 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+def processes_of_c() -> list[int]:
+    """Live processes of sandbox c (its command, or its first process before that): found by its argv."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"7301" in argv and not gone(int(pid)):
+            found.append(int(pid))
+    return found
 
 
 def open_store(host) -> Records:
@@ -208,7 +222,8 @@ def after_green_removed(w, point):
 
 def after_run(w, point):
     started = point == "run.after-running"
-    assert ("c" in w.names()) == started, point   # a run that never started leaves nothing
+    assert ("c" in w.names()) == started, point   # a run that never started leaves nothing: no record,
+    assert wait_for(lambda: bool(processes_of_c()) == started, timeout=5), point   # no process
     if not started:
         w.host.nsnet(*RUN_C)                        # the name and the port are free
     w.ping("c", "a")
