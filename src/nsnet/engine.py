@@ -30,7 +30,7 @@ from .ipam.evidence import overlapping, refusal
 from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
-from .kernel.links import configure_inside, delete_link, loopback_up, netns_view
+from .kernel.links import loopback_up
 from .dns.records import Record, RecordSet
 from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
                     network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
@@ -915,7 +915,7 @@ class Engine:
                 continue
             with _reported(done, f"sandbox {sb.name}"):
                 ns = self.kernel.sandbox(sb.pid)
-                inside = netns_view(ns.ipr)
+                inside = ns.view()
                 router = next((e for e in eps if e.gateway4), None)
                 for ep in eps:
                     line = self._plumb_again(sb, ep, ns, inside, host_links, default_route=ep is router)
@@ -941,8 +941,8 @@ class Engine:
             lacks.append(f"default route via {ep.gateway4}")
         if not lacks:
             return None
-        configure_inside(ns.rtnl, index, addresses=addrs, gateway4=ep.gateway4 if default_route else None,
-                         gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+        ns.configure(index, addresses=addrs, gateway4=ep.gateway4 if default_route else None,
+                     gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
         return f"{ep.ifname} on {net.name} lacked {', '.join(lacks)}; plumbed again"
 
     def rehold_ports(self, done: list[str]) -> None:
@@ -967,7 +967,7 @@ class Engine:
             mine = alias.startswith(OWNER_ALIAS) or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
             if mine and name not in ours and alias not in live:
                 with _reported(done, f"link {name}"):
-                    delete_link(self.kernel.rtnl, name)
+                    self.kernel.delete_link(name)
                     done.append(f"link {name}: carries nsnet's mark but has no record; removed")
 
     def remove_stray_files(self, done: list[str]) -> None:
