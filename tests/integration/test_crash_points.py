@@ -17,8 +17,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import wait_for
 from nsnet.client import ApiError, Client
 from nsnet.crashpoints import ENV, NAMES
@@ -98,47 +96,51 @@ class Walk:
             store.close()
 
     def check(self, point: str) -> None:
-        """The records match the kernel, in the host and inside every running sandbox."""
-        h = self.host
+        """The records hang together and match the kernel: in the host, inside every running sandbox, in
+        the firewall; ports no running sandbox publishes are free; two sandboxes reach each other."""
         rec = self.records()
         nets = {n["id"]: n for n in rec["network"]}
-        sbs = {s["id"]: s for s in rec["sandbox"]}
-        running = {i: s for i, s in sbs.items() if s["state"] == "running"}
-        assert all(s["state"] in ("running", "exited") for s in sbs.values()), (point, sbs)  # no run half made
-        assert set(os.listdir(os.path.join(h.root, "sandboxes"))) <= set(sbs), point
+        running = {s["id"]: s for s in rec["sandbox"] if s["state"] == "running"}
         eps = rec["endpoint"]
-        for ep in eps:
-            sb = running.get(ep["sandbox_id"])
-            assert sb is not None and ep["network_id"] in {r["network_id"] for r in sb["requests"]}, (point, ep)
-        for sb in running.values():   # every network a running sandbox asks for, it is on
-            on = {e["network_id"] for e in eps if e["sandbox_id"] == sb["id"]}
-            assert on == {r["network_id"] for r in sb["requests"]}, (point, sb["name"])
-        v4 = [e["ipv4"].split("/")[0] for e in eps if e["ipv4"]]
+        self.check_records(point, rec["sandbox"], running, eps)
+        self.check_host(point, nets, eps)
+        self.check_inside(point, running, eps)
+        self.check_firewall(point, nets, running, eps)
+        self.ping("a", "b")
+
+    def check_records(self, point: str, sbs: list[dict], running: dict, eps: list[dict]) -> None:
+        assert all(s["state"] in ("running", "exited") for s in sbs), (point, sbs)   # no run half made
+        assert set(os.listdir(os.path.join(self.host.root, "sandboxes"))) <= {s["id"] for s in sbs}, point
+        for sb in running.values():   # a running sandbox is on every network it asks for, and on no other
+            on = sorted(e["network_id"] for e in eps if e["sandbox_id"] == sb["id"])
+            assert on == sorted(r["network_id"] for r in sb["requests"]), (point, sb["name"])
+        assert {e["sandbox_id"] for e in eps} <= set(running), point
+        v4 = [e["ipv4"] for e in eps if e["ipv4"]]
         assert len(v4) == len(set(v4)), (point, v4)
 
-        # The host: bridges, the endpoints' host ends (up, on one of their network's bridges), nothing else of ours.
-        links = {l["ifname"]: l for l in json.loads(h.sh("ip -j -d link show").stdout)}
-        bridges = {n["bridge"] for n in nets.values() if n["driver"] == "bridge"}
-        for br in bridges:
+    def check_host(self, point: str, nets: dict, eps: list[dict]) -> None:
+        """Every bridge up; every endpoint's host end up, on its network's bridge or a leaf; nothing else of ours."""
+        links = {l["ifname"]: l for l in json.loads(self.host.sh("ip -j -d link show").stdout)}
+        for br in (n["bridge"] for n in nets.values() if n["driver"] == "bridge"):
             assert br in links and "UP" in links[br]["flags"], (point, br)
         for ep in eps:
             link = links.get(ep["host_ifname"])
             assert link is not None and "UP" in link["flags"], (point, ep["host_ifname"])
-            net = nets[ep["network_id"]]
-            assert link.get("master") == net["bridge"] or link.get("master", "").startswith("nsl"), (point, link)
+            master = link.get("master", "")
+            assert master == nets[ep["network_id"]]["bridge"] or master.startswith("nsl"), (point, link)
         strays = {n for n in links if n.startswith("nsv")} - {e["host_ifname"] for e in eps}
-        owners = {l.get("ifalias", "")[len("nsnet network "):] for l in links.values()
-                  if l.get("ifalias", "").startswith("nsnet network ")}
+        mark = "nsnet network "
+        owners = {l.get("ifalias", "")[len(mark):] for l in links.values() if l.get("ifalias", "").startswith(mark)}
         assert not strays and owners <= set(nets), (point, strays, owners - set(nets))
 
-        # Inside each running sandbox: each endpoint's link up with its address; the default route.
-        script = "; ".join(f"nsenter -t {s['pid']} -n ip -j addr show; echo; nsenter -t {s['pid']} -n ip -j route show default; echo"
-                           for s in running.values() if s["netmode"] == "bridge")
-        views = h.sh(f"sh -c '{script}'").stdout.split("\n") if script else []
-        views = [v for v in views if v.strip()]
-        addresses = []
-        for i, sb in enumerate(s for s in running.values() if s["netmode"] == "bridge"):
-            addrs, routes = json.loads(views[2 * i]), json.loads(views[2 * i + 1])
+    def check_inside(self, point: str, running: dict, eps: list[dict]) -> None:
+        """In each running sandbox, read with ip -j: each endpoint's link up with its address, no other
+        link, the default route via the first endpoint with a gateway."""
+        own = [s for s in running.values() if s["netmode"] == "bridge"]
+        script = "; ".join(f"nsenter -t {s['pid']} -n ip -j addr show; nsenter -t {s['pid']} -n ip -j route show default"
+                           for s in own)
+        views = [json.loads(v) for v in self.host.sh(f"sh -c '{script}'").stdout.splitlines() if v.strip()] if own else []
+        for sb, addrs, routes in zip(own, views[0::2], views[1::2]):
             inside = {a["ifname"]: a for a in addrs}
             mine = sorted((e for e in eps if e["sandbox_id"] == sb["id"]), key=lambda e: int(e["ifname"][3:]))
             assert set(inside) - {"lo"} == {e["ifname"] for e in mine}, (point, sb["name"], set(inside))
@@ -146,25 +148,25 @@ class Walk:
                 link = inside[e["ifname"]]
                 assert "UP" in link["flags"], (point, sb["name"], link)
                 assert e["ipv4"] in {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]}, (point, link)
-                addresses.append(e["ipv4"])
             gw = next((e["gateway4"] for e in mine if e["gateway4"]), None)
             assert gw is None or [r.get("gateway") for r in routes] == [gw], (point, sb["name"], routes)
-        assert len(addresses) == len(set(addresses)), (point, addresses)
+        assert len(views) == 2 * len(own), point
 
-        # The firewall: every network's bridge and every running sandbox's published port, nothing else.
-        table = h.sh("nft list table inet nsnet").stdout
+    def check_firewall(self, point: str, nets: dict, running: dict, eps: list[dict]) -> None:
+        """The table has every network's bridge and every running sandbox's published port, nothing else;
+        8082, the crashed runs' port, is free unless a running sandbox publishes it."""
+        table = self.host.sh("nft list table inet nsnet").stdout
+        bridges = {n["bridge"] for n in nets.values() if n["driver"] == "bridge"}
         assert set(re.findall(r"\b(nsbr[\w-]*|nsnet0)\b", table)) == bridges, point
-        published = set(re.findall(r"dport (\d+) dnat ip to ([\d.]+):(\d+)", table))
         want = set()
         for sb in running.values():
             ip = next((e["ipv4"].split("/")[0] for e in eps if e["sandbox_id"] == sb["id"]), None)
             want |= {(str(p["host_port"]), ip, str(p["port"])) for p in sb["ports"]}
-        assert published == want, (point, published, want)
-        # Ports no running sandbox publishes are free again: 8082 is the crashed runs' port.
+        assert set(re.findall(r"dport (\d+) dnat ip to ([\d.]+):(\d+)", table)) == want, (point, want)
         held = {p["host_port"] for s in running.values() for p in s["ports"]}
-        bind = h.sh(f"{sys.executable} -c 'import socket; socket.socket().bind((\"0.0.0.0\", 8082))'", check=False)
+        bind = self.host.sh(f"{sys.executable} -c 'import socket; socket.socket().bind((\"0.0.0.0\", 8082))'",
+                            check=False)
         assert (bind.returncode == 0) == (8082 not in held), (point, bind.stderr)
-        self.ping("a", "b")
 
     def ping(self, src: str, dst: str) -> None:
         ip = self.host.json("inspect", dst)[0]["NetworkSettings"]["Networks"]["red"]["IPAddress"]
