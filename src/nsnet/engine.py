@@ -6,6 +6,7 @@ before it builds anything, and undoes what it built when a later step fails.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -17,6 +18,7 @@ from dataclasses import replace
 
 from . import config as config_mod
 from . import requests as rq
+from .crashpoints import crashpoint
 from .drivers import driver_class
 from .drivers.base import SIZE_KEY
 from .drivers.bridge import HOST_IP_KEY, NAME_KEY, bridge_name_for
@@ -28,6 +30,7 @@ from .ipam.evidence import overlapping, refusal
 from .ipam.pools import pick_subnet
 from .kernel import nft, probe, ports, procs
 from .kernel.host import Kernel
+from .kernel.links import loopback_up
 from .dns.records import Record, RecordSet
 from .model import (OWNER_ALIAS, Endpoint, Network, NetworkRequest, Sandbox, SubnetConfig, dns_names, from_dict,
                     network_json, now_rfc3339, owner_alias, sandbox_json, to_dict)
@@ -77,6 +80,7 @@ class Engine:
                         for name in ("bridge", "host", "null", "macvlan", "ipvlan")}
         for driver in self.drivers.values():
             driver.ports_of = lambda net: [e.host_ifname for e in self.endpoints_of_network(net) if e.host_ifname]
+            driver.crashpoint = crashpoint
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in self.store.list("network")}
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in self.store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in self.store.list("endpoint")}
@@ -270,9 +274,11 @@ class Engine:
                 self._save_network(net)
                 try:
                     driver.create_network(net)
+                    crashpoint("network-create.after-build")
                     # Inside the transaction: a ruleset nftables refuses (it changes nothing) undoes the
                     # record too, so no network is left that every later apply would fail on.
                     self._apply_firewall()
+                    crashpoint("network-create.after-firewall")
                 except Exception as e:
                     self.nets.pop(net.id, None)
                     driver.delete_network(net)
@@ -381,9 +387,11 @@ class Engine:
                 raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
                                f"remove them or disconnect them first")
             self._driver(net).delete_network(net)
+            crashpoint("network-rm.after-unbuild")
             self.kernel.forget_flows([ipaddress.ip_address(s.gateway) for s in net.subnets if s.gateway])
             with self.store.transaction():
                 self.store.delete("network", net.id)
+            crashpoint("network-rm.after-record")
             self.nets.pop(net.id, None)
             self._used.pop(net.id, None)
             for key in [k for k in self._pools if k[0] == net.id]:
@@ -442,39 +450,54 @@ class Engine:
     @on_kernel_thread
     def run_sandbox(self, spec: dict, launch_detached) -> Sandbox:
         """Create a sandbox and start its process. `spec["Pid"]` is a process the client started in fresh
-        namespaces (foreground run); without it, `launch_detached(sandbox, files)` starts one here."""
+        namespaces (foreground run); without it, `launch_detached(sandbox, files)` starts one here.
+
+        The record says "created" until everything is built and the command told to run: a restart
+        undoes a run that got no further, its process and files too (reconcile's undo_unstarted_runs)."""
         with self.lock:
             sb, reqs = self._plan_sandbox(spec)
             files = self._files_dir(sb)
             sockets = []
-            launch = None
+            launch, went, fw_applied = None, False, False
             try:
                 for p in sb.ports:
                     sockets.append(ports.hold(p))
                 with self.store.transaction():
                     self._save_sandbox(sb)
+                crashpoint("run.after-record")
                 if spec.get("Pid"):
                     pid = int(spec["Pid"])
                     sb.pid, sb.pid_start = pid, procs.start_time(pid)
                 else:
                     launch = launch_detached(sb, files)
                     sb.pid, sb.pid_start = launch.pid, launch.started
+                with self.store.transaction():
+                    self._save_sandbox(sb)  # with its process, which a restart must end
+                crashpoint("run.after-launch")
                 if sb.netmode != "host" and self.kernel.is_own_netns(sb.pid):
                     raise NsnetError(f"process {sb.pid} is not in a network namespace of its own")
                 if sb.netmode != "host":
-                    from .kernel.links import loopback_up
                     loopback_up(self.kernel.sandbox(sb.pid).rtnl)
                 for req in reqs:
                     self._join(sb, self.nets[req.network_id], req)
+                crashpoint("run.after-join")
                 sb_nft = self._dns_attach(sb)
                 self._notify()
                 self._write_files(sb, files)
+                crashpoint("run.after-files")
                 sb.state, sb.started = "running", now_rfc3339()
-                with self.store.transaction():
-                    self._save_sandbox(sb)
                 self._port_sockets[sb.id] = sockets
                 if sb.ports:
                     self._apply_firewall()
+                    fw_applied = True
+                crashpoint("run.after-firewall")
+                if launch is not None:
+                    launch.go(files, sb.hostname, sb_nft)
+                    went = True
+                    crashpoint("run.after-go")
+                with self.store.transaction():
+                    self._save_sandbox(sb)
+                crashpoint("run.after-running")
             except BaseException:
                 for s in sockets:
                     s.close()
@@ -483,11 +506,15 @@ class Engine:
                 with self.store.transaction():
                     self.store.delete("sandbox", sb.id)
                 self.sbs.pop(sb.id, None)
-                if launch is not None:
+                _rmtree(files)
+                if fw_applied:  # its published ports go again
+                    self._apply_firewall()
+                if went:  # its command runs already: end it
+                    procs.terminate(sb.pid, sb.pid_start, timeout=0)
+                    launch.proc.wait()
+                elif launch is not None:
                     launch.abort()
                 raise
-            if launch is not None:
-                launch.go(files, sb.hostname, sb_nft)
             if self.on_sandbox_running:
                 self.on_sandbox_running(sb, launch.proc if launch else None)
             log.info("sandbox %s (%s) running, pid %s", sb.name, sb.id[:12], sb.pid)
@@ -602,8 +629,9 @@ class Engine:
             for a in skipped:  # asked again next time: the machine may have left the LAN
                 pool.release(a)
 
-    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest) -> Endpoint | None:
-        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure."""
+    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
+        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure. The default
+        route goes through it when asked, or else when no other endpoint has a gateway."""
         driver = self._driver(net)
         if not driver.builds_endpoints:
             return None
@@ -632,11 +660,13 @@ class Engine:
             elif subnet.version == 6 and ep.ipv6 is None:
                 ep.ipv6, ep.gateway6 = f"{addr}/{subnet.prefixlen}", cfg.gateway
         driver.plan_endpoint(net, ep)
-        default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
+        if default_route is None:
+            default_route = not any(e.gateway4 for e in self.endpoints_of_sandbox(sb))
         sandbox = None
         try:
             with self.store.transaction():
                 self._save_endpoint(ep)
+            crashpoint("join.after-record")
             sandbox = self.kernel.sandbox(sb.pid)
             driver.join(net, ep, sandbox, default_route)
         except BaseException:
@@ -721,6 +751,7 @@ class Engine:
                 return
             had_ports = bool(sb.ports)
             self._teardown(sb)
+            crashpoint("exited.after-teardown")
             sb.state, sb.exit_code, sb.finished = "exited", code, now_rfc3339()
             with self.store.transaction():
                 if sb.auto_remove:
@@ -728,6 +759,7 @@ class Engine:
                     self.sbs.pop(sb.id, None)
                 else:
                     self._save_sandbox(sb)
+            crashpoint("exited.after-record")
             if had_ports:
                 self._apply_firewall()
             self._notify()
@@ -739,6 +771,7 @@ class Engine:
             pid, started = sb.pid, sb.pid_start
         if sb.state == "running":
             procs.terminate(pid, started, timeout)
+            crashpoint("stop.after-kill")
             self.sandbox_exited(sb.id, None)
         return sb
 
@@ -756,6 +789,7 @@ class Engine:
                 with self.store.transaction():
                     self.store.delete("sandbox", sb.id)
                 self.sbs.pop(sb.id, None)
+            crashpoint("rm.after-record")
             _rmtree(os.path.join(self.root, "sandboxes", sb.id))
             self._notify()
         return sb
@@ -773,9 +807,11 @@ class Engine:
             ep = None
             if sb.state == "running":
                 ep = self._join(sb, net, req)
+            crashpoint("connect.after-join")  # an endpoint no request asks for: a restart undoes it
             sb.requests.append(req)
             with self.store.transaction():
                 self._save_sandbox(sb)
+            crashpoint("connect.after-record")
             self._notify()
             return ep
 
@@ -785,14 +821,17 @@ class Engine:
             net, sb = self.network(net_ref), self.sandbox(sb_ref)
             if not any(r.network_id == net.id for r in sb.requests):
                 raise NsnetError(f"sandbox {sb.name} is not connected to network {net.name}")
-            for ep in self.endpoints_of_sandbox(sb):
-                if ep.network_id == net.id:
-                    # The sandbox lives on: links inside it (macvlan's) must go too.
-                    self._driver(net).leave(net, ep, self.kernel.sandbox(sb.pid) if sb.state == "running" else None)
-                    self._drop_endpoint(ep)
+            gone = [ep for ep in self.endpoints_of_sandbox(sb) if ep.network_id == net.id]
+            for ep in gone:
+                # The sandbox lives on: links inside it (macvlan's) must go too.
+                self._driver(net).leave(net, ep, self.kernel.sandbox(sb.pid) if sb.state == "running" else None)
+            crashpoint("disconnect.after-leave")  # the records still say connected: a restart plumbs it again
             sb.requests = [r for r in sb.requests if r.network_id != net.id]
-            with self.store.transaction():
+            with self.store.transaction():  # endpoint and request go together
+                for ep in gone:
+                    self._drop_endpoint(ep)
                 self._save_sandbox(sb)
+            crashpoint("disconnect.after-record")
             if sb.ports:
                 self._apply_firewall()
             self._notify()
@@ -801,78 +840,167 @@ class Engine:
 
     @on_kernel_thread
     def reconcile(self) -> list[str]:
-        """Make the kernel match the store after a restart or crash; say what was done."""
-        done = []
+        """Make the kernel match the store after a restart or crash, in RECONCILE_STEPS' order; say what
+        was done. As netavark's teardown, a step (or one record in it) that fails is reported and the
+        rest goes on: one bad record must not keep the daemon from starting."""
+        done: list[str] = []
         with self.lock:
-            for sb in list(self.sbs.values()):
-                if sb.state == "running" and not procs.alive(sb.pid, sb.pid_start):
-                    done.append(f"sandbox {sb.name}: process {sb.pid} is gone; freed its network")
-                    self.sandbox_exited(sb.id, None)
-            # Endpoint records without a sandbox that runs (a crash between steps) are dropped.
-            for ep in list(self.eps.values()):
-                sb = self.sbs.get(ep.sandbox_id)
-                if sb is None or sb.state != "running":
-                    net = self.nets.get(ep.network_id)
-                    if net is not None:
-                        self._driver(net).leave(net, ep)
-                    self._drop_endpoint(ep)
-                    done.append(f"endpoint {ep.ifname} of sandbox {ep.sandbox_id[:12]}: no running sandbox; removed")
-            links = self.kernel.links()
-            rebuilt = False
-            for net in self.nets.values():
-                missing = ", ".join(sorted(self._driver(net).kernel_names(net) - links.keys()))
-                if missing:
-                    rebuilt = True
-                    try:
-                        self._driver(net).create_network(net)
-                        done.append(f"network {net.name}: {missing} was missing; rebuilt")
-                    except Exception as e:  # one network must not stop the repair of the others
-                        done.append(f"network {net.name}: {missing} is missing and could not be rebuilt: {e}")
-            if rebuilt:
-                links = self.kernel.links()
-            for net in self.nets.values():  # e.g. sandbox ports cut off from a bridge deleted meanwhile
-                try:
-                    done += [f"network {net.name}: {line}" for line in self._driver(net).mend(net, links)]
-                except Exception as e:
-                    done.append(f"network {net.name}: could not be mended: {e}")
-            for sb in self.sbs.values():
-                if sb.state != "running":
-                    continue
-                for ep in self.endpoints_of_sandbox(sb):
-                    if ep.host_ifname and ep.host_ifname not in links:
-                        net = self.nets[ep.network_id]
-                        req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
-                        self._drop_endpoint(ep)
-                        self._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None))
-                        done.append(f"sandbox {sb.name}: endpoint on {net.name} was missing; rebuilt")
-                if sb.ports and sb.id not in self._port_sockets:
-                    held = []
-                    for p in sb.ports:
-                        try:
-                            held.append(ports.hold(p))
-                        except NsnetError as e:
-                            done.append(f"sandbox {sb.name}: {e}")
-                    self._port_sockets[sb.id] = held
-            ours = set().union(*(self._driver(n).kernel_names(n) for n in self.nets.values()))
-            ours |= {e.host_ifname for e in self.eps.values() if e.host_ifname}
-            live = {owner_alias(n.id) for n in self.nets.values()}  # e.g. a bridge network's leaves and uplinks
-            for name, info in self.kernel.links().items():
-                alias = info["alias"] or ""
-                mine = alias.startswith(OWNER_ALIAS) or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
-                if mine and name not in ours and alias not in live:
-                    from .kernel.links import delete_link
-                    delete_link(self.kernel.rtnl, name)
-                    done.append(f"link {name}: carries nsnet's mark but has no record; removed")
-            self._apply_firewall()
-        for line in done:
-            log.info("reconcile: %s", line)
+            for step in RECONCILE_STEPS:  # each a method below, in this order
+                first = len(done)
+                with _reported(done, step):
+                    getattr(self, step)(done)
+                for line in done[first:]:
+                    log.info("reconcile: %s", line)
+                crashpoint("reconcile.after-" + step)
         self._notify()
         return done
+
+    def forget_dead_sandboxes(self, done: list[str]) -> None:
+        """Sandboxes whose process ended while no daemon watched: exited, their network freed."""
+        for sb in list(self.sbs.values()):
+            if sb.state == "running" and not procs.alive(sb.pid, sb.pid_start):
+                with _reported(done, f"sandbox {sb.name}"):
+                    self.sandbox_exited(sb.id, None)
+                    done.append(f"sandbox {sb.name}: process {sb.pid} is gone; freed its network")
+
+    def undo_unstarted_runs(self, done: list[str]) -> None:
+        """A run cut off before its command was told to run: undone whole, as a failed run is."""
+        for sb in [s for s in self.sbs.values() if s.state == "created"]:
+            with _reported(done, f"sandbox {sb.name}"):
+                procs.terminate(sb.pid, sb.pid_start, timeout=0)
+                self._teardown(sb)
+                with self.store.transaction():
+                    self.store.delete("sandbox", sb.id)
+                self.sbs.pop(sb.id, None)
+                _rmtree(os.path.join(self.root, "sandboxes", sb.id))
+                done.append(f"sandbox {sb.name}: its run never started; removed")
+
+    def drop_orphan_endpoints(self, done: list[str]) -> None:
+        """Endpoints no running sandbox asks for (a crash between the steps of a run, connect, exit)."""
+        for ep in list(self.eps.values()):
+            sb, net = self.sbs.get(ep.sandbox_id), self.nets.get(ep.network_id)
+            running = sb is not None and sb.state == "running"
+            if running and net is not None and any(r.network_id == net.id for r in sb.requests):
+                continue
+            with _reported(done, f"endpoint {ep.ifname} of sandbox {ep.sandbox_id[:12]}"):
+                if net is not None:
+                    self._driver(net).leave(net, ep, self.kernel.sandbox(sb.pid) if running else None)
+                self._drop_endpoint(ep)
+                done.append(f"endpoint {ep.ifname} of sandbox {ep.sandbox_id[:12]}: no running sandbox asks "
+                            f"for it; removed")
+
+    def rebuild_networks(self, done: list[str]) -> None:
+        links = self.kernel.links()
+        for net in self.nets.values():
+            with _reported(done, f"network {net.name}"):
+                missing = ", ".join(sorted(self._driver(net).kernel_names(net) - links.keys()))
+                if missing:
+                    self._driver(net).create_network(net)
+                    done.append(f"network {net.name}: {missing} was missing; rebuilt")
+
+    def mend_fabric(self, done: list[str]) -> None:
+        """E.g. sandbox ports cut off from a bridge that was deleted meanwhile."""
+        links = self.kernel.links()
+        for net in self.nets.values():
+            with _reported(done, f"network {net.name}"):
+                done += [f"network {net.name}: {line}" for line in self._driver(net).mend(net, links)]
+
+    def check_sandbox_side(self, done: list[str]) -> None:
+        """Every endpoint of a running sandbox has its host link, and inside the sandbox its link up with its
+        addresses (the first one with a gateway, the default route too); one that lacks any is plumbed again."""
+        host_links = self.kernel.links()
+        for sb in self.sbs.values():
+            eps = self.endpoints_of_sandbox(sb)
+            if sb.state != "running" or not eps:
+                continue
+            with _reported(done, f"sandbox {sb.name}"):
+                ns = self.kernel.sandbox(sb.pid)
+                inside = ns.view()
+                router = next((e for e in eps if e.gateway4), None)
+                for ep in eps:
+                    line = self._plumb_again(sb, ep, ns, inside, host_links, default_route=ep is router)
+                    if line:
+                        done.append(f"sandbox {sb.name}: {line}")
+
+    def _plumb_again(self, sb: Sandbox, ep: Endpoint, ns, inside: dict, host_links: dict, default_route: bool):
+        """An endpoint with a link gone (either end) is built again, with its addresses; one whose link inside
+        lacks an address, up or its default route is configured again. Says what was done, or None."""
+        net = self.nets[ep.network_id]
+        link = inside["links"].get(ep.ifname)
+        if link is None or (ep.host_ifname and ep.host_ifname not in host_links):
+            req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
+            self._driver(net).leave(net, ep, ns)
+            self._drop_endpoint(ep)
+            self._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None,
+                                        ip6=ep.ipv6.split("/")[0] if ep.ipv6 else None), default_route)
+            return f"{ep.ifname} on {net.name} was missing; rebuilt"
+        index, up = link
+        addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
+        lacks = [a for a in addrs if (index, a) not in inside["addrs"]] + ([] if up else ["up"])
+        if default_route and ep.gateway4 not in inside["gateways"]:
+            lacks.append(f"default route via {ep.gateway4}")
+        if not lacks:
+            return None
+        ns.configure(index, addresses=addrs, gateway4=ep.gateway4 if default_route else None,
+                     gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+        return f"{ep.ifname} on {net.name} lacked {', '.join(lacks)}; plumbed again"
+
+    def rehold_ports(self, done: list[str]) -> None:
+        for sb in self.sbs.values():
+            if sb.state != "running" or not sb.ports or sb.id in self._port_sockets:
+                continue
+            held = []
+            for p in sb.ports:
+                with _reported(done, f"sandbox {sb.name}"):
+                    held.append(ports.hold(p))
+            self._port_sockets[sb.id] = held
+
+    def remove_stray_links(self, done: list[str]) -> None:
+        """Links with nsnet's mark (alias or veth prefix) that no record owns."""
+        ours = {e.host_ifname for e in self.eps.values() if e.host_ifname}
+        for n in self.nets.values():
+            with _reported(done, f"network {n.name}"):
+                ours |= self._driver(n).kernel_names(n)
+        live = {owner_alias(n.id) for n in self.nets.values()}  # e.g. a bridge network's leaves and uplinks
+        for name, info in self.kernel.links().items():
+            alias = info["alias"] or ""
+            mine = alias.startswith(OWNER_ALIAS) or (name.startswith(VETH_PREFIX) and info["kind"] == "veth")
+            if mine and name not in ours and alias not in live:
+                with _reported(done, f"link {name}"):
+                    self.kernel.delete_link(name)
+                    done.append(f"link {name}: carries nsnet's mark but has no record; removed")
+
+    def remove_stray_files(self, done: list[str]) -> None:
+        """Folders of sandboxes that have no record (a crash between a sandbox's removal and its folder's)."""
+        top = os.path.join(self.root, "sandboxes")
+        for sid in sorted(set(os.listdir(top) if os.path.isdir(top) else ()) - self.sbs.keys()):
+            _rmtree(os.path.join(top, sid))
+            done.append(f"sandboxes/{sid[:12]}: no sandbox has it; removed")
+
+    def apply_firewall(self, done: list[str]) -> None:
+        self._apply_firewall()
 
     @on_kernel_thread
     def close(self) -> None:
         self.kernel.close()
         self.store.close()
+
+
+# reconcile's steps, in order: records first (what is dead, what never started, what nobody asks for),
+# then the host's side (networks, bridges), the sandboxes' side, ports, leftovers, the firewall.
+RECONCILE_STEPS = ("forget_dead_sandboxes", "undo_unstarted_runs", "drop_orphan_endpoints", "rebuild_networks",
+                   "mend_fabric", "check_sandbox_side", "rehold_ports", "remove_stray_links", "remove_stray_files",
+                   "apply_firewall")
+
+
+@contextlib.contextmanager
+def _reported(done: list[str], what: str):
+    """A failure in the block becomes a line of reconcile's report; the caller goes on."""
+    try:
+        yield
+    except Exception as e:
+        log.debug("reconcile: %s failed", what, exc_info=True)
+        done.append(f"{what}: failed: {e}")
 
 
 def _rmtree(path: str) -> None:

@@ -157,6 +157,13 @@ class FakeSandboxNs:
         self.ns.remove(link)
         return True
 
+    def view(self) -> dict:
+        self.faults.step("sandbox: view")
+        route = self.ns.routes.get("0.0.0.0/0", "")
+        return {"links": {name: (link.index, link.up) for name, link in self.ns.links.items()},
+                "addrs": {(link.index, a) for link in self.ns.links.values() for a in link.addresses},
+                "gateways": {route.split()[1]} if route.startswith("via ") else set()}
+
 
 class FakeKernel:
     """The host's namespace (with a loopback and a NIC `lan0`), and the sandboxes' (`sandbox(pid)`)."""

@@ -18,7 +18,7 @@ ALLOWED = {
     "config": BASE | {"ipam"},
     "doctor": BASE | {"ipam"},
     "drivers": BASE | {"kernel", "firewall", "requests"},
-    "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers"},
+    "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "crashpoints"},
     "crashpoints": BASE,
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",
                       "crashpoints"},

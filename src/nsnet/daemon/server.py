@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+from .. import crashpoints
 from ..dns.server import DnsServer
 from ..engine import Engine
 from ..errors import NsnetError
@@ -88,6 +89,7 @@ def serve(root: str) -> int:
         print(f"nsnet: a daemon already runs for {root}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    crashpoints.arm(os.environ.pop(crashpoints.ENV, None))  # popped: its sandboxes must not inherit it
     # Each sandbox holds a few fds (its namespace, netlink and resolver sockets, a pidfd): a thousand
     # sandboxes need more than the usual soft limit of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

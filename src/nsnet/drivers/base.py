@@ -20,6 +20,8 @@ class Driver:
         self.kernel = kernel
         # Set by the engine: the host links of a network's endpoints (what a rebuilt bridge must carry).
         self.ports_of = lambda net: []
+        # Set by the engine: its crash points (nsnet.crashpoints), for the steps inside a driver's join.
+        self.crashpoint = lambda name: None
 
     def validate(self, net: Network) -> None:
         """Refuse options this driver does not know, and values no driver can use, before anything is built."""

@@ -112,10 +112,12 @@ class BridgeDriver(Driver):
             fab, bridge, new_leaf = self._bridge_with_room(net)
             host_index, peer_index = kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac,
                                                      mtu=self.mtu(net))
+            self.crashpoint("join.after-veth")
             addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
             sandbox.configure(peer_index, addresses=addrs,
                               gateway4=ep.gateway4 if default_route else None,
                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
+            self.crashpoint("join.after-inside")
             try:
                 kernel.plug_in(host_index, bridge.index, isolated=isolated)
                 fab.took(ep.host_ifname, bridge)

@@ -88,6 +88,11 @@ class SandboxNs:
     def delete_link(self, name: str) -> bool:
         return links.delete_link(self.rtnl, name)
 
+    @verb
+    def view(self) -> dict:
+        """Its links, addresses and IPv4 default gateways (links.netns_view), for reconcile to compare."""
+        return links.netns_view(self.ipr)
+
 
 class Kernel:
     """Create and use it on one thread only (see engine.on_kernel_thread)."""

@@ -182,3 +182,13 @@ def link_names(ipr) -> dict[str, dict]:
             "master": link.get("master"),
         }
     return out
+
+
+def netns_view(ipr) -> dict:
+    """A namespace's links (name -> (index, up)), addresses ((index, "ip/prefixlen")) and IPv4 default
+    gateways, for reconcile to compare with the records (three dumps: never on the attach path)."""
+    return {
+        "links": {link.get("ifname"): (link["index"], bool(link["flags"] & rtnl.IFF_UP)) for link in ipr.get_links()},
+        "addrs": {(a["index"], f"{a.get('address')}/{a['prefixlen']}") for a in ipr.get_addr()},
+        "gateways": {r.get("gateway") for r in ipr.get_routes(family=2, table=254) if r["dst_len"] == 0},
+    }
