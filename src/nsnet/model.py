@@ -204,7 +204,7 @@ def sandbox_json(sb: Sandbox, members: list[tuple[Network, Endpoint]]) -> dict:
             "DNSNames": dns_names(net, sb, ep) if net.dns else None,
         }
     ports: dict[str, list | None] = {}
-    for p in sb.ports:
+    for p in sb.ports if sb.state == "running" else ():  # as Docker: bound while it runs, kept in PortBindings
         ports.setdefault(p.key(), []).append({"HostIp": p.host_ip, "HostPort": str(p.host_port)})
     return {
         "Id": sb.id,

@@ -148,3 +148,8 @@ def test_a_port_without_host_port_gets_a_free_ephemeral_one_and_answers(host, ma
     assert sh(f"ip netns exec {pc} {ask} 203.0.113.1 {bound['all']}", check=False).stdout.strip() == "peer=203.0.113.2"
     # 127.0.0.1 only: another machine does not get in through the local one's port.
     assert sh(f"ip netns exec {pc} {ask} 203.0.113.1 {bound['local']}", check=False).stdout.startswith("no answer")
+    # Stopped, as Docker shows it: no port bound any more, the binding asked for kept in HostConfig.
+    host.nsnet("stop", "-t", "0", "all")
+    doc = host.json("inspect", "all")[0]
+    assert doc["NetworkSettings"]["Ports"] == {} and "80/tcp" in doc["HostConfig"]["PortBindings"]
+    assert "->80/tcp" not in next(line for line in host.nsnet("ps", "-a").stdout.splitlines() if " all " in f" {line} ")
