@@ -1,18 +1,15 @@
 """The use cases, written once for every frontend: networks, sandboxes, connect, prune, reconcile.
 
-The pieces have one job each (state.py, addresses.py, dnsfeed.py, files.py, fwinput.py, plans.py, views.py,
-reconcile.py); the engine takes its collaborators as arguments (kernel, store, firewall applier, evidence
-source), and `Engine.open(root)` builds the real ones. Every mutation runs under one lock, checks
-everything it can before it builds anything (plans.py), and undoes what it built when a later step fails.
+The engine takes its collaborators as arguments (kernel, store, firewall applier, evidence source);
+`Engine.open(root)` builds the real ones. Every mutation runs under one lock, checks everything it can
+before it builds anything (plans.py), and undoes what it built when a later step fails.
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,42 +21,18 @@ from ..errors import Conflict, NsnetError
 from ..facts import Evidence
 from ..firewall import Ruleset, render
 from ..kernel import nft, ports, probe, procs
-from ..model import Endpoint, Network, NetworkRequest, Sandbox, now_rfc3339
+from ..model import Endpoint, Network, Sandbox, now_rfc3339
 from ..store.records import Records
 from ..store.sqlite import SqliteKV
-from . import fwinput, plans, reconcile as reconciling, views
-from .addresses import Allocator, LocalAllocator, address, endpoint_addresses
+from . import endpoints, fwinput, plans, reconcile as reconciling, views
+from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
 from .files import SandboxFiles
 from .reconcile import RECONCILE_STEPS  # noqa: F401  (the steps' order, for tests and docs)
 from .state import State
+from .thread import KernelThread, on_kernel_thread
 
 log = logging.getLogger("nsnet.engine")
-
-
-class KernelThread:
-    """The engine's one kernel thread. pyroute2 gives every thread its own netlink socket, opened in the
-    namespace that thread is in at first use; confining all netlink work to one thread keeps one socket
-    per namespace, reused."""
-
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
-        self.ident = self._pool.submit(threading.get_ident).result()
-
-    def call(self, fn, *args, **kwargs):
-        if threading.get_ident() == self.ident:
-            return fn(*args, **kwargs)
-        return self._pool.submit(fn, *args, **kwargs).result()
-
-
-def on_kernel_thread(method):
-    """Run a use case on the engine's kernel thread (inline when the engine has none: unit tests)."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if self.thread is None:
-            return method(self, *args, **kwargs)
-        return self.thread.call(method, self, *args, **kwargs)
-    return call
 
 
 @dataclass
@@ -123,9 +96,6 @@ class Engine:
 
     # ---- reads (API threads) ---------------------------------------------------------------------
 
-    def network(self, ref: str) -> Network:
-        return self.state.network(ref)
-
     def sandbox(self, ref: str) -> Sandbox:
         return self.state.sandbox(ref)
 
@@ -165,13 +135,10 @@ class Engine:
         with self.lock:
             if not self.store.meta("engine_id"):
                 self.store.set_meta("engine_id", plans.new_id())
-            for driver in self.drivers.values():
-                spec = driver.builtin()
-                if spec and not any(n.name == spec["name"] and n.builtin for n in self.state.nets.values()):
-                    net = plans.builtin_network(driver, spec, self._evidence, self.config.pools)
-                    with self.store.transaction():
-                        self.state.save_network(net)
-                    log.info("created built-in network %s", net.name)
+            for net in plans.missing_builtins(self.state, self.drivers, self._evidence, self.config.pools):
+                with self.store.transaction():
+                    self.state.save_network(net)
+                log.info("created built-in network %s", net.name)
             self.reconcile()
 
     def serve_dns(self, server) -> None:
@@ -206,14 +173,7 @@ class Engine:
     def remove_network(self, ref: str) -> Network:
         with self.lock:
             net = self.state.network(ref)
-            if net.builtin:
-                raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
-            users = {self.state.sbs[e.sandbox_id].name for e in self.state.endpoints_of_network(net)
-                     if e.sandbox_id in self.state.sbs}
-            users |= {sb.name for sb in self.state.sbs.values() if self.state.requested(sb, net)}
-            if users:
-                raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
-                               f"remove them or disconnect them first")
+            plans.removable(self.state, net)
             self.driver(net).delete_network(net)
             crashpoint("network-rm.after-unbuild")
             self.kernel.forget_flows([ipaddress.ip_address(s.gateway) for s in net.subnets if s.gateway])
@@ -270,7 +230,7 @@ class Engine:
                         raise NsnetError(f"process {sb.pid} is not in a network namespace of its own")
                     self.kernel.sandbox(sb.pid).loopback_up()
                 for req in reqs:
-                    self._join(sb, self.state.nets[req.network_id], req)
+                    endpoints.join(self, sb, self.state.nets[req.network_id], req)
                 crashpoint("run.after-join")
                 sb_nft = self.feed.attach(sb)
                 self.feed.notify()
@@ -292,7 +252,7 @@ class Engine:
             except BaseException:
                 for s in sockets:
                     s.close()
-                self._teardown(sb)
+                endpoints.teardown(self, sb)
                 with self.store.transaction():
                     self.state.drop_sandbox(sb)
                 self.files.remove(sb.id)
@@ -313,53 +273,6 @@ class Engine:
     def _resolver_in(self, sb: Sandbox) -> bool:
         return any(n.dns for n in self.state.networks_of(sb))
 
-    def _join(self, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
-        """Give `sb` an endpoint on `net`: addresses, kernel objects, record. Undone on failure. The default
-        route goes through it when asked, or else when no other endpoint has a gateway."""
-        driver = self.driver(net)
-        if not driver.builds_endpoints:
-            return None
-        mine = self.state.endpoints_of_sandbox(sb)
-        taken_names = {e.ifname for e in mine}
-        ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
-        ep = Endpoint(id=plans.new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname, host_ifname=None,
-                      mac=None, ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases))
-        address(self.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
-        if default_route is None:
-            default_route = not any(e.gateway4 for e in mine)
-        sandbox = None
-        try:
-            driver.plan_endpoint(net, ep)
-            with self.store.transaction():
-                self.state.save_endpoint(ep)
-            crashpoint("join.after-record")
-            sandbox = self.kernel.sandbox(sb.pid)
-            driver.join(net, ep, sandbox, default_route)
-        except BaseException:
-            if ep.id in self.state.eps:
-                driver.leave(net, ep, sandbox)
-                self.state.drop_endpoint(ep)
-            else:
-                self.alloc.release(net, endpoint_addresses(ep))
-            raise
-        return ep
-
-    def _teardown(self, sb: Sandbox) -> None:
-        """Remove every endpoint of `sb` (kernel objects and records) and let go of its namespace."""
-        for ep in self.state.endpoints_of_sandbox(sb):
-            net = self.state.nets.get(ep.network_id)
-            if net is not None:
-                try:
-                    self.driver(net).leave(net, ep)
-                except Exception:
-                    log.exception("leaving %s failed; reconcile will retry", net.name)
-            self.state.drop_endpoint(ep)
-        for s in self.port_sockets.pop(sb.id, []):
-            s.close()
-        self.feed.detach(sb)
-        if sb.pid:
-            self.kernel.forget(sb.pid)
-
     @on_kernel_thread
     def sandbox_exited(self, sid: str, code: int | None) -> None:
         """The sandbox's process is gone: free its network, keep the record unless --rm."""
@@ -373,7 +286,7 @@ class Engine:
                     with self.store.transaction():
                         self.state.save_sandbox(sb)
                 return
-            self._teardown(sb)
+            endpoints.teardown(self, sb)
             crashpoint("exited.after-teardown")
             sb.state, sb.exit_code, sb.finished = "exited", code, now_rfc3339()
             with self.store.transaction():
@@ -420,15 +333,11 @@ class Engine:
                 aliases: list[str] | None = None) -> Endpoint | None:
         with self.lock:
             net, sb = self.state.network(net_ref), self.state.sandbox(sb_ref)
-            if self.state.requested(sb, net):
-                raise Conflict(f"sandbox {sb.name} is already connected to network {net.name}")
-            if self.driver(net).singleton or any(self.drivers[self.state.nets[r.network_id].driver].singleton
-                                                 for r in sb.requests if r.network_id in self.state.nets):
-                raise NsnetError("cannot connect: a sandbox on the host or none network has no network of its own")
-            req = plans.request(self.driver(net), self.alloc, net, {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
+            req = plans.connection(self.state, self.drivers, self.alloc, net, sb,
+                                   {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
             ep = None
             if sb.state == "running":
-                ep = self._join(sb, net, req)
+                ep = endpoints.join(self, sb, net, req)
             crashpoint("connect.after-join")  # an endpoint no request asks for: a restart undoes it
             sb.requests.append(req)
             try:

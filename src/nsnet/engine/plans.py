@@ -25,9 +25,18 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
-def builtin_network(driver, spec: dict, evidence, pools) -> Network:
-    """A driver's built-in network (Driver.builtin); an addressed one gets its subnet, or one from the
-    pools when that one is in use on the host."""
+def missing_builtins(state: State, drivers: dict, evidence, pools) -> list[Network]:
+    """The drivers' built-in networks (Driver.builtin) not made yet, in the drivers' order."""
+    out = []
+    for driver in drivers.values():
+        spec = driver.builtin()
+        if spec and not any(n.name == spec["name"] and n.builtin for n in state.nets.values()):
+            out.append(_builtin_network(driver, spec, evidence, pools))
+    return out
+
+
+def _builtin_network(driver, spec: dict, evidence, pools) -> Network:
+    """An addressed one gets its subnet, or one from the pools when that one is in use on the host."""
     net = Network(id=new_id(), name=spec["name"], driver=driver.name, created=now_rfc3339(), builtin=True)
     if "subnet" in spec:
         net.bridge = spec.get("bridge")
@@ -136,6 +145,26 @@ def sandbox(state: State, drivers: dict, alloc: Allocator, spec: dict) -> tuple[
                 raise Conflict(f"port {p.host_ip}:{p.host_port}/{p.proto} is already published by sandbox "
                                f"{other.name}")
     return sb, reqs
+
+
+def removable(state: State, net: Network) -> None:
+    """Refuse to remove a built-in network, or one that a sandbox is on or asks for."""
+    if net.builtin:
+        raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
+    users = {state.sbs[e.sandbox_id].name for e in state.endpoints_of_network(net) if e.sandbox_id in state.sbs}
+    users |= {sb.name for sb in state.sbs.values() if state.requested(sb, net)}
+    if users:
+        raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
+                       f"remove them or disconnect them first")
+
+
+def connection(state: State, drivers: dict, alloc: Allocator, net: Network, sb: Sandbox, w: dict) -> NetworkRequest:
+    """`sb`'s request to join `net` (connect), checked."""
+    if state.requested(sb, net):
+        raise Conflict(f"sandbox {sb.name} is already connected to network {net.name}")
+    if drivers[net.driver].singleton or any(drivers[n.driver].singleton for n in state.requested_networks(sb)):
+        raise NsnetError("cannot connect: a sandbox on the host or none network has no network of its own")
+    return request(drivers[net.driver], alloc, net, w)
 
 
 def request(driver, alloc: Allocator, net: Network, w: dict) -> NetworkRequest:

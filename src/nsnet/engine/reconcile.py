@@ -10,6 +10,7 @@ from dataclasses import replace
 from ..crashpoints import crashpoint
 from ..kernel import ports, procs
 from ..model import OWNER_ALIAS, Endpoint, NetworkRequest, Sandbox, owner_alias
+from . import endpoints
 
 log = logging.getLogger("nsnet.engine")
 
@@ -57,7 +58,7 @@ def undo_unstarted_runs(e, done: list[str]) -> None:
     for sb in [s for s in e.state.sbs.values() if s.state == "created"]:
         with reported(done, f"sandbox {sb.name}"):
             procs.terminate(sb.pid, sb.pid_start, timeout=0)
-            e._teardown(sb)
+            endpoints.teardown(e, sb)
             with e.state.transaction():
                 e.state.drop_sandbox(sb)
             e.files.remove(sb.id)
@@ -124,7 +125,7 @@ def _plumb_again(e, sb: Sandbox, ep: Endpoint, ns, inside: dict, host_links: dic
         req = next((r for r in sb.requests if r.network_id == net.id), NetworkRequest(net.id))
         e.driver(net).leave(net, ep, ns)
         e.state.drop_endpoint(ep)
-        e._join(sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None,
+        endpoints.join(e, sb, net, replace(req, ip=ep.ipv4.split("/")[0] if ep.ipv4 else None,
                                  ip6=ep.ipv6.split("/")[0] if ep.ipv6 else None), default_route)
         return f"{ep.ifname} on {net.name} was missing; rebuilt"
     index, up = link

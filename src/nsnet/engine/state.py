@@ -51,6 +51,10 @@ class State:
         """Does `sb` ask to be on `net` (running or not)?"""
         return any(r.network_id == net.id for r in sb.requests)
 
+    def requested_networks(self, sb: Sandbox) -> list[Network]:
+        """The networks `sb` asks to be on, in its order."""
+        return [self.nets[r.network_id] for r in sb.requests if r.network_id in self.nets]
+
     def networks_of(self, sb: Sandbox) -> list[Network]:
         """The networks of `sb`'s endpoints, in their order."""
         return [self.nets[e.network_id] for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets]
