@@ -234,7 +234,8 @@ class Engine:
                 crashpoint("run.after-join")
                 sb_nft = self.feed.attach(sb)
                 self.feed.notify()
-                self.files.write(sb, self.state.endpoints_of_sandbox(sb), self._resolver_in(sb))
+                self.files.write(sb, self.state.endpoints_of_sandbox(sb), resolver=self._resolver_in(sb),
+                                 own_netns=self.needs_netns(sb))
                 crashpoint("run.after-files")
                 sb.state, sb.started = "running", now_rfc3339()
                 self.port_sockets[sb.id] = sockets
