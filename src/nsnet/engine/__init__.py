@@ -18,7 +18,7 @@ from ..crashpoints import crashpoint
 from ..drivers import registered
 from ..drivers.base import DriverContext
 from ..errors import Conflict, NsnetError
-from ..facts import Evidence
+from ..facts import Evidence, as_network
 from ..firewall import Ruleset, render
 from ..kernel import nft, ports, probe, procs
 from ..model import Endpoint, Network, Sandbox, now_rfc3339
@@ -46,10 +46,10 @@ class Started:
 
 class Engine:
     def __init__(self, *, kernel, store: Records, firewall: Callable[[Ruleset], object],
-                 evidence: Callable[[list[str]], list[Evidence]], config, root: str,
+                 evidence: Callable[[], list[Evidence]], config, root: str,
                  allocator: Allocator | None = None, thread: KernelThread | None = None):
         self.kernel, self.store, self.config, self.root, self.thread = kernel, store, config, root, thread
-        self._apply, self._evidence_of = firewall, evidence
+        self._apply, self._host_evidence = firewall, evidence
         self.lock = threading.RLock()
         self.state = State(store)
         self.alloc = allocator or LocalAllocator(self.state.endpoints_of_network)
@@ -66,15 +66,14 @@ class Engine:
     @classmethod
     def open(cls, root: str) -> "Engine":
         """The engine of `root` with the real collaborators: the kernel (made on the kernel thread), the
-        SQLite store, nftables, and the host's evidence read through netlink."""
+        SQLite store, nftables, and the host's evidence (netlink, /proc, Docker's socket)."""
         config = config_mod.load(root)
         store = Records(SqliteKV(os.path.join(root, "state.db")))
         thread = KernelThread()
         kernel = thread.call(_host_kernel)
 
-        def evidence(own_subnets: list[str]) -> list[Evidence]:
-            return probe.gather(kernel.ipr, reserved=config.reserved, nsnet_subnets=own_subnets,
-                                docker_socket=probe.docker_socket())
+        def evidence() -> list[Evidence]:
+            return probe.gather(kernel.ipr, reserved=config.reserved, docker_socket=probe.docker_socket())
         return cls(kernel=kernel, store=store, firewall=lambda rs: nft.run(render(rs)), evidence=evidence,
                    config=config, root=root, thread=thread)
 
@@ -82,7 +81,9 @@ class Engine:
         return self.drivers[net.driver]
 
     def _evidence(self) -> list[Evidence]:
-        return self._evidence_of([s.subnet for n in self.state.nets.values() for s in n.subnets])
+        """The host's, and nsnet's own networks' subnets."""
+        return self._host_evidence() + [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
+                                        for n in self.state.nets.values() for s in n.subnets]
 
     def _addresses_given_up(self, ep: Endpoint, net: Network | None) -> None:
         """Tracked flows die with their address (design notes); the allocator may give it out again."""
