@@ -157,6 +157,10 @@ class FakeSandboxNs:
         self.ns.remove(link)
         return True
 
+    def loopback_up(self) -> None:
+        self.faults.step("sandbox: lo up")
+        self.ns.links["lo"].up = True
+
     def view(self) -> dict:
         self.faults.step("sandbox: view")
         route = self.ns.routes.get("0.0.0.0/0", "")
@@ -177,6 +181,7 @@ class FakeKernel:
         self.sandboxes: dict[int, FakeSandboxNs] = {}
         self.lan: dict[str, str] = {}       # address -> MAC of the machines answering ARP on the LAN
         self.missing: set[str] = set()      # link kinds this kernel cannot build
+        self.flows_forgotten: list[str] = []  # addresses whose tracked flows were flushed (best effort)
 
     @property
     def fail_at(self):
@@ -190,6 +195,20 @@ class FakeKernel:
         if pid not in self.sandboxes:
             self.sandboxes[pid] = FakeSandboxNs(pid, self.faults)
         return self.sandboxes[pid]
+
+    # ---- the engine's own calls (not verbs): a sandbox's lifetime, conntrack --------------------
+
+    def forget(self, pid) -> None:
+        """Let go of a sandbox's handles (its namespace lives as long as its process)."""
+
+    def is_own_netns(self, pid) -> bool:
+        return False
+
+    def forget_flows(self, ips) -> None:
+        self.flows_forgotten += [str(ip) for ip in ips]   # best effort in the kernel: never fails
+
+    def close(self) -> None:
+        pass
 
     def state(self) -> dict:
         """Everything the kernel holds, by name (indexes change when a link is made again)."""

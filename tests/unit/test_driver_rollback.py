@@ -185,7 +185,7 @@ def test_a_bridge_join_whose_bridge_seems_gone_reads_the_network_back_and_plugs_
     kernel, which plugs back every port of the network that is on no bridge, this one included."""
     kernel, d, net = bridge_with_ports(1)
     ep, sandbox = endpoint(net, 2), kernel.sandbox(2000)
-    d.ports_of = lambda net: [endpoint(net, 1).host_ifname, ep.host_ifname]
+    d.ctx.ports_of = lambda net: [endpoint(net, 1).host_ifname, ep.host_ifname]
     calls(kernel, lambda: d.join(net, ep, sandbox, True))
     enslave = next(k for k, what in enumerate(kernel.faults.log, 1) if what.startswith("enslave"))
     d.leave(net, ep, sandbox)

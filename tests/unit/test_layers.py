@@ -160,3 +160,49 @@ def test_the_driver_check_sees_a_raw_channel(tmp_path):
     got = _driver_violations(str(tmp_path))
     assert got == ["drivers/bad.py:1 imports kernel.links", "drivers/bad.py:2 imports kernel.lan",
                    "drivers/bad.py:4 speaks .rtnl", "drivers/bad.py:4 speaks .fd"]
+
+
+# The engine and the daemon branch on driver attributes (singleton, needs_netns, sandbox_mode, ...), never
+# on driver names: an overlay driver must fit without touching them (docs/architecture.md, the driver
+# protocol). A driver's name is compared, listed or used as a table's key only inside drivers/.
+DRIVER_NAMES = {"bridge", "host", "null", "none", "macvlan", "ipvlan", "overlay"}
+NAME_BLIND = ("engine", "daemon")
+
+
+def _driver_name_uses(src):
+    out = []
+    for part in NAME_BLIND:
+        folder = os.path.join(src, part)
+        paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".py")] \
+            if os.path.isdir(folder) else [folder + ".py"]
+        for path in paths:
+            tree = ast.parse(open(path).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Compare):
+                    sides = [node.left, *node.comparators]
+                elif isinstance(node, (ast.Set, ast.Tuple, ast.List)):
+                    sides = node.elts
+                elif isinstance(node, ast.Dict):
+                    sides = [k for k in node.keys if k is not None]
+                else:
+                    continue
+                names = sorted({c.value for side in sides for c in ast.walk(side)
+                                if isinstance(c, ast.Constant) and c.value in DRIVER_NAMES})
+                if names:
+                    out.append(f"{os.path.relpath(path, src)}:{node.lineno} names driver {', '.join(names)}")
+    return sorted(set(out))
+
+
+def test_the_engine_and_the_daemon_never_name_a_driver():
+    assert _driver_name_uses(SRC) == []
+
+
+def test_the_driver_name_check_sees_a_name(tmp_path):
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "engine.py").write_text(
+        'if net.driver == "bridge" or cls.name in ("host", "null"):\n    pass\n'
+        'MODES = {"host": "host", "null": "none"}\nok = spec.get("bridge")\n')
+    (tmp_path / "daemon" / "x.py").write_text('if sb.netmode != "host":\n    pass\n')
+    assert _driver_name_uses(str(tmp_path)) == [
+        "daemon/x.py:1 names driver host", "engine.py:1 names driver bridge", "engine.py:1 names driver host, null",
+        "engine.py:3 names driver host, null"]

@@ -6,7 +6,6 @@ import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import Conflict, NsnetError, NotFound
-from ..firewall import render_dns_redirect
 from ..kernel import procs
 from ..model import to_dict
 from . import schema
@@ -53,10 +52,7 @@ def ping(d, query, body, peer):
 
 @route("GET", "/info")
 def info(d, query, body, peer):
-    e = d.engine
-    return {"Root": e.root, "Networks": len(e.nets), "Sandboxes": len(e.sbs),
-            "Running": sum(1 for s in e.sbs.values() if s.state == "running"),
-            "Config": e.config.as_dict(), "DaemonPid": os.getpid()}
+    return {**d.engine.info(), "DaemonPid": os.getpid()}
 
 
 @route("GET", "/networks")
@@ -107,10 +103,9 @@ def sandboxes(d, query, body, peer):
 def sandbox_run(d, query, body, peer):
     if body.get("Pid") is not None:
         _check_owned(body["Pid"], peer)
-    sb = d.run_sandbox(body)
-    files = os.path.join(d.engine.root, "sandboxes", sb.id)
-    nft = render_dns_redirect(d.engine.dns.address, *sb.dns_ports) if sb.dns_ports and d.engine.dns else None
-    return {"Id": sb.id, "Name": sb.name, "Pid": sb.pid, "Files": files, "Hostname": sb.hostname, "Nft": nft}
+    run = d.run_sandbox(body)
+    sb = run.sandbox
+    return {"Id": sb.id, "Name": sb.name, "Pid": sb.pid, "Files": run.files, "Hostname": sb.hostname, "Nft": run.nft}
 
 
 @route("GET", "/sandboxes/{ref}")
@@ -144,9 +139,8 @@ def sandbox_remove(d, ref, query, body, peer):
 
 @route("GET", "/sandboxes/{ref}/logs")
 def sandbox_logs(d, ref, query, body, peer):
-    sb = d.engine.sandbox(ref)
     try:
-        with open(os.path.join(d.engine.root, "sandboxes", sb.id, "log"), errors="replace") as f:
+        with open(d.engine.log_path(ref), errors="replace") as f:
             return {"Log": f.read()}
     except FileNotFoundError:
         return {"Log": ""}

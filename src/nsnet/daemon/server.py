@@ -24,7 +24,7 @@ log = logging.getLogger("nsnet.daemon")
 class Daemon:
     def __init__(self, root: str):
         self.root = root
-        self.engine = Engine(root)
+        self.engine = Engine.open(root)
         self.watcher = Watcher(self.engine.sandbox_exited)
         self.engine.on_sandbox_running = self._watch
 
@@ -37,7 +37,7 @@ class Daemon:
     def _launch_detached(self, sb, files: str) -> Launch:
         out = os.open(os.path.join(files, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            return Launch(sb.cmd, netmode="host" if sb.netmode == "host" else "own",
+            return Launch(sb.cmd, netmode="own" if self.engine.needs_netns(sb) else "host",
                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, new_session=True)
         finally:
             os.close(out)

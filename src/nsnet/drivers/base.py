@@ -1,27 +1,46 @@
 """The protocol every driver implements. A driver owns its kernel objects and nothing else."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 from ..errors import NsnetError
-from ..firewall import FwNetwork
-from ..model import Endpoint, Network
+from ..firewall import FwNetwork, FwPort
+from ..model import Endpoint, Network, PortMapping
 from ..requests import check_labels
 
 MTU_KEY = "com.docker.network.driver.mtu"
 SIZE_KEY = "size"  # prefix length of the subnet taken from the pools (`-o size=24`), when none is given
 
 
+@dataclass
+class DriverContext:
+    """What the engine hands a driver at construction, besides the kernel. A cluster-scoped driver (an
+    overlay) will get the store and the peers' events here too."""
+    # The host links of a network's endpoints (what a rebuilt bridge must carry).
+    ports_of: Callable[[Network], list[str]] = field(default=lambda net: [])
+    # The engine's crash points (nsnet.crashpoints), for the steps inside a driver's join.
+    crashpoint: Callable[[str], None] = field(default=lambda name: None)
+
+
 class Driver:
     name = ""
     options: frozenset[str] = frozenset()   # the -o keys this driver understands
+    scope = "local"                         # local: one host's; cluster: shared by hosts (an overlay)
     needs_netns = True                      # does a sandbox on it get its own network namespace?
     builds_endpoints = True                 # does joining make an interface (and take an address)?
+    singleton = False                       # only its built-in network (host, none): no other, no second one
+    sandbox_mode = "bridge"                 # a sandbox's netmode on it (Docker's NetworkMode): bridge|host|none
+    link_prefix: str | None = None          # its host links' names start so: reconcile removes strays
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, ctx: DriverContext | None = None):
         self.kernel = kernel
-        # Set by the engine: the host links of a network's endpoints (what a rebuilt bridge must carry).
-        self.ports_of = lambda net: []
-        # Set by the engine: its crash points (nsnet.crashpoints), for the steps inside a driver's join.
-        self.crashpoint = lambda name: None
+        self.ctx = ctx or DriverContext()
+
+    def builtin(self) -> dict | None:
+        """The built-in network this driver brings (`name`, and for an addressed one `subnet`, `bridge`,
+        `options`), made at the engine's first start; None: none."""
+        return None
 
     def validate(self, net: Network) -> None:
         """Refuse options this driver does not know, and values no driver can use, before anything is built."""
@@ -48,6 +67,10 @@ class Driver:
         """Is the subnet the LAN's own (macvlan, flat bridge)? Then host evidence does not refuse it, and
         addresses are checked on the LAN instead (address_taken)."""
         return False
+
+    def claim(self, net: Network, others: list[Network]) -> None:
+        """Before the subnets are planned: name this network's own links (e.g. its bridge), refusing names
+        another network holds; nothing built."""
 
     def plan(self, net: Network, others: list[Network]) -> None:
         """Checks (and choices) that need the planned subnets and the other networks; nothing built."""
@@ -79,6 +102,15 @@ class Driver:
 
     def firewall(self, net: Network) -> FwNetwork | None:
         return None
+
+    def published(self, net: Network, ep: Endpoint, ports: list[PortMapping]) -> list[FwPort] | None:
+        """The firewall's rules for a sandbox's published ports when `ep` can take them, else None (the
+        engine asks the sandbox's endpoints in order; the first that can takes them all)."""
+        return None
+
+    def shown_options(self, net: Network) -> dict[str, str]:
+        """Options `network inspect` shows although nobody gave them (e.g. the bridge's name)."""
+        return {}
 
     def kernel_names(self, net: Network) -> set[str]:
         """Names of the host links this network owns (reconcile keeps these)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import KernelError, NsnetError
-from ..firewall import FwNetwork, unwritable
-from ..model import Endpoint, Network, owner_alias
+from ..errors import Conflict, KernelError, NsnetError
+from ..firewall import FwNetwork, FwPort, unwritable
+from ..model import Endpoint, Network, PortMapping, owner_alias
 from ..requests import ifname_problem
 from . import fabric, flat
-from .base import MTU_KEY, SIZE_KEY, Driver
+from .base import MTU_KEY, SIZE_KEY, Driver, DriverContext
 
 NAME_KEY = "com.docker.network.bridge.name"
 ICC_KEY = "com.docker.network.bridge.enable_icc"
@@ -21,6 +21,8 @@ BR_MAX_PORTS = 1023  # ports a Linux bridge takes (BR_MAX_PORTS is 1024 with por
 EXFULL = 54
 EINVAL = 22
 ENODEV = 19
+VETH_PREFIX = "nsv"   # an endpoint's host end: nsv + the endpoint ID's first 12 hex digits
+DEFAULT_BRIDGE = "nsnet0"
 
 
 def bridge_name_for(network_id: str) -> str:
@@ -31,10 +33,17 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME_KEY, ICC_KEY, MASQ_KEY, HOST_IP_KEY, DEFAULT_KEY, MTU_KEY, SIZE_KEY,
                          IPV6_KEY})
+    link_prefix = VETH_PREFIX
 
-    def __init__(self, kernel):
-        super().__init__(kernel)
+    def __init__(self, kernel, ctx: DriverContext | None = None):
+        super().__init__(kernel, ctx)
         self._fabrics: dict[str, fabric.Fabric] = {}   # network id -> its bridges, loaded once
+
+    def builtin(self) -> dict:
+        """Docker's default bridge network (its subnet is taken from the pools when 172.17/16 is in use)."""
+        return {"name": "bridge", "bridge": DEFAULT_BRIDGE, "subnet": "172.17.0.0/16",
+                "options": {DEFAULT_KEY: "true", ICC_KEY: "true", MASQ_KEY: "true", HOST_IP_KEY: "0.0.0.0",
+                            NAME_KEY: DEFAULT_BRIDGE}}
 
     def validate(self, net: Network) -> None:
         super().validate(net)
@@ -62,9 +71,20 @@ class BridgeDriver(Driver):
     def on_lan(self, net: Network) -> bool:
         return net.adopted
 
+    def claim(self, net: Network, others: list[Network]) -> None:
+        net.bridge = net.options.get(NAME_KEY) or bridge_name_for(net.id)
+        if net.bridge in {n.bridge for n in others}:
+            raise Conflict(f"bridge {net.bridge} is already used by another nsnet network")
+        link = self.kernel.links().get(net.bridge)
+        if link is not None:  # a bridge nsnet did not make is adopted (a flat LAN bridge); anything else refused
+            self.adopt(net, link)
+
     def plan(self, net: Network, others: list[Network]) -> None:
         if net.adopted:
             flat.plan(net)
+
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
+        ep.host_ifname = VETH_PREFIX + ep.id[:12]
 
     def address_taken(self, net: Network, addr) -> str | None:
         return flat.address_taken(self.kernel, net, addr) if net.adopted else None
@@ -86,7 +106,7 @@ class BridgeDriver(Driver):
         # from the kernel. A bridge rebuilt under sandboxes or leaves has them read back, and plugged
         # back in, by whoever rebuilt it (_fabric on an attach, mend at the daemon's start).
         self._fabrics.pop(net.id, None)
-        if created and not self.ports_of(net) and kernel.index(fabric.leaf_name(net.id, 1)) is None:
+        if created and not self.ctx.ports_of(net) and kernel.index(fabric.leaf_name(net.id, 1)) is None:
             self._fabrics[net.id] = fabric.Fabric(fabric.Bridge(net.bridge, index))
         kernel.sysctl("net.ipv4.ip_forward", "1")
         # 127.0.0.1:PORT published ports are DNATed out of this bridge: the kernel must route them.
@@ -112,12 +132,12 @@ class BridgeDriver(Driver):
             fab, bridge, new_leaf = self._bridge_with_room(net)
             host_index, peer_index = kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac,
                                                      mtu=self.mtu(net))
-            self.crashpoint("join.after-veth")
+            self.ctx.crashpoint("join.after-veth")
             addrs = [a for a in (ep.ipv4, ep.ipv6) if a]
             sandbox.configure(peer_index, addresses=addrs,
                               gateway4=ep.gateway4 if default_route else None,
                               gateway6=ep.gateway6 if default_route else None, ipv6=net.ipv6)
-            self.crashpoint("join.after-inside")
+            self.ctx.crashpoint("join.after-inside")
             try:
                 kernel.plug_in(host_index, bridge.index, isolated=isolated)
                 fab.took(ep.host_ifname, bridge)
@@ -184,7 +204,7 @@ class BridgeDriver(Driver):
         isolated = not net.flag(ICC_KEY, True)
         fabric.mend_uplinks(self.kernel, linkmap, net.id, fab, isolated=isolated)
         plugged = []
-        for port in self.ports_of(net):
+        for port in self.ctx.ports_of(net):
             if port in linkmap and port not in fab.port_of:
                 _, bridge, _ = self._bridge_with_room(net)
                 self.kernel.plug_in(linkmap[port]["index"], bridge.index, isolated=isolated)
@@ -211,6 +231,17 @@ class BridgeDriver(Driver):
             gateways=[s.gateway for s in net.subnets if s.gateway],
             leaves=fabric.leaf_glob(net.id),
         )
+
+    def published(self, net: Network, ep: Endpoint, ports: list[PortMapping]) -> list[FwPort] | None:
+        """DNAT from the host's ports to the endpoint's IPv4 address, hairpin through the bridge."""
+        if not ep.ipv4:
+            return None
+        default_ip = net.option(HOST_IP_KEY, "0.0.0.0")
+        return [FwPort(p.host_ip if p.host_ip not in ("0.0.0.0", "") else default_ip, p.host_port, p.proto,
+                       ep.ipv4.split("/")[0], p.port, net.bridge) for p in ports]
+
+    def shown_options(self, net: Network) -> dict[str, str]:
+        return {NAME_KEY: net.bridge}
 
     def kernel_names(self, net: Network) -> set[str]:
         return set() if net.adopted else {net.bridge}

@@ -8,8 +8,18 @@ class HostDriver(Driver):
     name = "host"
     needs_netns = False
     builds_endpoints = False
+    singleton = True
+    sandbox_mode = "host"
+
+    def builtin(self) -> dict:
+        return {"name": "host"}
 
 
 class NullDriver(Driver):
     name = "null"
     builds_endpoints = False
+    singleton = True
+    sandbox_mode = "none"
+
+    def builtin(self) -> dict:
+        return {"name": "none"}

@@ -89,6 +89,10 @@ class SandboxNs:
         return links.delete_link(self.rtnl, name)
 
     @verb
+    def loopback_up(self) -> None:
+        links.loopback_up(self.rtnl)
+
+    @verb
     def view(self) -> dict:
         """Its links, addresses and IPv4 default gateways (links.netns_view), for reconcile to compare."""
         return links.netns_view(self.ipr)

@@ -1,0 +1,62 @@
+"""A sandbox's endpoints: joining a network (addresses, the driver's kernel objects, the record; undone
+whole on failure) and the teardown of them all when the sandbox ends. `e` is the engine (its state,
+allocator, kernel, drivers, resolver feed)."""
+from __future__ import annotations
+
+import logging
+
+from ..crashpoints import crashpoint
+from ..model import Endpoint, Network, NetworkRequest, Sandbox
+from .addresses import address, endpoint_addresses
+from .plans import new_id
+
+log = logging.getLogger("nsnet.engine")
+
+
+def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
+    """Give `sb` an endpoint on `net`. The default route goes through it when asked, or else when no other
+    endpoint has a gateway."""
+    driver = e.driver(net)
+    if not driver.builds_endpoints:
+        return None
+    mine = e.state.endpoints_of_sandbox(sb)
+    taken_names = {ep.ifname for ep in mine}
+    ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
+    ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname, host_ifname=None, mac=None,
+                  ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases))
+    address(e.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
+    if default_route is None:
+        default_route = not any(other.gateway4 for other in mine)
+    sandbox = None
+    try:
+        driver.plan_endpoint(net, ep)
+        with e.state.transaction():
+            e.state.save_endpoint(ep)
+        crashpoint("join.after-record")
+        sandbox = e.kernel.sandbox(sb.pid)
+        driver.join(net, ep, sandbox, default_route)
+    except BaseException:
+        if ep.id in e.state.eps:
+            driver.leave(net, ep, sandbox)
+            e.state.drop_endpoint(ep)   # gives its addresses back
+        else:
+            e.alloc.release(net, endpoint_addresses(ep))
+        raise
+    return ep
+
+
+def teardown(e, sb: Sandbox) -> None:
+    """Remove every endpoint of `sb` (kernel objects and records) and let go of its namespace."""
+    for ep in e.state.endpoints_of_sandbox(sb):
+        net = e.state.nets.get(ep.network_id)
+        if net is not None:
+            try:
+                e.driver(net).leave(net, ep)
+            except Exception:
+                log.exception("leaving %s failed; reconcile will retry", net.name)
+        e.state.drop_endpoint(ep)
+    for s in e.port_sockets.pop(sb.id, []):
+        s.close()
+    e.feed.detach(sb)
+    if sb.pid:
+        e.kernel.forget(sb.pid)

@@ -1,0 +1,116 @@
+"""The engine's state: a write-through copy of the records (networks, sandboxes, endpoints), rebuilt from
+the store at start so that the attach path never scans the store, and the lookups on it.
+
+This is the one place that saves and drops records: each write goes to the store (inside the caller's
+transaction, if any) and to every index here at once, and then to the listeners that keep derived state
+(the resolver's feed, the address allocator, the host's tracked flows).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import NotFound, NsnetError
+from ..model import Endpoint, Network, Sandbox, from_dict, to_dict
+from ..store.records import Records
+
+
+class State:
+    def __init__(self, store: Records):
+        self.store = store
+        self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in store.list("network")}
+        self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in store.list("sandbox")}
+        self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in store.list("endpoint")}
+        self._eps_of: dict[str, dict[str, Endpoint]] = {}  # sandbox id -> its endpoints (an index of eps)
+        for ep in self.eps.values():
+            self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
+        # Listeners, called after each change: (endpoint) saved, (endpoint, its network or None) dropped,
+        # (network) saved, (network) dropped.
+        self.endpoint_saved: list[Callable[[Endpoint], None]] = []
+        self.endpoint_dropped: list[Callable[[Endpoint, Network | None], None]] = []
+        self.network_saved: list[Callable[[Network], None]] = []
+        self.network_dropped: list[Callable[[Network], None]] = []
+
+    def transaction(self):
+        return self.store.transaction()
+
+    # ---- lookups ---------------------------------------------------------------------------------
+
+    def network(self, ref: str) -> Network:
+        return _lookup(self.nets, ref, "network")
+
+    def sandbox(self, ref: str) -> Sandbox:
+        return _lookup(self.sbs, ref, "sandbox")
+
+    def endpoints_of_sandbox(self, sb: Sandbox) -> list[Endpoint]:
+        return sorted(self._eps_of.get(sb.id, {}).values(), key=lambda e: int(e.ifname[3:] or 0))
+
+    def endpoints_of_network(self, net: Network) -> list[Endpoint]:
+        return [e for e in self.eps.values() if e.network_id == net.id]
+
+    def requested(self, sb: Sandbox, net: Network) -> bool:
+        """Does `sb` ask to be on `net` (running or not)?"""
+        return any(r.network_id == net.id for r in sb.requests)
+
+    def requested_networks(self, sb: Sandbox) -> list[Network]:
+        """The networks `sb` asks to be on, in its order."""
+        return [self.nets[r.network_id] for r in sb.requests if r.network_id in self.nets]
+
+    def networks_of(self, sb: Sandbox) -> list[Network]:
+        """The networks of `sb`'s endpoints, in their order."""
+        return [self.nets[e.network_id] for e in self.endpoints_of_sandbox(sb) if e.network_id in self.nets]
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    def save_network(self, net: Network) -> None:
+        self.store.put("network", net.id, to_dict(net))
+        self.nets[net.id] = net
+        for fn in self.network_saved:
+            fn(net)
+
+    def drop_network(self, net: Network) -> None:
+        self.store.delete("network", net.id)
+        self.nets.pop(net.id, None)
+        for fn in self.network_dropped:
+            fn(net)
+
+    def save_sandbox(self, sb: Sandbox) -> None:
+        self.store.put("sandbox", sb.id, to_dict(sb))
+        self.sbs[sb.id] = sb
+
+    def drop_sandbox(self, sb: Sandbox) -> None:
+        self.store.delete("sandbox", sb.id)
+        self.sbs.pop(sb.id, None)
+
+    def save_endpoint(self, ep: Endpoint) -> None:
+        self.store.put("endpoint", ep.id, to_dict(ep))
+        self.eps[ep.id] = ep
+        self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
+        for fn in self.endpoint_saved:
+            fn(ep)
+
+    def drop_endpoint(self, ep: Endpoint) -> None:
+        self.store.delete("endpoint", ep.id)
+        self.eps.pop(ep.id, None)
+        mine = self._eps_of.get(ep.sandbox_id, {})
+        mine.pop(ep.id, None)
+        if not mine:
+            self._eps_of.pop(ep.sandbox_id, None)
+        for fn in self.endpoint_dropped:
+            fn(ep, self.nets.get(ep.network_id))
+
+
+def _lookup(table: dict, ref: str, what: str):
+    """By name, full ID or unique ID prefix, as Docker does."""
+    if not ref:
+        raise NotFound(f"{what} name is empty")
+    if ref in table:
+        return table[ref]
+    for obj in table.values():
+        if obj.name == ref:
+            return obj
+    matches = [obj for key, obj in table.items() if key.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise NsnetError(f"{what} {ref} is ambiguous ({len(matches)} matches): give more of the ID")
+    raise NotFound(f"{what} {ref} not found")

@@ -1,0 +1,31 @@
+"""The engine's one kernel thread (design notes, "One kernel thread")."""
+from __future__ import annotations
+
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+
+class KernelThread:
+    """The engine's one kernel thread. pyroute2 gives every thread its own netlink socket, opened in the
+    namespace that thread is in at first use; confining all netlink work to one thread keeps one socket
+    per namespace, reused."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.ident = self._pool.submit(threading.get_ident).result()
+
+    def call(self, fn, *args, **kwargs):
+        if threading.get_ident() == self.ident:
+            return fn(*args, **kwargs)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+
+def on_kernel_thread(method):
+    """Run a use case on the engine's kernel thread (inline when the engine has none: unit tests)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.thread is None:
+            return method(self, *args, **kwargs)
+        return self.thread.call(method, self, *args, **kwargs)
+    return call
