@@ -24,7 +24,7 @@ NAMES = (
     "disconnect.after-leave", "disconnect.after-record",
     "stop.after-kill", "exited.after-teardown", "exited.after-record",
     "rm.after-record",
-    # reconcile's own steps (engine.RECONCILE_STEPS), each followed by one
+    # reconcile's own steps (engine.reconcile.RECONCILE_STEPS), each followed by one
     "reconcile.after-forget_dead_sandboxes", "reconcile.after-undo_unstarted_runs",
     "reconcile.after-drop_orphan_endpoints", "reconcile.after-rebuild_networks", "reconcile.after-mend_fabric",
     "reconcile.after-check_sandbox_side", "reconcile.after-rehold_ports", "reconcile.after-remove_stray_links",

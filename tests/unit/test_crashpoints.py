@@ -5,7 +5,7 @@ import re
 import pytest
 
 from nsnet import crashpoints
-from nsnet.engine import RECONCILE_STEPS
+from nsnet.engine.reconcile import RECONCILE_STEPS
 
 SRC = pathlib.Path(crashpoints.__file__).parent
 

@@ -28,7 +28,6 @@ from . import endpoints, fwinput, plans, reconcile as reconciling, views
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
 from .files import SandboxFiles
-from .reconcile import RECONCILE_STEPS  # noqa: F401  (the steps' order, for tests and docs)
 from .state import State
 from .thread import KernelThread, on_kernel_thread
 
