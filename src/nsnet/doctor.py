@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import NsnetError
-from .facts import (MAIN_TABLE, ROUTE_TYPE_NAMES, RTN_UNICAST, Address, DockerNetwork, Evidence, KernelAnswer, Link,
-                    Neighbour, Network, Route)
+from .facts import (MAIN_TABLE, ROUTE_TYPE_NAMES, RTN_UNICAST, Address, Evidence, HostFacts, KernelAnswer,
+                    Link, Neighbour, Network, Route)
 from .ipam.evidence import overlapping, ranked, short
 from .ipam.pools import DEFAULT_POOLS, Pool, pick_subnet
 from .model import OWNER_ALIAS, owner_alias
@@ -36,13 +36,9 @@ class NsnetNetwork:
 
 
 @dataclass
-class HostView:
-    links: dict[str, Link]
-    routes: list[Route]
-    neighbours: list[Neighbour]
-    evidence: list[Evidence]
+class HostView(HostFacts):
+    """The host as doctor judges it: what the kernel says (HostFacts) and nsnet's own networks."""
     nsnet: list[NsnetNetwork] = field(default_factory=list)
-    docker: list[DockerNetwork] = field(default_factory=list)
     pools: tuple[Pool, ...] = DEFAULT_POOLS     # where a fix may look for a free subnet
 
 

@@ -17,7 +17,7 @@ def view(routes=(), links=(), evidence=(), neighbours=(), nsnet=(), docker=()):
     all_links.update({lk.name: lk for lk in links})
     routes = UPLINK + list(routes)
     ev = [Evidence("route", r.network, str(r), onlink=r.gateway is None) for r in routes if r.network.prefixlen]
-    return HostView(all_links, routes, list(neighbours), ev + list(evidence), list(nsnet), list(docker))
+    return HostView(all_links, routes, list(neighbours), ev + list(evidence), docker=list(docker), nsnet=list(nsnet))
 
 
 def lockout(**kw):

@@ -46,7 +46,7 @@ def cmd_doctor(client: Client, args) -> int:
     nsnet = _nsnet_networks(client.root)
     facts, kernel = hostview.read(reserved=cfg.reserved, nsnet_subnets=[(n.name, s) for n in nsnet for s in n.subnets],
                                   route_to=target)
-    view = doctor.HostView(facts.links, facts.routes, facts.neighbours, facts.evidence, nsnet, facts.docker)
+    view = doctor.HostView(**vars(facts), nsnet=nsnet)
     if cfg.pools:
         view.pools = tuple(cfg.pools)
     report = doctor.Report(doctor.diagnose(view))
