@@ -50,6 +50,9 @@ def _unb64(text: str) -> str:
     return base64.b64decode(text).decode()
 
 
+_load = json.JSONDecoder().decode   # json.loads without its per-call checks: a list decodes every value
+
+
 def prefix_end(key: str) -> str:
     """etcd's range end for "every key starting with `key`": its last byte plus one."""
     raw = bytearray(key.encode())
@@ -205,13 +208,13 @@ class EtcdKV:
     # ---- etcd's answers ------------------------------------------------------------------------------
 
     def _entry(self, kv: dict) -> Entry:
-        return Entry(_unb64(kv["key"])[len(self.prefix):], json.loads(base64.b64decode(kv.get("value", ""))),
+        return Entry(_unb64(kv["key"])[len(self.prefix):], _load(_unb64(kv["value"])),
                      int(kv["create_revision"]), int(kv["mod_revision"]))
 
     def _event(self, event: dict) -> Event:
         kv = event["kv"]
         deleted = event.get("type") == "DELETE"
-        value = None if deleted else json.loads(base64.b64decode(kv.get("value", "")))
+        value = None if deleted else _load(_unb64(kv["value"]))
         return Event(int(kv["mod_revision"]), _unb64(kv["key"])[len(self.prefix):], value)
 
     # ---- requests ------------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ class EtcdKV:
         headers = {"Content-Type": "application/json"}
         if self._token:
             headers["Authorization"] = self._token
-        conn.request("POST", path, json.dumps(body), headers)
+        conn.request("POST", path, json.dumps(body).encode(), headers)   # bytes: headers and body in one send
         return conn.getresponse()
 
     def _connection(self, fresh: bool = False) -> tuple[_Endpoint, http.client.HTTPConnection]:
@@ -285,7 +288,8 @@ class EtcdKV:
     def _authenticate(self) -> None:
         endpoint, conn = self._dial()
         try:
-            conn.request("POST", "/v3/auth/authenticate", json.dumps({"name": self._user, "password": self._password}),
+            conn.request("POST", "/v3/auth/authenticate",
+                         json.dumps({"name": self._user, "password": self._password}).encode(),
                          {"Content-Type": "application/json"})
             response = conn.getresponse()
             data = response.read()
