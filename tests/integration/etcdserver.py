@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -22,8 +23,9 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 class EtcdCluster:
-    def __init__(self, ns: str, members: int = 1):
+    def __init__(self, ns: str, members: int = 1, tls: dict | None = None):
         self.ns = ns
+        self.tls = tls   # {"ca", "cert", "key"}: clients must speak https and show a cert the CA signed
         self.workdir = tempfile.mkdtemp(prefix="nsnt-etcd-")
         self.names = [f"m{i}" for i in range(members)]
         self.procs: dict[str, subprocess.Popen] = {}
@@ -31,7 +33,7 @@ class EtcdCluster:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
 
     def endpoint(self, i: int) -> str:
-        return f"http://127.0.0.1:{2379 + 100 * i}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{2379 + 100 * i}"
 
     @property
     def endpoints(self) -> list[str]:
@@ -48,17 +50,27 @@ class EtcdCluster:
                  "--listen-client-urls", self.endpoint(i), "--advertise-client-urls", self.endpoint(i),
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", peers, "--initial-cluster-token", self.ns,
-                 "--initial-cluster-state", "new"],
+                 "--initial-cluster-state", "new", *self._tls_args()],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
             log.close()
         with netns.entered(f"/run/netns/{self.ns}"):
             for i in range(len(self.names)):
                 self._wait_healthy(self.endpoint(i), time.monotonic() + timeout)
 
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+                "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
+
     def _wait_healthy(self, endpoint: str, deadline: float) -> None:
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.tls["ca"])
+            context.load_cert_chain(self.tls["cert"], self.tls["key"])
         while True:
             try:
-                with urllib.request.urlopen(f"{endpoint}/health", timeout=1) as r:
+                with urllib.request.urlopen(f"{endpoint}/health", timeout=1, context=context) as r:
                     if json.load(r).get("health") == "true":
                         return
             except OSError:

@@ -27,8 +27,8 @@ if not os.path.exists(ETCD):
     pytest.skip("etcd is not installed (Debian's etcd-server: scripts/setup.sh)", allow_module_level=True)
 
 
-def _cluster(members: int):
-    c = EtcdCluster(f"nsnt-etcd-{uuid.uuid4().hex[:6]}", members)
+def _cluster(members: int, tls: dict | None = None):
+    c = EtcdCluster(f"nsnt-etcd-{uuid.uuid4().hex[:6]}", members, tls)
     try:
         c.start()
         yield c
@@ -181,3 +181,30 @@ def test_user_and_password_take_a_token(tmp_path):
             with pytest.raises(NsnetError):
                 EtcdKV([ep], user="root", password="wrong").get("x")
             kv.close()
+
+
+def test_tls_with_a_client_certificate(tmp_path):
+    """etcd on https that wants a client certificate signed by its CA: the client's ca/cert/key get in."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    d = str(tmp_path)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=nsnet test CA",
+            "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (tmp_path / f"{name}.ext").write_text(ext + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{d}/{name}.key",
+                "-out", f"{d}/{name}.csr")
+        openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+                "-CAcreateserial", "-days", "1", "-extfile", f"{d}/{name}.ext", "-out", f"{d}/{name}.pem")
+    server = {"ca": f"{d}/ca.pem", "cert": f"{d}/server.pem", "key": f"{d}/server.key"}
+    for c in _cluster(1, server):
+        with netns.entered(f"/run/netns/{c.ns}"):
+            ep = c.endpoint(0)
+            kv = EtcdKV([ep], ca=f"{d}/ca.pem", cert=f"{d}/client.pem", key=f"{d}/client.key")
+            kv.commit([Op("x", {"n": 1})])
+            assert kv.get("x").value == {"n": 1}
+            kv.close()
+            with pytest.raises(NsnetError) as e:   # no client certificate: refused, in one line
+                EtcdKV([ep], ca=f"{d}/ca.pem").get("x")
+            assert "\n" not in str(e.value) and ep in str(e.value)
