@@ -155,6 +155,7 @@ def test_failover_to_the_next_member_when_one_dies(cluster):
         if status[0]["leader"] == status[0]["header"]["member_id"]:
             gateway(cluster.endpoint(0), "/v3/maintenance/transfer-leadership",
                     {"targetID": status[1]["header"]["member_id"]})
+        kv._idle += [kv._dial(), kv._dial()]       # as after several threads used member 0 at once
         cluster.kill(0)
         rev = kv.commit([Op("after", {"n": 2})])
         assert [e.key for e in kv.list("")] == ["before", "after"] and kv.revision() == rev
@@ -178,6 +179,9 @@ def test_user_and_password_take_a_token(tmp_path):
             kv.commit([Op("x", {"n": 1})])
             kv._token = "expired.0"       # etcd forgets tokens (--auth-token-ttl): a new one is taken
             assert kv.get("x").value == {"n": 1}
+            rev = kv.revision()
+            kv._token = "expired.0"       # by a watch too
+            assert [e.key for e in kv.watch("", rev - 1, timeout=1)] == ["x"]
             with pytest.raises(NsnetError):
                 EtcdKV([ep], user="root", password="wrong").get("x")
             kv.close()

@@ -42,6 +42,10 @@ class EtcdError(NsnetError):
     """etcd answered with an error, or no endpoint answered. One line, naming the endpoint."""
 
 
+class _Unauthenticated(EtcdError):
+    """The auth token is missing, invalid or expired (etcd forgets them: --auth-token-ttl)."""
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -158,6 +162,15 @@ class EtcdKV:
         raise CompareFailed(checked[0].key)   # changed and changed back between the txn and its reply
 
     def watch(self, prefix: str, after: int, timeout: float) -> list[Event]:
+        try:
+            return self._watch(prefix, after, timeout)
+        except _Unauthenticated:
+            if not self._user:
+                raise
+            self._token = None   # take a new one, once
+            return self._watch(prefix, after, timeout)
+
+    def _watch(self, prefix: str, after: int, timeout: float) -> list[Event]:
         full = self.prefix + prefix
         body = {"create_request": {"key": _b64(full), "range_end": prefix_end(full), "start_revision": str(after + 1)}}
         conn, endpoint, created = None, None, None
@@ -171,13 +184,19 @@ class EtcdKV:
                 line = response.readline()
                 if not line:
                     raise EtcdError(f"etcd at {endpoint.url} closed the watch on {full!r}")
-                result = json.loads(line).get("result", {})
+                message = json.loads(line)
+                if "error" in message:
+                    raise EtcdError(f"etcd at {endpoint.url}: watch on {full!r}: "
+                                    f"{message['error'].get('message', message['error'])}")
+                result = message.get("result", {})
                 if int(result.get("compact_revision", 0)):
                     raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
                                     f"are compacted: read {prefix!r} again")
                 if result.get("canceled"):
-                    raise EtcdError(f"etcd at {endpoint.url} canceled the watch on {full!r}: "
-                                    f"{result.get('cancel_reason', 'no reason given')}")
+                    reason = result.get("cancel_reason", "no reason given")
+                    kind = _Unauthenticated if "code = Unauthenticated" in reason else EtcdError
+                    raise kind(f"etcd at {endpoint.url} canceled the watch on {full!r}: "
+                                    f"{reason}")
                 if result.get("events"):
                     return [self._event(e) for e in result["events"]]
                 if result.get("created"):
@@ -220,8 +239,9 @@ class EtcdKV:
     # ---- requests ------------------------------------------------------------------------------------
 
     def _call(self, path: str, body: dict) -> dict:
+        fresh = False
         for attempt in range(2):
-            endpoint, conn = self._connection()
+            endpoint, conn = self._connection(fresh)
             try:
                 response = self._send(conn, path, body)
                 data = response.read()
@@ -234,6 +254,8 @@ class EtcdKV:
                 # new one, to this or the next endpoint.
                 conn.close()
                 if attempt == 0:
+                    self.close()   # the other kept-alive ones are likely dead too
+                    fresh = True
                     continue
                 raise EtcdError(f"etcd at {endpoint.url}: {path} failed: {e}") from None
             if response.status == 200:
