@@ -41,6 +41,8 @@ UNAUTHENTICATED = 16   # gRPC status: the auth token is missing, invalid or expi
 class EtcdError(NsnetError):
     """etcd answered with an error, or no endpoint answered. One line, naming the endpoint."""
 
+    status = 503   # the request was fine; the cluster store is not there to take it
+
 
 class _Unauthenticated(EtcdError):
     """The auth token is missing, invalid or expired (etcd forgets them: --auth-token-ttl)."""
@@ -159,7 +161,7 @@ class EtcdKV:
             kvs = response.get("response_range", {}).get("kvs", [])
             if (int(kvs[0]["mod_revision"]) if kvs else 0) != op.expect:
                 raise CompareFailed(op.key)
-        raise CompareFailed(checked[0].key)   # changed and changed back between the txn and its reply
+        raise CompareFailed(checked[0].key)   # not reached: the reads saw what the compares saw
 
     def watch(self, prefix: str, after: int, timeout: float) -> list[Event]:
         try:
@@ -185,9 +187,10 @@ class EtcdKV:
                 if not line:
                     raise EtcdError(f"etcd at {endpoint.url} closed the watch on {full!r}")
                 message = json.loads(line)
-                if "error" in message:
-                    raise EtcdError(f"etcd at {endpoint.url}: watch on {full!r}: "
-                                    f"{message['error'].get('message', message['error'])}")
+                if "error" in message:   # the gateway's own error object, in place of a result
+                    error = message["error"]
+                    text = error.get("message", error) if isinstance(error, dict) else error
+                    raise EtcdError(f"etcd at {endpoint.url}: watch on {full!r}: {text}")
                 result = message.get("result", {})
                 if int(result.get("compact_revision", 0)):
                     raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
@@ -195,8 +198,7 @@ class EtcdKV:
                 if result.get("canceled"):
                     reason = result.get("cancel_reason", "no reason given")
                     kind = _Unauthenticated if "code = Unauthenticated" in reason else EtcdError
-                    raise kind(f"etcd at {endpoint.url} canceled the watch on {full!r}: "
-                                    f"{reason}")
+                    raise kind(f"etcd at {endpoint.url} canceled the watch on {full!r}: {reason}")
                 if result.get("events"):
                     return [self._event(e) for e in result["events"]]
                 if result.get("created"):
