@@ -9,8 +9,8 @@ The shape is etcd's, so that an etcd backend can sit behind the same calls when 
 - `watch` returns the changes under a prefix after a revision, so a reader that fell behind catches up
   from where it was; `Compacted` says that history is gone and the reader must re-read everything.
 
-Backends: `sqlite.SqliteKV` (one host, embedded). `records.Records` is the engine's view: records by kind
-and id, with unique names.
+Backends: `sqlite.SqliteKV` (one host, embedded) and `etcd.EtcdKV` (hosts that share networks: etcd v3).
+`records.Records` is the engine's view: records by kind and id, with unique names.
 """
 from __future__ import annotations
 
