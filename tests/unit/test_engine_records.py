@@ -4,7 +4,7 @@ record; a state saved whole by an older nsnet loads the same; each driver gets i
 On the fake kernel of test_engine_rollback."""
 import os
 
-from test_engine_rollback import World, bridge, worlds  # noqa: F401  (worlds: the fixture)
+from test_engine_rollback import World, bridge, one_line_error, worlds  # noqa: F401  (worlds: the fixture)
 
 from nsnet.engine.state import State
 from nsnet.model import HOST_ONLY, to_dict
@@ -101,3 +101,68 @@ def test_each_driver_gets_the_store_under_its_own_name_and_the_node_id(worlds):
     for name, driver in w.engine.drivers.items():
         assert isinstance(driver.ctx.store, Scoped) and driver.ctx.store.prefix == f"drivers/{name}/"
         assert driver.ctx.node == w.engine.state.node == w.engine.store.meta("engine_id")
+
+
+# ---- a claim another writer commits first (later: another host) ------------------------------------
+
+def racing(w: World, driver: str, method: str, take) -> None:
+    """Make another writer commit `take(records, *args)` while the engine is inside `driver.method`."""
+    d = w.engine.drivers[driver]
+    real = getattr(d, method)
+    other = Records(w.engine.store.kv)
+
+    def first_the_other(*args):
+        take(other, *args)
+        return real(*args)
+    setattr(d, method, first_the_other)
+
+
+def without(snapshot: dict, prefix_of_others: tuple) -> dict:
+    return {**snapshot, "store": {k: v for k, v in snapshot["store"].items() if not k.startswith(prefix_of_others)}}
+
+
+def test_a_connect_whose_address_another_writer_takes_first_fails_in_one_line_and_changes_nothing(worlds):
+    w = worlds()
+    bridge(w, "n1")
+    bridge(w, "n2", Subnets=["10.22.0.0/24"])
+    sb = w.run("s1")
+    before = w.snapshot()
+    racing(w, "bridge", "plan_endpoint", lambda rec, net, ep: rec.put(
+        "endpoint", "f" * 64, {"id": "f" * 64, "network_id": net.id, "ipv4": ep.ipv4, "node": "another"}))
+    error = one_line_error(lambda: w.engine.connect("n2", sb.name))
+    assert "address 10.22.0.2 is already in use" in str(error)
+    theirs = ("endpoint/" + "f" * 64, "local/endpoint/" + "f" * 64, "addresses/")
+    assert without(w.snapshot(), theirs) == without(before, theirs)
+    assert w.engine.store.kv.get(f"addresses/{w.engine.state.network('n2').id}/10.22.0.2").value == {"id": "f" * 64}
+
+
+def test_a_network_whose_name_another_writer_takes_first_fails_in_one_line_and_changes_nothing(worlds):
+    """The one use case with kernel work inside its transaction: the commit at its end fails, the network
+    built and the firewall applied meanwhile are undone."""
+    w = worlds()
+    before = w.snapshot()
+    racing(w, "bridge", "create_network", lambda rec, net: rec.put("network", "f" * 64, {"id": "f" * 64,
+                                                                                         "name": net.name}))
+    error = one_line_error(lambda: bridge(w, "n1"))
+    assert "network name n1 is already in use" in str(error)
+    theirs = ("network/" + "f" * 64, "names/network/n1")
+    assert without(w.snapshot(), theirs) == without(before, theirs)
+
+
+def test_a_run_whose_name_another_writer_takes_first_fails_in_one_line_and_changes_nothing(worlds):
+    w = worlds()
+    bridge(w, "n1")
+    pid = w.process()
+    before = w.snapshot()
+    other = Records(w.engine.store.kv)
+    real = w.engine.files.make
+
+    def make(sb):   # the engine has planned the sandbox (its name free) and makes its folder: the other is first
+        other.put("sandbox", "f" * 64, {"id": "f" * 64, "name": sb.name, "pid": 1})
+        return real(sb)
+    w.engine.files.make = make
+    spec = {"Name": "s1", "Cmd": ["sleep"], "Pid": pid, "Networks": [{"Network": "n1"}]}
+    assert str(one_line_error(lambda: w.engine.run_sandbox(spec, launch_detached=None))) == \
+        "sandbox name s1 is already in use"
+    theirs = ("sandbox/" + "f" * 64, "local/sandbox/" + "f" * 64, "names/sandbox/s1")
+    assert without(w.snapshot(), theirs) == without(before, theirs)

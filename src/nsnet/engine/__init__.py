@@ -155,19 +155,26 @@ class Engine:
         with self.lock:
             net = plans.network(self.state, self.drivers, self._evidence, self.config.pools, req)
             driver = self.driver(net)
-            with self.store.transaction():
-                self.state.save_network(net)
-                try:
+            applied = False
+            try:
+                with self.store.transaction():
+                    self.state.save_network(net)
                     driver.create_network(net)
                     crashpoint("network-create.after-build")
                     # Inside the transaction: a ruleset nftables refuses (it changes nothing) undoes the
                     # record too, so no network is left that every later apply would fail on.
                     self._apply_firewall()
+                    applied = True
                     crashpoint("network-create.after-firewall")
-                except Exception as e:
-                    self.state.drop_network(net)  # the transaction drops both writes
-                    driver.delete_network(net)
-                    raise NsnetError(f"could not create network {net.name}: {e}") from e
+            except Exception as e:
+                # A kernel call, nftables, or the commit at the end (another writer took the name first)
+                # refused: the transaction wrote nothing; the state, the kernel and the firewall go back.
+                with self.store.transaction():
+                    self.state.drop_network(net)
+                driver.delete_network(net)
+                if applied:
+                    self._apply_firewall()
+                raise NsnetError(f"could not create network {net.name}: {e}") from e
             log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
             return net
 
