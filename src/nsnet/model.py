@@ -109,6 +109,15 @@ class Sandbox:
     dns_ports: list[int] | None = None  # UDP, TCP ports of its resolver; 127.0.0.11:53 is redirected to them
 
 
+# The fields only the host that runs a sandbox can use: its process, its resolver's sockets, its host links'
+# names. They are saved apart from the rest (store/records.py: under local/), which is what a store shared by
+# hosts holds; the engine's objects carry both. The table, field by field, is in docs/architecture.md.
+HOST_ONLY = {
+    "sandbox": ("pid", "pid_start", "dns_ports"),
+    "endpoint": ("host_ifname",),
+}
+
+
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 

@@ -155,7 +155,7 @@ class Host:
         if os.path.exists(db):
             try:
                 con = sqlite3.connect(db)
-                for (doc,) in con.execute("SELECT value FROM kv WHERE key LIKE 'sandbox/%'"):
+                for (doc,) in con.execute("SELECT value FROM kv WHERE key LIKE 'local/sandbox/%'"):
                     sb = json.loads(doc)
                     # Only a sandbox that still runs: an exited one's PID may be someone else's process now.
                     if procs.alive(sb.get("pid"), sb.get("pid_start")):

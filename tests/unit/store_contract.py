@@ -98,7 +98,7 @@ def test_names_are_unique_per_kind_and_follow_renames_and_deletes(kv):
 def test_two_writers_racing_for_one_name_one_wins(kv):
     """Both checked the name free; the store's compare lets only the first commit through."""
     a, b = Records(kv), Records(kv)
-    with pytest.raises(CompareFailed):
+    with pytest.raises(Conflict, match="^sandbox name web is already in use$"):
         with a.transaction():
             a.put("sandbox", "s1", {"id": "s1", "name": "web"})
             b.put("sandbox", "s2", {"id": "s2", "name": "web"})   # commits first (no transaction)

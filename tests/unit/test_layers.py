@@ -17,7 +17,7 @@ ALLOWED = {
     "requests": BASE,
     "config": BASE | {"ipam"},
     "doctor": BASE | {"ipam"},
-    "drivers": BASE | {"kernel", "firewall", "requests"},
+    "drivers": BASE | {"kernel", "firewall", "requests", "store"},   # store: the view a driver gets (Scoped)
     "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "crashpoints"},
     "crashpoints": BASE,
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",

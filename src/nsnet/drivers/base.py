@@ -8,6 +8,7 @@ from ..errors import NsnetError
 from ..firewall import FwNetwork, FwPort
 from ..model import Endpoint, Network, PortMapping
 from ..requests import check_labels
+from ..store.scoped import Scoped
 
 MTU_KEY = "com.docker.network.driver.mtu"
 SIZE_KEY = "size"  # prefix length of the subnet taken from the pools (`-o size=24`), when none is given
@@ -15,12 +16,16 @@ SIZE_KEY = "size"  # prefix length of the subnet taken from the pools (`-o size=
 
 @dataclass
 class DriverContext:
-    """What the engine hands a driver at construction, besides the kernel. A cluster-scoped driver (an
-    overlay) will get the store and the peers' events here too."""
+    """What the engine hands a driver at construction, besides the kernel."""
     # The host links of a network's endpoints (what a rebuilt bridge must carry).
     ports_of: Callable[[Network], list[str]] = field(default=lambda net: [])
     # The engine's crash points (nsnet.crashpoints), for the steps inside a driver's join.
     crashpoint: Callable[[str], None] = field(default=lambda name: None)
+    # The store under drivers/<its name>/ (store.scoped.Scoped: get, list, commit, watch), what a cluster
+    # driver keeps and hears its peers by; None: no store (a driver built alone, in a test).
+    store: Scoped | None = None
+    # This host's node id: whose entries under the driver's prefix are its own.
+    node: str = ""
 
 
 class Driver:

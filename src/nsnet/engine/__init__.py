@@ -23,6 +23,7 @@ from ..firewall import Ruleset, render
 from ..kernel import nft, ports, probe, procs
 from ..model import Endpoint, Network, Sandbox, now_rfc3339
 from ..store.records import Records
+from ..store.scoped import Scoped
 from ..store.sqlite import SqliteKV
 from . import endpoints, fwinput, plans, reconcile as reconciling, views
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
@@ -56,9 +57,7 @@ class Engine:
         self.files = SandboxFiles(root)
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)
-        ctx = DriverContext(ports_of=lambda net: [e.host_ifname for e in self.state.endpoints_of_network(net)
-                                                  if e.host_ifname], crashpoint=crashpoint)
-        self.drivers = {name: cls(kernel, ctx) for name, cls in registered().items()}
+        self.drivers = {name: cls(kernel, self._driver_context(name)) for name, cls in registered().items()}
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
 
@@ -75,6 +74,11 @@ class Engine:
             return probe.gather(kernel.ipr, reserved=config.reserved, docker_socket=probe.docker_socket())
         return cls(kernel=kernel, store=store, firewall=lambda rs: nft.run(render(rs)), evidence=evidence,
                    config=config, root=root, thread=thread)
+
+    def _driver_context(self, name: str) -> DriverContext:
+        return DriverContext(ports_of=lambda net: [e.host_ifname for e in self.state.endpoints_of_network(net)
+                                                   if e.host_ifname], crashpoint=crashpoint,
+                             store=Scoped(self.store.kv, f"drivers/{name}/"), node=self.state.node)
 
     def driver(self, net: Network):
         return self.drivers[net.driver]
@@ -133,8 +137,6 @@ class Engine:
     def start(self) -> None:
         """Create the built-in networks, then make the kernel match the store."""
         with self.lock:
-            if not self.store.meta("engine_id"):
-                self.store.set_meta("engine_id", plans.new_id())
             for net in plans.missing_builtins(self.state, self.drivers, self._evidence, self.config.pools):
                 with self.store.transaction():
                     self.state.save_network(net)
@@ -153,19 +155,26 @@ class Engine:
         with self.lock:
             net = plans.network(self.state, self.drivers, self._evidence, self.config.pools, req)
             driver = self.driver(net)
-            with self.store.transaction():
-                self.state.save_network(net)
-                try:
+            applied = False
+            try:
+                with self.store.transaction():
+                    self.state.save_network(net)
                     driver.create_network(net)
                     crashpoint("network-create.after-build")
                     # Inside the transaction: a ruleset nftables refuses (it changes nothing) undoes the
                     # record too, so no network is left that every later apply would fail on.
                     self._apply_firewall()
+                    applied = True
                     crashpoint("network-create.after-firewall")
-                except Exception as e:
-                    self.state.drop_network(net)  # the transaction drops both writes
-                    driver.delete_network(net)
-                    raise NsnetError(f"could not create network {net.name}: {e}") from e
+            except Exception as e:
+                # A kernel call, nftables, or the commit at the end (another writer took the name first)
+                # refused: the transaction wrote nothing; the state, the kernel and the firewall go back.
+                with self.store.transaction():
+                    self.state.drop_network(net)
+                driver.delete_network(net)
+                if applied:
+                    self._apply_firewall()
+                raise NsnetError(f"could not create network {net.name}: {e}") from e
             log.info("created network %s (%s) %s", net.name, net.driver, ",".join(s.subnet for s in net.subnets))
             return net
 

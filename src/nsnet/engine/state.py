@@ -3,10 +3,13 @@ the store at start so that the attach path never scans the store, and the lookup
 
 This is the one place that saves and drops records: each write goes to the store (inside the caller's
 transaction, if any) and to every index here at once, and then to the listeners that keep derived state
-(the resolver's feed, the address allocator, the host's tracked flows).
+(the resolver's feed, the address allocator, the host's tracked flows). An object here holds a record
+whole; the store saves it split (store/records.py: the host-only fields under local/, the rest with this
+node's id in `node`, each address as a key of its own) in the same commit.
 """
 from __future__ import annotations
 
+import secrets
 from typing import Callable
 
 from ..errors import NotFound, NsnetError
@@ -17,6 +20,11 @@ from ..store.records import Records
 class State:
     def __init__(self, store: Records):
         self.store = store
+        # This engine's id, made at its first start: the node that owns the sandboxes and endpoints it saves.
+        self.node = store.meta("engine_id")
+        if not self.node:
+            self.node = secrets.token_hex(32)
+            store.set_meta("engine_id", self.node)
         self.nets: dict[str, Network] = {d["id"]: from_dict(Network, d) for d in store.list("network")}
         self.sbs: dict[str, Sandbox] = {d["id"]: from_dict(Sandbox, d) for d in store.list("sandbox")}
         self.eps: dict[str, Endpoint] = {d["id"]: from_dict(Endpoint, d) for d in store.list("endpoint")}
@@ -61,6 +69,9 @@ class State:
 
     # ---- writes ----------------------------------------------------------------------------------
 
+    def _doc(self, obj) -> dict:
+        return {**to_dict(obj), "node": self.node}
+
     def save_network(self, net: Network) -> None:
         self.store.put("network", net.id, to_dict(net))
         self.nets[net.id] = net
@@ -74,7 +85,7 @@ class State:
             fn(net)
 
     def save_sandbox(self, sb: Sandbox) -> None:
-        self.store.put("sandbox", sb.id, to_dict(sb))
+        self.store.put("sandbox", sb.id, self._doc(sb))  # split by the store: local/ holds its process
         self.sbs[sb.id] = sb
 
     def drop_sandbox(self, sb: Sandbox) -> None:
@@ -82,7 +93,7 @@ class State:
         self.sbs.pop(sb.id, None)
 
     def save_endpoint(self, ep: Endpoint) -> None:
-        self.store.put("endpoint", ep.id, to_dict(ep))
+        self.store.put("endpoint", ep.id, self._doc(ep))  # with the keys of its addresses
         self.eps[ep.id] = ep
         self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
         for fn in self.endpoint_saved:

@@ -1,33 +1,89 @@
-"""The engine's records on a store: documents by kind and id, names unique per kind, and the host's own
-settings (meta). Writes inside `transaction()` are buffered and committed together when it ends, or
-dropped when it raises, so the kernel work a use case does inside it never holds the database."""
+"""The engine's records on a store: documents by kind and id, names and addresses unique, and the host's own
+part of each record apart from what hosts could share. Writes inside `transaction()` are buffered and
+committed together when it ends, or dropped when it raises, so the kernel work a use case does inside it
+never holds the database.
+
+Keys (docs/architecture.md, "What is cluster-wide and what is one host's"):
+- what a store shared by hosts would hold: `network/<id>`, `sandbox/<id>`, `endpoint/<id>` (without their
+  host-only fields, model.HOST_ONLY), `names/<kind>/<name>` → {"id"}, `addresses/<network id>/<ip>` → {"id"
+  of the endpoint}; a name or an address is created with a compare (it must not exist), so two writers
+  never both take it;
+- one host's, never shared: `local/<kind>/<id>` (the host-only fields of that record), `meta/<key>`.
+"""
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
+from typing import Iterable
 
 from ..errors import Conflict
-from . import Op, Store
+from ..model import HOST_ONLY
+from . import CompareFailed, Op, Store
+
+log = logging.getLogger("nsnet.store")
 
 NAMED = {"network", "sandbox"}   # kinds whose records carry a unique "name"
+CLAIMING = NAMED | {"endpoint"}  # kinds whose records hold keys alone (claims)
+LOCAL = "local/"                 # the host's own part of the records
 
 
 def record_key(kind: str, id_: str) -> str:
     return f"{kind}/{id_}"
 
 
+def local_key(kind: str, id_: str) -> str:
+    return LOCAL + record_key(kind, id_)
+
+
 def name_key(kind: str, name: str) -> str:
     return f"names/{kind}/{name}"
+
+
+def address_key(network_id: str, ip: str) -> str:
+    return f"addresses/{network_id}/{ip}"
 
 
 def meta_key(key: str) -> str:
     return f"meta/{key}"
 
 
+def claims(kind: str, doc: dict | None) -> list[str]:
+    """The keys a record holds alone: its name, and an endpoint's addresses on its network."""
+    if doc is None:
+        return []
+    if kind in NAMED:
+        return [name_key(kind, doc["name"])]
+    if kind == "endpoint":
+        return [address_key(doc.get("network_id"), a.split("/")[0]) for a in (doc.get("ipv4"), doc.get("ipv6")) if a]
+    return []
+
+
+def split(kind: str, doc: dict) -> tuple[dict, dict | None]:
+    """What a shared store may hold of a record, and the host's own part (None: the kind has none)."""
+    host = HOST_ONLY.get(kind)
+    if not host:
+        return doc, None
+    return {k: v for k, v in doc.items() if k not in host}, {k: doc.get(k) for k in host}
+
+
+def _taken(key: str) -> Conflict:
+    """A claim another writer committed first, as the one line a user reads."""
+    kind, _, rest = key.partition("/")
+    if kind == "names":
+        what, _, name = rest.partition("/")
+        return Conflict(f"{what} name {name} is already in use")
+    if kind == "addresses":
+        net, _, ip = rest.partition("/")
+        return Conflict(f"address {ip} is already in use on network {net[:12]}")
+    return CompareFailed(key)
+
+
 class Records:
     def __init__(self, store: Store):
         self.kv = store
         self._local = threading.local()   # this thread's open transaction: {key: Op}, in order
+        self._split_whole_records()
 
     @contextmanager
     def transaction(self):
@@ -38,15 +94,21 @@ class Records:
         try:
             yield self
             if outer and self._local.ops:
-                self.kv.commit(self._local.ops.values())
+                self._commit(self._local.ops.values())
         finally:
             if outer:
                 self._local.ops = None
 
+    def _commit(self, ops: Iterable[Op]) -> None:
+        try:
+            self.kv.commit(ops)
+        except CompareFailed as e:
+            raise _taken(e.key) from None
+
     def _write(self, *ops: Op) -> None:
         pending = getattr(self._local, "ops", None)
         if pending is None:
-            self.kv.commit(ops)
+            self._commit(ops)
             return
         for op in ops:
             pending.pop(op.key, None)   # the last write of a key wins, in the order written
@@ -61,27 +123,39 @@ class Records:
         return entry.value if entry else None
 
     def put(self, kind: str, id_: str, doc: dict) -> None:
-        ops = [Op(record_key(kind, id_), doc)]
-        if kind in NAMED:
-            old = self._current(record_key(kind, id_))
-            if old is not None and old.get("name") != doc["name"]:
-                ops.append(Op(name_key(kind, old["name"]), None))
-            held = self._current(name_key(kind, doc["name"]))
-            if held is not None and held["id"] != id_:
-                raise Conflict(f"{kind} name {doc['name']} is already in use")
-            if held is None:  # created only if still free when committed (expect 0): one holder, however many writers
-                ops.append(Op(name_key(kind, doc["name"]), {"id": id_}, expect=0))
+        """Save a record: its shared part, its host's part, and the names and addresses it takes. A claim
+        held by another record raises Conflict, here or (when another writer was first) at the commit."""
+        shared, own = split(kind, doc)
+        ops = [Op(record_key(kind, id_), shared)]
+        if own is not None:
+            ops.append(Op(local_key(kind, id_), own))
+        new = claims(kind, doc)
+        old = claims(kind, self._current(record_key(kind, id_))) if kind in CLAIMING else []
+        ops += [Op(key, None) for key in old if key not in new]
+        pending = getattr(self._local, "ops", None) or {}
+        for key in new:
+            if key in old:
+                continue
+            mine = pending.get(key)
+            if mine is not None and mine.value is not None and mine.value["id"] != id_:
+                raise _taken(key)   # another record of this transaction holds it
+            # Created only if still free when committed (expect 0): one holder, however many writers. Freed
+            # earlier in this transaction: it is ours to write again.
+            ops.append(Op(key, {"id": id_}, expect=None if mine is not None else 0))
         self._write(*ops)
 
     def delete(self, kind: str, id_: str) -> None:
         ops = [Op(record_key(kind, id_), None)]
-        old = self._current(record_key(kind, id_)) if kind in NAMED else None
-        if old is not None:
-            ops.append(Op(name_key(kind, old["name"]), None))
+        if kind in HOST_ONLY:
+            ops.append(Op(local_key(kind, id_), None))
+        if kind in CLAIMING:
+            ops += [Op(key, None) for key in claims(kind, self._current(record_key(kind, id_)))]
         self._write(*ops)
 
     def list(self, kind: str) -> list[dict]:
-        return [e.value for e in self.kv.list(record_key(kind, ""))]
+        """The records of `kind`, each joined with its host's part."""
+        own = {e.key[len(LOCAL):]: e.value for e in self.kv.list(local_key(kind, ""))} if kind in HOST_ONLY else {}
+        return [{**e.value, **own.get(e.key, {})} for e in self.kv.list(record_key(kind, ""))]
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         entry = self.kv.get(meta_key(key))
@@ -92,3 +166,20 @@ class Records:
 
     def close(self) -> None:
         self.kv.close()
+
+    def _split_whole_records(self) -> None:
+        """A store from before the split keeps each sandbox and endpoint whole under one key, and no keys
+        for the addresses: each such record is rewritten split, with its claims, once, at open. One whose
+        claim another holds stays whole (it still loads) and is logged."""
+        for kind, host in HOST_ONLY.items():
+            for entry in self.kv.list(record_key(kind, "")):
+                if not any(f in entry.value for f in host):
+                    continue
+                id_ = entry.key[len(kind) + 1:]
+                shared, own = split(kind, entry.value)
+                ops = [Op(entry.key, shared, expect=entry.mod_revision), Op(local_key(kind, id_), own)]
+                ops += [Op(key, {"id": id_}, expect=0) for key in claims(kind, entry.value) if self.kv.get(key) is None]
+                try:
+                    self.kv.commit(ops)
+                except CompareFailed as e:
+                    log.warning("%s: kept whole: %s", entry.key, e)
