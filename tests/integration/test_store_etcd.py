@@ -84,7 +84,7 @@ def test_two_clients_racing_for_one_name_one_wins(kv, inside):
     other.close()
     (winner,) = [sid for sid, r in results.items() if r == "won"]
     (loser,) = [r for r in results.values() if r != "won"]
-    assert isinstance(loser, CompareFailed) and loser.key == "names/sandbox/web"
+    assert isinstance(loser, Conflict) and str(loser) == "sandbox name web is already in use"
     assert [d["id"] for d in Records(kv).list("sandbox")] == [winner]
 
 
