@@ -66,6 +66,7 @@ ROUTES = {
 }
 _ZERO = {str: "", dict: {}, bool: False}
 MAX_TEXT = 255
+_WHAT = {str: f"a string of at most {MAX_TEXT} characters", dict: "a JSON object", bool: "true or false"}
 
 
 def _fields(body, **types) -> dict:
@@ -77,7 +78,7 @@ def _fields(body, **types) -> dict:
         if value is None:
             value = _ZERO[typ]
         if not isinstance(value, typ) or (typ is str and len(value) > MAX_TEXT):
-            raise NsnetError(f"{name} must be {'a string of at most 255 characters' if typ is str else typ.__name__}")
+            raise NsnetError(f"{name} must be {_WHAT[typ]}")
         if typ is dict and not all(isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_TEXT
                                    and len(v) <= 4096 for k, v in value.items()):
             raise NsnetError(f"{name} must map strings to strings")
