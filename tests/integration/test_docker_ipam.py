@@ -189,6 +189,9 @@ def test_docker_networks_take_nsnet_pools_and_addresses_across_a_restart(host, m
     docker.docker("network", "rm", "n1")
     assert [p["subnet"] for p in records(host, "dockerpool")] == [n2]
     assert all(r["pool"] != pools[n1]["id"] for r in records(host, "dockeraddress"))
+    # Given out again: the tracked flows of its addresses (the pings, the bridge's IGMP) went with them.
+    docker.docker("network", "create", "--ipam-driver", "nsnet", "n3")
+    assert subnet(docker, "n3") == n1
 
 
 def test_a_subnet_over_a_live_peer_is_refused_with_nsnets_reason(host, machines, docker):

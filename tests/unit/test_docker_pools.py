@@ -97,3 +97,23 @@ def test_explicit_gateway(store):
     with pytest.raises(NsnetError, match="broadcast"):
         dp.request_address(other, "10.10.0.255", {REQUEST_TYPE: GATEWAY})
     assert [p["gateway"] for p in store.list("dockerpool") if p["id"] == other] == [None]
+
+
+def test_addresses_given_up_take_their_tracked_flows_along(store):
+    forgotten = []
+    dp = DockerPools(store, lambda: [], DEFAULT_POOLS, threading.RLock(), forget_flows=forgotten.extend)
+    pid = dp.request_pool(LOCAL_SPACE, "10.9.0.0/24", "", {}, False)["id"]
+    dp.request_address(pid, "", {REQUEST_TYPE: GATEWAY})
+    dp.request_address(pid, "", {})
+    dp.request_address(pid, "", {})
+    dp.release_address(pid, "10.9.0.2")
+    dp.release_address(pid, "10.9.0.99")    # never handed out: nothing to forget
+    dp.release_pool(pid)
+    assert sorted(map(str, forgotten)) == ["10.9.0.1", "10.9.0.2", "10.9.0.3"]
+
+
+def test_no_pool_left_says_so_in_dockers_words(store):
+    dp = DockerPools(store, lambda: [Evidence("route", ipaddress.ip_network("0.0.0.0/0"), "the default route")],
+                     DEFAULT_POOLS, threading.RLock())
+    with pytest.raises(NsnetError, match=r"--ipam-opt size=24"):
+        dp.request_pool(LOCAL_SPACE, "", "", {}, False)

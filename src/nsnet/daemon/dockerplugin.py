@@ -90,7 +90,8 @@ def dispatch(daemon, method: str, path: str, raw: bytes, peer=None) -> tuple[int
     fn = ROUTES.get(path)
     if fn is None:
         # Docker asks a plugin for what it may not implement (e.g. NetworkDriver.*): say so, as an Error.
-        return 200, {"Error": f"nsnet's plugin does not implement {path[:100]!r}: it implements {', '.join(IMPLEMENTS)}"}
+        return 200, {"Error": f"nsnet's plugin does not implement {path[:100]!r}: "
+                              f"it implements {', '.join(IMPLEMENTS)}"}
     if method != "POST":
         return 405, {"Error": f"{method[:20]} is not allowed on {path}: use POST"}
     try:

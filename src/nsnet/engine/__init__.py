@@ -54,7 +54,8 @@ class Engine:
         self.state = State(store)
         self.alloc = allocator or LocalAllocator(self.state.endpoints_of_network)
         self.feed = DnsFeed(self.state)
-        self.docker_pools = DockerPools(store, self._evidence, config.pools, self.lock, thread)
+        self.docker_pools = DockerPools(store, self._evidence, config.pools, self.lock, thread,
+                                        kernel.forget_flows)
         self.files = SandboxFiles(root)
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)

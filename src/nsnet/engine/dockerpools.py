@@ -38,9 +38,13 @@ _NSNET_HINT, _DOCKER_HINT = "pass --allow-overlap.", f"pass --ipam-opt {ALLOW_OV
 
 
 class DockerPools:
-    def __init__(self, store: Records, evidence: Callable[[], list[Evidence]], pools, lock, thread=None):
-        """`evidence`: the engine's (the host's and nsnet's networks', these pools' included)."""
+    def __init__(self, store: Records, evidence: Callable[[], list[Evidence]], pools, lock, thread=None,
+                 forget_flows: Callable[[list], None] = lambda ips: None):
+        """`evidence`: the engine's (the host's and nsnet's networks', these pools' included).
+        `forget_flows`: the kernel's; the tracked flows of an address given up would be evidence against
+        its subnet for minutes (a bridge's IGMP joins are tracked too), so they go with it, as nsnet's own."""
         self.store, self._evidence, self._pools, self.lock, self.thread = store, evidence, pools, lock, thread
+        self._forget_flows = forget_flows
         self.pools: dict[str, dict] = {d["id"]: d for d in store.list(POOL)}
         self.used: dict[str, set] = {pid: set() for pid in self.pools}
         for d in store.list(ADDRESS):
@@ -78,7 +82,10 @@ class DockerPools:
                 size = options.get(SIZE_KEY)
                 if size is not None and not size.isdigit():
                     raise NsnetError(f"invalid ipam option {SIZE_KEY}={size[:20]!r}: give a prefix length such as 24")
-                subnet, skipped = pick_subnet(self._pools, found, size=int(size) if size else None)
+                try:
+                    subnet, skipped = pick_subnet(self._pools, found, size=int(size) if size else None)
+                except NsnetError as e:   # its hints in Docker's words
+                    raise NsnetError(str(e).replace("(-o size=24)", f"(--ipam-opt {SIZE_KEY}=24)")) from None
                 plans.log_skipped(skipped)
             ip_range = str(rq.parse_network(sub_pool, "ip-range")) if sub_pool else None
             AddressPool(subnet, ip_range=ip_range)   # validates the ip-range
@@ -90,6 +97,7 @@ class DockerPools:
             log.info("docker ipam: pool %s is %s", doc["id"][:12], doc["subnet"])
             return doc
 
+    @on_kernel_thread
     def release_pool(self, pool_id: str) -> None:
         with self.lock:
             pool = self._pool(pool_id)
@@ -97,8 +105,12 @@ class DockerPools:
                 for addr in self.used[pool_id]:
                     self.store.delete(ADDRESS, _address_id(pool_id, addr))
                 self.store.delete(POOL, pool_id)
-            del self.pools[pool_id], self.used[pool_id]
+            given_up = list(self.used.pop(pool_id))
+            if pool["gateway"]:
+                given_up.append(ipaddress.ip_address(pool["gateway"]))
+            del self.pools[pool_id]
             self._plans.pop(pool_id, None)
+            self._forget_flows(given_up)
             log.info("docker ipam: pool %s (%s) released", pool_id[:12], pool["subnet"])
 
     # ---- addresses -------------------------------------------------------------------------------
@@ -130,6 +142,7 @@ class DockerPools:
         self._plans.pop(pool["id"], None)
         return ip
 
+    @on_kernel_thread
     def release_address(self, pool_id: str, address: str) -> None:
         with self.lock:
             pool = self._pool(pool_id)
@@ -144,6 +157,9 @@ class DockerPools:
                 self.store.delete(ADDRESS, _address_id(pool_id, ip))
                 self.used[pool_id].discard(ip)
                 self._plan(pool).release(ip)
+            else:
+                return
+            self._forget_flows([ip])
 
     # ---- lookups ---------------------------------------------------------------------------------
 
