@@ -4,14 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server)
+# docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
+debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server docker.io busybox-static)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  # etcd-server's install starts etcd on this machine (invoke-rc.d, or systemd) and enables it at boot.
-  # Only the tests start etcd, each in a throwaway namespace: policy-rc.d (which both ask first) says no
-  # while installing, unless the machine already has one, and the service is disabled afterwards.
+  # etcd-server's and docker.io's installs start etcd, dockerd and containerd on this machine (invoke-rc.d,
+  # or systemd) and enable them at boot. Only the tests start them, each in a throwaway namespace:
+  # policy-rc.d (which both ask first) says no while installing, unless the machine already has one, and
+  # the services are disabled afterwards (Docker only when this script installed it: a Docker the machine
+  # had before is its owner's).
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     policy=/usr/sbin/policy-rc.d
@@ -22,10 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
   if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
-if [ -e /etc/init.d/etcd ]; then
-  update-rc.d etcd disable >/dev/null 2>&1 || true
-  deb-systemd-helper disable etcd.service >/dev/null 2>&1 || true
-fi
+units=(etcd.service)
+if [[ " ${missing[*]} " == *" docker.io "* ]]; then units+=(docker.service docker.socket containerd.service); fi
+for unit in "${units[@]}"; do
+  if [ "${unit%.service}" != "$unit" ]; then update-rc.d "${unit%.service}" disable >/dev/null 2>&1 || true; fi
+  deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+done
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

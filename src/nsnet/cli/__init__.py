@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="+")
     lg = sub.add_parser("logs")
     lg.add_argument("sandbox")
+    dp = sub.add_parser("docker-plugin", help="let Docker use nsnet as its IPAM driver (--ipam-driver nsnet)")
+    dpv = dp.add_subparsers(dest="dpcmd", required=True)
+    for verb, what in (("enable", "write DIR/nsnet.spec pointing Docker at the daemon's plugin socket"),
+                       ("disable", "remove DIR/nsnet.spec")):
+        v = dpv.add_parser(verb, help=what)
+        v.add_argument("--dir", default=PLUGIN_DIRS[0], help=f"Docker's plugin folder (default {PLUGIN_DIRS[0]})")
     doctor.add_parser(sub)
     return p
 
@@ -124,8 +130,49 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Where Docker looks for a plugin's spec file (moby: pkg/plugins/discovery_unix.go), and the name it
+# finds nsnet by (`--ipam-driver nsnet`).
+PLUGIN_DIRS = ("/etc/docker/plugins", "/usr/lib/docker/plugins")
+PLUGIN_SPEC = "nsnet.spec"
+
+
+def _plugin_url() -> str:
+    root = os.path.abspath(os.environ.get("NSNET_ROOT") or DEFAULT_ROOT)
+    return f"unix://{os.path.join(root, 'docker-plugin.sock')}"
+
+
+def _spec_points_here(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() == _plugin_url()
+    except OSError:
+        return False
+
+
 def cmd_info(client: Client, args) -> int:
-    print(json.dumps(client.get("/info"), indent=2))
+    doc = client.get("/info")
+    enabled = [d for d in PLUGIN_DIRS if _spec_points_here(os.path.join(d, PLUGIN_SPEC))]
+    doc["DockerPlugin"] = {"Socket": _plugin_url()[len("unix://"):], "Implements": ["IpamDriver"],
+                           "Enabled": bool(enabled), "SpecFiles": [os.path.join(d, PLUGIN_SPEC) for d in enabled]}
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def cmd_docker_plugin(client: Client, args) -> int:
+    spec = os.path.join(args.dir, PLUGIN_SPEC)
+    if args.dpcmd == "disable":
+        try:
+            os.unlink(spec)
+        except FileNotFoundError:
+            pass
+        return 0
+    client.get("/_ping")   # the daemon runs (started if need be) before Docker asks it anything
+    os.makedirs(args.dir, exist_ok=True)
+    tmp = f"{spec}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(_plugin_url() + "\n")
+    os.replace(tmp, spec)   # Docker never reads half a file
+    print(spec)
     return 0
 
 
@@ -292,4 +339,4 @@ def cmd_logs(client: Client, args) -> int:
 
 COMMANDS = {"info": cmd_info, "network": cmd_network, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
             "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs,
-            "doctor": doctor.cmd_doctor}
+            "doctor": doctor.cmd_doctor, "docker-plugin": cmd_docker_plugin}

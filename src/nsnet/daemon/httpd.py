@@ -32,6 +32,7 @@ class Handler(BaseHTTPRequestHandler):
     # A request line too garbled to name a version still gets a status line and headers (http.server
     # would take it for HTTP/0.9 and send a bare body).
     default_request_version = "HTTP/1.0"
+    dispatch = staticmethod(api.dispatch)   # -> (status, JSON); the Docker plugin (dockerplugin.py) has its own
 
     def setup(self) -> None:
         super().setup()
@@ -66,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.server.deadlines.disarm(self.connection)   # now the work may take as long as it takes
         try:
-            status, result = api.dispatch(self.server.daemon, self.command, self.path, body, self.peer)
+            status, result = self.dispatch(self.server.daemon, self.command, self.path, body, self.peer)
         except Exception as e:  # a bug: say it in one line, keep serving, log the trace
             log.exception("%s %s failed", self.command, self.path)
             status, result = 500, {"message": " ".join(f"internal error: {e}".split())[:300]}   # one line

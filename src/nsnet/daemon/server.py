@@ -15,6 +15,7 @@ from ..dns.server import DnsServer
 from ..engine import Engine
 from ..errors import NsnetError
 from ..kernel.procs import Launch, alive
+from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
 from .httpd import Handler, Server
 from .watcher import Watcher
 
@@ -77,6 +78,15 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+def _listen(path: str, handler, daemon: Daemon, mode: int) -> Server:
+    if os.path.exists(path):
+        os.unlink(path)
+    server = Server(path, handler)
+    server.daemon = daemon
+    os.chmod(path, mode)
+    return server
+
+
 def serve(root: str) -> int:
     # Files are kept private by the root's mode and explicit modes, not the umask: the sandboxes' /etc
     # files must stay readable inside, and detached sandboxes' processes start with Docker's umask.
@@ -102,18 +112,21 @@ def serve(root: str) -> int:
         log.error("cannot start: %s", e)
         return 1
     sock = os.path.join(root, "nsnet.sock")
-    if os.path.exists(sock):
-        os.unlink(sock)
-    server = Server(sock, Handler)
-    server.daemon = daemon
-    os.chmod(sock, 0o660)
+    server = _listen(sock, Handler, daemon, 0o660)
+    # Docker's plugin protocol (IPAM driver `nsnet`) on its own socket: dockerd runs as root, so 0600.
+    plugin_sock = os.path.join(root, PLUGIN_SOCKET)
+    plugin = _listen(plugin_sock, PluginHandler, daemon, 0o600)
+    threading.Thread(target=plugin.serve_forever, kwargs={"poll_interval": 0.5}, name="docker-plugin",
+                     daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    log.info("nsnet daemon %s serving %s", os.getpid(), sock)
+    log.info("nsnet daemon %s serving %s and Docker's plugin protocol on %s", os.getpid(), sock, plugin_sock)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
-        server.server_close()
-        if os.path.exists(sock):
-            os.unlink(sock)
+        plugin.shutdown()
+        for srv, path in ((server, sock), (plugin, plugin_sock)):
+            srv.server_close()
+            if os.path.exists(path):
+                os.unlink(path)
         log.info("nsnet daemon stopped; sandboxes keep running and are picked up by the next start")
     return 0

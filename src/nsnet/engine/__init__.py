@@ -28,6 +28,7 @@ from ..store.sqlite import SqliteKV
 from . import endpoints, fwinput, plans, reconcile as reconciling, views
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
+from .dockerpools import DockerPools
 from .files import SandboxFiles
 from .state import State
 from .thread import KernelThread, on_kernel_thread
@@ -54,6 +55,8 @@ class Engine:
         self.state = State(store)
         self.alloc = allocator or LocalAllocator(self.state.endpoints_of_network)
         self.feed = DnsFeed(self.state)
+        self.docker_pools = DockerPools(store, self._evidence, config.pools, self.lock, thread,
+                                        kernel.forget_flows)
         self.files = SandboxFiles(root)
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)
@@ -84,9 +87,10 @@ class Engine:
         return self.drivers[net.driver]
 
     def _evidence(self) -> list[Evidence]:
-        """The host's, and nsnet's own networks' subnets."""
+        """The host's, nsnet's own networks' subnets and its Docker IPAM pools'."""
         return self._host_evidence() + [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
-                                        for n in self.state.nets.values() for s in n.subnets]
+                                        for n in self.state.nets.values() for s in n.subnets
+                                        ] + self.docker_pools.evidence()
 
     def _addresses_given_up(self, ep: Endpoint, net: Network | None) -> None:
         """Tracked flows die with their address (design notes); the allocator may give it out again."""

@@ -1,0 +1,204 @@
+"""Real Docker (Debian's docker.io) using nsnet as its IPAM driver (`--ipam-driver nsnet`) with Docker's own
+bridge driver, in the test's host namespace: dockerd runs there under `nsenter --net=` with a private mount
+namespace (a tmpfs over /run; /run/docker/plugins and /etc/docker bind-mounted from a temp folder), as
+/work/shared/recipes/dockerd-in-netns.sh does, so nothing of the machine's own Docker is touched."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import sh
+from test_lockout import PC, SSH, office
+
+BUSYBOX = "/bin/busybox"
+IMAGE = "local/busybox:1"
+if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
+    pytest.skip("needs dockerd and busybox (Debian's docker.io and busybox-static: scripts/setup.sh installs them)",
+                allow_module_level=True)
+
+START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
+mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
+exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
+  --bridge=none --storage-driver vfs
+"""
+
+
+class Docker:
+    """dockerd in the host's namespace, its state under a temp folder; `docker -H` talks to it."""
+
+    def __init__(self, host):
+        self.host = host
+        self.w = tempfile.mkdtemp(prefix="nsnt-docker-")
+        self.plugins = os.path.join(self.w, "etc-docker", "plugins")
+        for d in ("data", "exec", "plugins", "etc-docker/plugins", "rootfs/bin"):
+            os.makedirs(os.path.join(self.w, d))
+        with open(os.path.join(self.w, "start.sh"), "w") as f:
+            f.write(START.format(w=self.w))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(os.path.join(self.w, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m",
+                                      "--propagation", "private", "sh", os.path.join(self.w, "start.sh")],
+                                     stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while self.docker("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = open(os.path.join(self.w, "dockerd.log")).read()[-1500:]
+                self.stop()
+                pytest.skip(f"dockerd did not start here: {tail}")
+            time.sleep(0.2)
+        rootfs = os.path.join(self.w, "rootfs")
+        shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
+        for app in ("sh", "ping", "sleep", "ip"):
+            os.symlink("busybox", os.path.join(rootfs, "bin", app))
+        sh(f"tar -C {rootfs} -c . | docker -H unix://{self.w}/docker.sock import - {IMAGE}")
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        p = subprocess.run(["docker", "-H", f"unix://{self.w}/docker.sock", *args], capture_output=True,
+                           text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def inspect(self, kind: str, name: str) -> dict:
+        return json.loads(self.docker(kind, "inspect", name).stdout)[0]
+
+    def stop(self) -> None:
+        """Containers first (their init, by PID: that ends their PID namespace), then dockerd and what it
+        started (containerd, the shims: all in the host's namespace, which the host fixture then empties)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            ids = self.docker("ps", "-q", check=False, timeout=20).stdout.split()
+            for cid in ids:
+                pid = self.docker("inspect", "-f", "{{.State.Pid}}", cid, check=False, timeout=20).stdout.strip()
+                if pid.isdigit() and int(pid) > 0:
+                    _kill(int(pid))
+            _kill(self.proc.pid, signal.SIGTERM)   # dockerd (unshare exec'd sh, which exec'd it)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc.pid)
+                self.proc.wait()
+        for pid in sh(f"ip netns pids {self.host.ns}", check=False).stdout.split():
+            if int(pid) != self.host.daemon_pid():
+                _kill(int(pid))
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.w, ignore_errors=True)
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def docker(host):
+    d = Docker(host)
+    try:
+        host.nsnet("docker-plugin", "enable", "--dir", d.plugins)   # starts nsnet's daemon too
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+def records(host, kind: str) -> list[dict]:
+    con = sqlite3.connect(os.path.join(host.root, "state.db"))
+    try:
+        return [json.loads(v) for (v,) in con.execute("SELECT value FROM kv WHERE key LIKE ?", (f"{kind}/%",))]
+    finally:
+        con.close()
+
+
+def subnet(docker, net: str) -> str:
+    return docker.inspect("network", net)["IPAM"]["Config"][0]["Subnet"]
+
+
+def address(docker, container: str, net: str) -> str:
+    return docker.inspect("container", container)["NetworkSettings"]["Networks"][net]["IPAddress"]
+
+
+def run(docker, name: str, net: str) -> str:
+    docker.docker("run", "-d", "--name", name, "--network", net, IMAGE, "sleep", "3600")
+    return address(docker, name, net)
+
+
+def test_the_plugin_spec_and_info(host, tmp_path):
+    d = tmp_path / "plugins"
+    host.nsnet("docker-plugin", "enable", "--dir", str(d))
+    sock = os.path.join(host.root, "docker-plugin.sock")
+    assert (d / "nsnet.spec").read_text() == f"unix://{sock}\n"
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    info = host.json("info")["DockerPlugin"]
+    assert info["Socket"] == sock and info["Implements"] == ["IpamDriver"]
+    assert info["Enabled"] is False    # only Docker's own folders count, and the test never writes there
+    host.nsnet("docker-plugin", "disable", "--dir", str(d))
+    assert not (d / "nsnet.spec").exists()
+
+
+def test_docker_networks_take_nsnet_pools_and_addresses_across_a_restart(host, machines, docker):
+    office(host, machines)                          # a live SSH-like session from 172.22.10.119
+    host.nsnet("network", "create", "own")          # nsnet's own network: 172.18.0.0/16
+    own = host.json("network", "inspect", "own")[0]["IPAM"]["Config"][0]["Subnet"]
+
+    docker.docker("network", "create", "--ipam-driver", "nsnet", "n1")
+    docker.docker("network", "create", "--ipam-driver", "nsnet", "n2")
+    n1, n2 = subnet(docker, "n1"), subnet(docker, "n2")
+    pools = {p["subnet"]: p for p in records(host, "dockerpool")}
+    assert set(pools) == {n1, n2} and n1 != n2
+    for s in (n1, n2):
+        assert not ipaddress.ip_network(s).overlaps(ipaddress.ip_network(own))
+        assert ipaddress.ip_address(PC) not in ipaddress.ip_network(s)
+    # ...and nsnet's next network skips the Docker pools.
+    host.nsnet("network", "create", "after")
+    after = ipaddress.ip_network(host.json("network", "inspect", "after")[0]["IPAM"]["Config"][0]["Subnet"])
+    assert not any(after.overlaps(ipaddress.ip_network(s)) for s in (n1, n2))
+
+    a, b = run(docker, "ca", "n1"), run(docker, "cb", "n1")
+    gateway = docker.inspect("network", "n1")["IPAM"]["Config"][0]["Gateway"]
+    assert gateway == pools[n1]["gateway"]
+    handed = {r["address"] for r in records(host, "dockeraddress") if r["pool"] == pools[n1]["id"]}
+    assert {a, b} <= handed and a != b
+    assert docker.docker("exec", "ca", "ping", "-c1", "-W2", b).returncode == 0   # real packets
+
+    # nsnet dies hard and comes back; Docker replays nothing and asks for an address on the old pool.
+    os.kill(host.daemon_pid(), signal.SIGKILL)
+    host.nsnet("info")
+    c = run(docker, "cc", "n1")
+    assert c not in (a, b, gateway) and ipaddress.ip_address(c) in ipaddress.ip_network(n1)
+    assert c in {r["address"] for r in records(host, "dockeraddress")}
+    assert docker.docker("exec", "cc", "ping", "-c1", "-W2", a).returncode == 0
+
+    docker.docker("rm", "-f", "ca", "cb", "cc")
+    docker.docker("network", "rm", "n1")
+    assert [p["subnet"] for p in records(host, "dockerpool")] == [n2]
+    assert all(r["pool"] != pools[n1]["id"] for r in records(host, "dockeraddress"))
+    # Given out again: the tracked flows of its addresses (the pings, the bridge's IGMP) went with them.
+    docker.docker("network", "create", "--ipam-driver", "nsnet", "n3")
+    assert subnet(docker, "n3") == n1
+
+
+def test_a_subnet_over_a_live_peer_is_refused_with_nsnets_reason(host, machines, docker):
+    office(host, machines)
+    p = docker.docker("network", "create", "--ipam-driver", "nsnet", "--subnet", "172.22.0.0/16", "bad", check=False)
+    assert p.returncode != 0
+    assert f"172.22.0.0/16 contains {PC}, {SSH}; replies to it would be routed into this network's bridge." in p.stderr
+    assert "pass --ipam-opt allow-overlap=true" in p.stderr
+    assert "bad" not in docker.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert records(host, "dockerpool") == []
