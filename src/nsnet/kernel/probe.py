@@ -257,6 +257,8 @@ def conntrack(netdir: str | None = None, own=frozenset(), limit: int = 50000) ->
         if not m:
             continue
         proto, state, src, dst, sport, dport = m.groups()
+        if proto == "igmp":  # group membership reports a bridge sends itself: they outlive it by minutes
+            continue
         for ip_text in _CT_ADDR.findall(line):  # the reply tuple too: DNAT'd backends
             try:
                 ip = ipaddress.ip_address(ip_text)
