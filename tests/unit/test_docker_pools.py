@@ -117,3 +117,24 @@ def test_no_pool_left_says_so_in_dockers_words(store):
                      DEFAULT_POOLS, threading.RLock())
     with pytest.raises(NsnetError, match=r"--ipam-opt size=24"):
         dp.request_pool(LOCAL_SPACE, "", "", {}, False)
+
+
+def test_a_pool_request_does_not_ask_docker_back(tmp_path):
+    """Docker waits on its IPAM driver: the engine's evidence for a pool leaves Docker's socket out (asked
+    back, Docker would stall the call), while a network create of nsnet's own still asks it."""
+    import os
+
+    from nsnet.config import Config
+    from nsnet.engine import Engine
+    from nsnet.store.records import Records
+    from nsnet.store.sqlite import SqliteKV
+    from fakekernel import FakeKernel
+
+    asked = []
+    engine = Engine(kernel=FakeKernel(), store=Records(SqliteKV(os.path.join(str(tmp_path), "state.db"))),
+                    firewall=lambda rs: None, evidence=lambda ask_docker=True: asked.append(ask_docker) or [],
+                    config=Config(), root=str(tmp_path))
+    engine.docker_pools.request_pool("", "", "", {}, False)
+    assert asked == [False]
+    engine.create_network({"Name": "n1"})
+    assert asked[-1] is True

@@ -44,7 +44,7 @@ class World:
         self.kernel = FakeKernel()
         self.firewall = FakeFirewall()
         self.engine = Engine(kernel=self.kernel, store=Records(SqliteKV(os.path.join(self.root, "state.db"))),
-                             firewall=self.firewall, evidence=lambda: [], config=Config(), root=self.root)
+                             firewall=self.firewall, evidence=lambda ask_docker=True: [], config=Config(), root=self.root)
         self.engine.start()
         self.procs = []
 

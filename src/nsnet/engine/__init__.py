@@ -47,7 +47,7 @@ class Started:
 
 class Engine:
     def __init__(self, *, kernel, store: Records, firewall: Callable[[Ruleset], object],
-                 evidence: Callable[[], list[Evidence]], config, root: str,
+                 evidence: Callable[..., list[Evidence]], config, root: str,
                  allocator: Allocator | None = None, thread: KernelThread | None = None):
         self.kernel, self.store, self.config, self.root, self.thread = kernel, store, config, root, thread
         self._apply, self._host_evidence = firewall, evidence
@@ -55,8 +55,10 @@ class Engine:
         self.state = State(store)
         self.alloc = allocator or LocalAllocator(self.state.endpoints_of_network)
         self.feed = DnsFeed(self.state)
-        self.docker_pools = DockerPools(store, self._evidence, config.pools, self.lock, thread,
-                                        kernel.forget_flows)
+        # Docker waits on its IPAM driver: asked back for its networks it would stall the call (their bridges'
+        # routes are in the host's evidence anyway).
+        self.docker_pools = DockerPools(store, lambda: self._evidence(ask_docker=False), config.pools, self.lock,
+                                        thread, kernel.forget_flows)
         self.files = SandboxFiles(root)
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)
@@ -73,8 +75,9 @@ class Engine:
         thread = KernelThread()
         kernel = thread.call(_host_kernel)
 
-        def evidence() -> list[Evidence]:
-            return probe.gather(kernel.ipr, reserved=config.reserved, docker_socket=probe.docker_socket())
+        def evidence(ask_docker: bool = True) -> list[Evidence]:
+            return probe.gather(kernel.ipr, reserved=config.reserved,
+                                docker_socket=probe.docker_socket() if ask_docker else None)
         return cls(kernel=kernel, store=store, firewall=lambda rs: nft.run(render(rs)), evidence=evidence,
                    config=config, root=root, thread=thread)
 
@@ -86,9 +89,9 @@ class Engine:
     def driver(self, net: Network):
         return self.drivers[net.driver]
 
-    def _evidence(self) -> list[Evidence]:
+    def _evidence(self, ask_docker: bool = True) -> list[Evidence]:
         """The host's, nsnet's own networks' subnets and its Docker IPAM pools'."""
-        return self._host_evidence() + [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
+        return self._host_evidence(ask_docker=ask_docker) + [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
                                         for n in self.state.nets.values() for s in n.subnets
                                         ] + self.docker_pools.evidence()
 
