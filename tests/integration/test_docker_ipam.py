@@ -19,6 +19,8 @@ import pytest
 from conftest import sh
 from test_lockout import PC, SSH, office
 
+from nsnet.engine.dockerpools import ADDRESS, POOL
+
 BUSYBOX = "/bin/busybox"
 IMAGE = "local/busybox:1"
 if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
@@ -160,7 +162,7 @@ def test_docker_networks_take_nsnet_pools_and_addresses_across_a_restart(host, m
     docker.docker("network", "create", "--ipam-driver", "nsnet", "n1")
     docker.docker("network", "create", "--ipam-driver", "nsnet", "n2")
     n1, n2 = subnet(docker, "n1"), subnet(docker, "n2")
-    pools = {p["subnet"]: p for p in records(host, "dockerpool")}
+    pools = {p["subnet"]: p for p in records(host, POOL)}
     assert set(pools) == {n1, n2} and n1 != n2
     for s in (n1, n2):
         assert not ipaddress.ip_network(s).overlaps(ipaddress.ip_network(own))
@@ -173,7 +175,7 @@ def test_docker_networks_take_nsnet_pools_and_addresses_across_a_restart(host, m
     a, b = run(docker, "ca", "n1"), run(docker, "cb", "n1")
     gateway = docker.inspect("network", "n1")["IPAM"]["Config"][0]["Gateway"]
     assert gateway == pools[n1]["gateway"]
-    handed = {r["address"] for r in records(host, "dockeraddress") if r["pool"] == pools[n1]["id"]}
+    handed = {r["address"] for r in records(host, ADDRESS) if r["pool"] == pools[n1]["id"]}
     assert {a, b} <= handed and a != b
     assert docker.docker("exec", "ca", "ping", "-c1", "-W2", b).returncode == 0   # real packets
 
@@ -182,13 +184,13 @@ def test_docker_networks_take_nsnet_pools_and_addresses_across_a_restart(host, m
     host.nsnet("info")
     c = run(docker, "cc", "n1")
     assert c not in (a, b, gateway) and ipaddress.ip_address(c) in ipaddress.ip_network(n1)
-    assert c in {r["address"] for r in records(host, "dockeraddress")}
+    assert c in {r["address"] for r in records(host, ADDRESS)}
     assert docker.docker("exec", "cc", "ping", "-c1", "-W2", a).returncode == 0
 
     docker.docker("rm", "-f", "ca", "cb", "cc")
     docker.docker("network", "rm", "n1")
-    assert [p["subnet"] for p in records(host, "dockerpool")] == [n2]
-    assert all(r["pool"] != pools[n1]["id"] for r in records(host, "dockeraddress"))
+    assert [p["subnet"] for p in records(host, POOL)] == [n2]
+    assert all(r["pool"] != pools[n1]["id"] for r in records(host, ADDRESS))
     # Given out again: the tracked flows of its addresses (the pings, the bridge's IGMP) went with them.
     docker.docker("network", "create", "--ipam-driver", "nsnet", "n3")
     assert subnet(docker, "n3") == n1
@@ -201,4 +203,4 @@ def test_a_subnet_over_a_live_peer_is_refused_with_nsnets_reason(host, machines,
     assert f"172.22.0.0/16 contains {PC}, {SSH}; replies to it would be routed into this network's bridge." in p.stderr
     assert "pass --ipam-opt allow-overlap=true" in p.stderr
     assert "bad" not in docker.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
-    assert records(host, "dockerpool") == []
+    assert records(host, POOL) == []

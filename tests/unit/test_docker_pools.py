@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from nsnet.engine.dockerpools import GATEWAY, LOCAL_SPACE, REQUEST_TYPE, DockerPools
+from nsnet.engine.dockerpools import ADDRESS, GATEWAY, LOCAL_SPACE, POOL, REQUEST_TYPE, DockerPools
 from nsnet.errors import NotFound, NsnetError
 from nsnet.facts import Evidence
 from nsnet.ipam.pools import DEFAULT_POOLS
@@ -45,7 +45,7 @@ def test_explicit_pool_over_a_live_peer_is_refused_in_one_line(store):
         dp.request_pool(LOCAL_SPACE, "172.17.0.0/16", "", {}, False)
     msg = str(e.value)
     assert "\n" not in msg and "172.17.5.9" in msg and "--ipam-opt allow-overlap=true" in msg
-    assert store.list("dockerpool") == []
+    assert store.list(POOL) == []
     assert dp.request_pool(LOCAL_SPACE, "172.17.0.0/16", "", {"allow-overlap": "true"}, False)
 
 
@@ -61,7 +61,7 @@ def test_bad_pools_are_refused_and_nothing_is_saved(store, pool, sub, v6, why):
     dp = pools_on(store)
     with pytest.raises(NsnetError, match=why):
         dp.request_pool(LOCAL_SPACE, pool, sub, {}, v6)
-    assert store.list("dockerpool") == [] and dp.pools == {}
+    assert store.list(POOL) == [] and dp.pools == {}
 
 
 def test_addresses_gateway_and_restart(store):
@@ -83,7 +83,7 @@ def test_addresses_gateway_and_restart(store):
     with pytest.raises(NotFound):
         again.request_address("f" * 64, "", {})
     again.release_pool(pid)
-    assert store.list("dockerpool") == [] and store.list("dockeraddress") == []
+    assert store.list(POOL) == [] and store.list(ADDRESS) == []
     with pytest.raises(NotFound):
         again.release_pool(pid)
 
@@ -96,7 +96,7 @@ def test_explicit_gateway(store):
     other = dp.request_pool(LOCAL_SPACE, "10.10.0.0/24", "", {}, False)["id"]
     with pytest.raises(NsnetError, match="broadcast"):
         dp.request_address(other, "10.10.0.255", {REQUEST_TYPE: GATEWAY})
-    assert [p["gateway"] for p in store.list("dockerpool") if p["id"] == other] == [None]
+    assert [p["gateway"] for p in store.list(POOL) if p["id"] == other] == [None]
 
 
 def test_addresses_given_up_take_their_tracked_flows_along(store):

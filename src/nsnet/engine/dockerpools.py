@@ -27,7 +27,8 @@ from .thread import on_kernel_thread
 
 log = logging.getLogger("nsnet.engine")
 
-POOL, ADDRESS = "dockerpool", "dockeraddress"           # record kinds
+# Record kinds: one host's (a Docker engine is), so under local/, never in a store hosts share.
+POOL, ADDRESS = "local/dockerpool", "local/dockeraddress"
 LOCAL_SPACE, GLOBAL_SPACE = "nsnet-local", "nsnet-global"   # Docker's address spaces, as this driver names them
 # Docker asks for a network's gateway with this option (libnetwork's ipamapi.RequestAddressType).
 REQUEST_TYPE, GATEWAY = "RequestAddressType", "com.docker.network.gateway"
