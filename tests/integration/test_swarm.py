@@ -134,3 +134,23 @@ def test_bad_input_is_one_line_and_changes_nothing(swarm):
     refused(b, "swarm", "init", "--advertise-addr", "up0", "--store", STORE, says="already holds a swarm")
     assert swarm_file(b) is None
     assert json.loads(swarm_file(a))["node_name"] == "host-a"
+
+
+def test_without_etcd_local_networks_keep_working_and_the_node_rejoins_when_it_answers(swarm):
+    etcd, a, b = swarm
+    a.nsnet("swarm", "init", "--advertise-addr", "up0", "--store", STORE, "--node-name", "host-a")
+    b.nsnet("swarm", "join", "--advertise-addr", "up0", "--store", STORE, "--node-name", "host-b")
+    etcd.kill(0)
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    started = time.monotonic()
+    b.nsnet("network", "create", "--subnet", "10.77.0.0/24", "local1")   # restarts B's daemon: etcd is not waited for
+    assert time.monotonic() - started < 5
+    assert b.json("info")["Swarm"]["Error"].startswith("etcd does not answer")
+    refused(b, "node", "ls", says="etcd does not answer")
+    time.sleep(2.5)   # the background retries (every second) log their outage once
+    with open(os.path.join(b.root, "daemon.log")) as f:
+        assert len([line for line in f if "swarm: etcd does not answer" in line]) == 1
+    etcd.start()
+    both = {"host-a": ("Ready", f"{NET}.2"), "host-b": ("Ready", f"{NET}.3")}
+    assert wait_for(lambda: b.nsnet("node", "ls", check=False).returncode == 0 and node_ls(b) == both,
+                    timeout=15, interval=0.5)
