@@ -154,3 +154,16 @@ def test_without_etcd_local_networks_keep_working_and_the_node_rejoins_when_it_a
     both = {"host-a": ("Ready", f"{NET}.2"), "host-b": ("Ready", f"{NET}.3")}
     assert wait_for(lambda: b.nsnet("node", "ls", check=False).returncode == 0 and node_ls(b) == both,
                     timeout=15, interval=0.5)
+
+
+def test_settings_that_cannot_be_used_leave_the_daemon_serving_its_local_networks(host):
+    """swarm.json naming a TLS file that is gone: the daemon starts, says why in one line, and leaves by --force."""
+    with open(os.path.join(host.root, "swarm.json"), "w") as f:
+        json.dump({"endpoints": ["https://192.0.2.1:2379"], "advertise_addr": "192.0.2.2", "node_name": "h",
+                   "ca": os.path.join(host.root, "gone-ca.pem")}, f)
+    host.nsnet("network", "create", "--subnet", "10.78.0.0/24", "local1")
+    assert "cannot be used" in host.json("info")["Swarm"]["Error"]
+    refused(host, "node", "ls", says="cannot be used")
+    refused(host, "swarm", "leave", says="use --force")
+    host.nsnet("swarm", "leave", "--force")
+    assert swarm_file(host) is None and host.json("info")["Swarm"]["LocalNodeState"] == "inactive"

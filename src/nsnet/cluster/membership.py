@@ -40,14 +40,22 @@ class Cluster:
         self._lease: int | None = None
         self._stop: threading.Event | None = None
         self._keeper: threading.Thread | None = None
+        self._broken = ""   # why the settings in swarm.json could not be used
         self._lock = threading.Lock()   # init, join, leave: one at a time
 
     # ---- membership --------------------------------------------------------------------------------
 
     def start(self) -> None:
         """At the daemon's start: a member rejoins by itself, in the background (etcd may not answer yet)."""
-        if self.settings:
-            self._begin(self._connect(self.settings), self.settings, lease=None)
+        if not self.settings:
+            return
+        try:
+            kv = self._connect(self.settings)
+        except NsnetError as e:   # e.g. a TLS file gone: the daemon still serves its local networks
+            log.error("swarm: %s; this node stays out of its swarm until that is fixed (or: swarm leave --force)", e)
+            self._broken = str(e)
+            return
+        self._begin(kv, self.settings, lease=None)
 
     def init(self, req: Settings) -> str:
         with self._lock:
@@ -82,21 +90,24 @@ class Cluster:
             if not self.settings:
                 raise NsnetError("this node is not part of a swarm")
             try:
+                if self.kv is None:
+                    raise NsnetError(self._broken)
                 others = [e for e in self.kv.list("nodes/") if e.key != f"nodes/{self.node_id}"]
                 ops = [Op(f"nodes/{self.node_id}", None), Op(f"alive/{self.node_id}", None)]
                 self.kv.commit(ops + ([] if others else [Op("cluster", None)]))
             except NsnetError as e:
                 if not force:
                     raise NsnetError(f"{e}: use --force to leave anyway") from None
-            lease = self._end()
-            if lease is not None:
-                try:
-                    self.kv.revoke(lease)
-                except NsnetError:
-                    pass   # it expires by itself within TTL
+            if self.kv is not None:
+                lease = self._end()
+                if lease is not None:
+                    try:
+                        self.kv.revoke(lease)
+                    except NsnetError:
+                        pass   # it expires by itself within TTL
+                self.kv.close()
             swarmfile.remove(self.root)
-            self.kv.close()
-            self.settings, self.kv = None, None
+            self.settings, self.kv, self._broken = None, None, ""
 
     def _check_not_member(self) -> None:
         if self.settings:
@@ -204,6 +215,8 @@ class Cluster:
     def _check_member(self) -> None:
         if not self.settings:
             raise NsnetError("this node is not part of a swarm: use nsnet swarm init or nsnet swarm join")
+        if self.kv is None:
+            raise NsnetError(f"swarm settings in {swarmfile.FILE} cannot be used: {self._broken}", 503)
 
     def info(self) -> dict:
         """`info`'s Swarm, in Docker's shape."""
@@ -214,6 +227,7 @@ class Cluster:
                "NodeName": s.node_name, "Store": s.endpoints, "Nodes": 0, "Error": "",
                "Cluster": {"DefaultAddrPool": s.pools, "SubnetSize": s.mask, "DataPathPort": s.data_path_port}}
         try:
+            self._check_member()
             doc["Nodes"] = len(self.kv.list("nodes/"))
             c = self.kv.get("cluster")
             if c:
