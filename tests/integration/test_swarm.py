@@ -1,6 +1,7 @@
 """A swarm of two hosts sharing one etcd (Debian's etcd-server): each host a namespace with its own daemon and
 NSNET_ROOT, wired to etcd's namespace by veths on a bridge there (192.168.213.0/24). Membership, liveness
-(Down within the lease's TTL when a daemon is killed, Ready again when it restarts, without a new join),
+(Down within the lease's TTL + 1 s when a daemon is killed or its host cut off, Ready again when it restarts
+or is reconnected, without a new join),
 leave, and bad input refused in one line with nothing changed."""
 import json
 import os
@@ -98,6 +99,14 @@ def test_two_hosts_join_see_each_other_and_a_killed_daemon_goes_down(swarm):
             says="already part of a swarm")   # any call restarts B's daemon, which rejoins by itself
     assert wait_for(lambda: node_ls(a) == both, timeout=5, interval=0.2), node_ls(a)
     assert b.json("info")["Swarm"]["NodeID"] == b_id
+
+    # cut off: B's daemon runs but reaches no etcd; Down within the TTL + 1 s, Ready again once reconnected
+    b.sh("ip link set up0 down")
+    cut = time.monotonic()
+    assert wait_for(lambda: node_ls(a).get("host-b", ("",))[0] == "Down", timeout=12, interval=0.2)
+    assert time.monotonic() - cut <= 11
+    b.sh("ip link set up0 up")   # a renewal sent while cut off may wait out its 5 s request timeout first
+    assert wait_for(lambda: node_ls(a) == both, timeout=10, interval=0.2), node_ls(a)
 
     b.nsnet("swarm", "leave")
     assert node_ls(a) == {"host-a": ("Ready", f"{NET}.2")}
