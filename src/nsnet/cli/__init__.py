@@ -123,7 +123,8 @@ def _swarm_parsers(sub) -> None:
         v.add_argument("--store-cert")
         v.add_argument("--store-key")
         v.add_argument("--store-user")
-        v.add_argument("--store-password")
+        v.add_argument("--store-password", default=os.environ.get("NSNET_STORE_PASSWORD"),
+                       help="etcd's password (default $NSNET_STORE_PASSWORD: out of the process list)")
         v.add_argument("--node-name", help="default: the host's hostname")
         if verb == "init":
             v.add_argument("--default-addr-pool", action="append", default=[])
