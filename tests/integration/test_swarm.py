@@ -176,3 +176,21 @@ def test_settings_that_cannot_be_used_leave_the_daemon_serving_its_local_network
     refused(host, "swarm", "leave", says="use --force")
     host.nsnet("swarm", "leave", "--force")
     assert swarm_file(host) is None and host.json("info")["Swarm"]["LocalNodeState"] == "inactive"
+
+
+def test_etcd_with_user_and_password(swarm):
+    import urllib.request
+
+    etcd, a, b = swarm
+    with netns.entered(f"/run/netns/{etcd.ns}"):
+        for path, body in (("/v3/auth/user/add", {"name": "root", "password": "s3cret"}),
+                           ("/v3/auth/user/grant", {"user": "root", "role": "root"}), ("/v3/auth/enable", {})):
+            req = urllib.request.Request(etcd.endpoint(0) + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).close()
+    refused(a, "swarm", "init", "--advertise-addr", "up0", "--store", STORE, says="etcd at")
+    assert swarm_file(a) is None
+    a.nsnet("swarm", "init", "--advertise-addr", "up0", "--store", STORE, "--node-name", "host-a",
+            "--store-user", "root", "--store-password", "s3cret")
+    time.sleep(11)   # past the lease's TTL: only renewals (with the token) keep it Ready
+    assert node_ls(a) == {"host-a": ("Ready", f"{NET}.2")}
