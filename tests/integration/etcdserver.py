@@ -2,6 +2,8 @@
 
 Members listen on the namespace's own loopback (client port 2379 + 100*i, peer port + 1), so every packet
 stays inside it; a test talks to them with its thread inside the namespace (`nsnet.kernel.netns.entered`).
+With `address`, members listen on that address instead (one the test gives the namespace and routes to it
+from other test namespaces: hosts of a swarm).
 The data folders live under one temp folder; `stop` kills the members by PID and removes the namespace
 and the folder, whatever state they are in.
 """
@@ -23,8 +25,9 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 class EtcdCluster:
-    def __init__(self, ns: str, members: int = 1, tls: dict | None = None):
+    def __init__(self, ns: str, members: int = 1, tls: dict | None = None, address: str = "127.0.0.1"):
         self.ns = ns
+        self.address = address
         self.tls = tls   # {"ca", "cert", "key"}: clients must speak https and show a cert the CA signed
         self.workdir = tempfile.mkdtemp(prefix="nsnt-etcd-")
         self.names = [f"m{i}" for i in range(members)]
@@ -33,16 +36,16 @@ class EtcdCluster:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
 
     def endpoint(self, i: int) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{2379 + 100 * i}"
+        return f"{'https' if self.tls else 'http'}://{self.address}:{2379 + 100 * i}"
 
     @property
     def endpoints(self) -> list[str]:
         return [self.endpoint(i) for i in range(len(self.names))]
 
     def start(self, timeout: float = 20) -> None:
-        peers = ",".join(f"{n}=http://127.0.0.1:{2380 + 100 * i}" for i, n in enumerate(self.names))
+        peers = ",".join(f"{n}=http://{self.address}:{2380 + 100 * i}" for i, n in enumerate(self.names))
         for i, name in enumerate(self.names):
-            peer = f"http://127.0.0.1:{2380 + 100 * i}"
+            peer = f"http://{self.address}:{2380 + 100 * i}"
             log = open(os.path.join(self.workdir, f"{name}.log"), "w")
             self.procs[name] = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, ETCD, "--name", name,

@@ -18,10 +18,11 @@ ALLOWED = {
     "config": BASE | {"ipam"},
     "doctor": BASE | {"ipam"},
     "drivers": BASE | {"kernel", "firewall", "requests", "store"},   # store: the view a driver gets (Scoped)
+    "cluster": BASE | {"store"},   # a host's swarm membership, in the etcd the hosts share
     "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "crashpoints"},
     "crashpoints": BASE,
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",
-                      "crashpoints"},
+                      "crashpoints", "cluster"},
     "client": BASE,
     "cli": BASE | {"client", "config", "ipam", "doctor", "kernel", "daemon"},   # kernel/daemon: lazily, per command
     "__main__": {"cli"},

@@ -107,8 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
                        ("disable", "remove DIR/nsnet.spec")):
         v = dpv.add_parser(verb, help=what)
         v.add_argument("--dir", default=PLUGIN_DIRS[0], help=f"Docker's plugin folder (default {PLUGIN_DIRS[0]})")
+    _swarm_parsers(sub)
     doctor.add_parser(sub)
     return p
+
+
+def _swarm_parsers(sub) -> None:
+    sw = sub.add_parser("swarm", help="join hosts that share networks through one etcd")
+    swv = sw.add_subparsers(dest="swarmcmd", required=True)
+    for verb in ("init", "join"):
+        v = swv.add_parser(verb)
+        v.add_argument("--advertise-addr", required=True, help="this host's address, or an interface name")
+        v.add_argument("--store", required=True, metavar="etcd://HOST:PORT[,HOST:PORT...]")
+        v.add_argument("--store-ca")
+        v.add_argument("--store-cert")
+        v.add_argument("--store-key")
+        v.add_argument("--store-user")
+        v.add_argument("--store-password", default=os.environ.get("NSNET_STORE_PASSWORD"),
+                       help="etcd's password (default $NSNET_STORE_PASSWORD: out of the process list)")
+        v.add_argument("--node-name", help="default: the host's hostname")
+        if verb == "init":
+            v.add_argument("--default-addr-pool", action="append", default=[])
+            v.add_argument("--default-addr-pool-mask-length", type=int)
+            v.add_argument("--data-path-port", type=int)
+    lv = swv.add_parser("leave")
+    lv.add_argument("-f", "--force", action="store_true")
+    node = sub.add_parser("node", help="the swarm's hosts").add_subparsers(dest="nodecmd", required=True)
+    ls = node.add_parser("ls", aliases=["list"])
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("--format")
+    ni = node.add_parser("inspect")
+    ni.add_argument("names", nargs="+")
+    nr = node.add_parser("rm", aliases=["remove"])
+    nr.add_argument("-f", "--force", action="store_true")
+    nr.add_argument("names", nargs="+")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +248,39 @@ def cmd_network(client: Client, args) -> int:
     elif verb == "disconnect":
         client.post(api_path("networks", args.network, "disconnect"),
                     {"Sandbox": args.sandbox, "Force": args.force})
+    return 0
+
+
+def cmd_swarm(client: Client, args) -> int:
+    if args.swarmcmd == "leave":
+        client.post(api_path("swarm", "leave", force=args.force))
+        print("Node left the swarm.")
+        return 0
+    # TLS files are read by the daemon, which runs elsewhere: absolute paths
+    files = {k: os.path.abspath(v) if v else None
+             for k, v in (("StoreCA", args.store_ca), ("StoreCert", args.store_cert), ("StoreKey", args.store_key))}
+    body = {"Store": args.store, "AdvertiseAddr": args.advertise_addr, "NodeName": args.node_name, **files,
+            "StoreUser": args.store_user, "StorePassword": args.store_password}
+    if args.swarmcmd == "init":
+        body.update(DefaultAddrPool=args.default_addr_pool or None, SubnetSize=args.default_addr_pool_mask_length,
+                    DataPathPort=args.data_path_port)
+    node = client.post(f"/swarm/{args.swarmcmd}", body)["NodeID"]
+    if args.swarmcmd == "init":
+        print(f"Swarm initialized: current node ({node[:12]}) is a member.\n\nTo add a host to this swarm, run:\n\n"
+              f"    nsnet swarm join --advertise-addr ADDR --store {args.store}\n")
+    else:
+        print("This node joined a swarm.")
+    return 0
+
+
+def cmd_node(client: Client, args) -> int:
+    verb = {"list": "ls", "remove": "rm"}.get(args.nodecmd, args.nodecmd)
+    if verb == "ls":
+        output.nodes(client.get("/nodes"), quiet=args.quiet, fmt=args.format)
+    elif verb == "inspect":
+        return _inspect_many(client, "nodes", args.names)
+    else:
+        return _each(client, args.names, lambda n: client.delete(api_path("nodes", n, force=args.force)))
     return 0
 
 
@@ -339,4 +404,4 @@ def cmd_logs(client: Client, args) -> int:
 
 COMMANDS = {"info": cmd_info, "network": cmd_network, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
             "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs,
-            "doctor": doctor.cmd_doctor, "docker-plugin": cmd_docker_plugin}
+            "swarm": cmd_swarm, "node": cmd_node, "doctor": doctor.cmd_doctor, "docker-plugin": cmd_docker_plugin}

@@ -40,3 +40,15 @@ def sandboxes(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
         cmd = " ".join(d["Config"]["Cmd"])
         rows.append([d["Id"][:12], d["Name"].lstrip("/"), (cmd[:30] + "…") if len(cmd) > 31 else cmd, status, ports, nets])
     print(table(["SANDBOX ID", "NAME", "COMMAND", "STATUS", "PORTS", "NETWORKS"], rows))
+
+
+def nodes(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
+    if quiet:
+        print("\n".join(d["ID"][:12] for d in docs))
+    elif fmt == "json":
+        print(json.dumps(docs, indent=2))
+    else:
+        # Docker's `node ls`: this node's ID marked with " *"
+        rows = [[d["ID"][:12] + (" *" if d["Self"] else ""), d["Description"]["Hostname"],
+                 d["Status"]["State"].capitalize(), d["Status"]["Addr"]] for d in docs]
+        print(table(["ID", "HOSTNAME", "STATUS", "ADVERTISE ADDRESS"], rows))

@@ -5,6 +5,7 @@ import os
 import re
 from urllib.parse import parse_qs, unquote, urlparse
 
+from ..cluster import request as swarm_request
 from ..errors import Conflict, NsnetError, NotFound
 from ..kernel import procs
 from ..model import to_dict
@@ -52,7 +53,7 @@ def ping(d, query, body, peer):
 
 @route("GET", "/info")
 def info(d, query, body, peer):
-    return {**d.engine.info(), "DaemonPid": os.getpid()}
+    return {**d.engine.info(), "DaemonPid": os.getpid(), "Swarm": d.cluster.info()}
 
 
 @route("GET", "/networks")
@@ -149,6 +150,37 @@ def sandbox_logs(d, ref, query, body, peer):
 @route("POST", "/reconcile")
 def reconcile(d, query, body, peer):
     return {"Done": d.engine.reconcile()}
+
+
+@route("POST", "/swarm/init")
+def swarm_init(d, query, body, peer):
+    return {"NodeID": d.cluster.init(swarm_request(body, join=False))}
+
+
+@route("POST", "/swarm/join")
+def swarm_join(d, query, body, peer):
+    return {"NodeID": d.cluster.join(swarm_request(body, join=True))}
+
+
+@route("POST", "/swarm/leave")
+def swarm_leave(d, query, body, peer):
+    d.cluster.leave(query.get("force", False))
+    return {}
+
+
+@route("GET", "/nodes")
+def nodes(d, query, body, peer):
+    return d.cluster.nodes()
+
+
+@route("GET", "/nodes/{ref}")
+def node_inspect(d, ref, query, body, peer):
+    return d.cluster.node(ref)
+
+
+@route("DELETE", "/nodes/{ref}")
+def node_remove(d, ref, query, body, peer):
+    return {"ID": d.cluster.remove_node(ref, query.get("force", False))}
 
 
 def _check_owned(pid: int, peer) -> None:

@@ -53,6 +53,17 @@ SANDBOX_RUN = {"type": "object", "fields": {
     "Pid": {"type": "int", "min": 1, "max": 2**22},
 }}
 
+PATH = {"type": "string", "max": 4096}
+_SWARM = {
+    "Store": dict(SHORT, max=4096, required=True), "AdvertiseAddr": dict(SHORT, required=True), "NodeName": SHORT,
+    "StoreCA": PATH, "StoreCert": PATH, "StoreKey": PATH, "StoreUser": SHORT, "StorePassword": SHORT,
+}
+SWARM_INIT = {"type": "object", "fields": {
+    **_SWARM, "DefaultAddrPool": {"type": "list", "items": SHORT, "max": 64},
+    "SubnetSize": {"type": "int", "min": 1, "max": 128}, "DataPathPort": {"type": "int", "min": 1, "max": 65535},
+}}
+SWARM_JOIN = {"type": "object", "fields": _SWARM}
+
 # (method, path) -> {"query": {name: schema}, "body": schema or None (no body at all)}.
 # Paths are api.py's routes; {ref} is a network's or a sandbox's name or id.
 ENDPOINTS = {
@@ -78,6 +89,12 @@ ENDPOINTS = {
     ("DELETE", "/sandboxes/{ref}"): {"query": {"force": FLAG}, "body": None},
     ("GET", "/sandboxes/{ref}/logs"): {"query": {}, "body": None},
     ("POST", "/reconcile"): {"query": {}, "body": NO_BODY},
+    ("POST", "/swarm/init"): {"query": {}, "body": SWARM_INIT},
+    ("POST", "/swarm/join"): {"query": {}, "body": SWARM_JOIN},
+    ("POST", "/swarm/leave"): {"query": {"force": FLAG}, "body": NO_BODY},
+    ("GET", "/nodes"): {"query": {}, "body": None},
+    ("GET", "/nodes/{ref}"): {"query": {}, "body": None},   # {ref}: a node's ID, unique ID prefix or name
+    ("DELETE", "/nodes/{ref}"): {"query": {"force": FLAG}, "body": None},
 }
 
 

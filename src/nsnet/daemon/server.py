@@ -11,6 +11,7 @@ import sys
 import threading
 
 from .. import crashpoints
+from ..cluster import Cluster
 from ..dns.server import DnsServer
 from ..engine import Engine
 from ..errors import NsnetError
@@ -28,6 +29,7 @@ class Daemon:
         self.engine = Engine.open(root)
         self.watcher = Watcher(self.engine.sandbox_exited)
         self.engine.on_sandbox_running = self._watch
+        self.cluster = Cluster(root, self.engine.state.node)
 
     def _watch(self, sb, proc) -> None:
         self.watcher.watch(sb.id, sb.pid, sb.pid_start, proc)
@@ -51,10 +53,11 @@ class Daemon:
         dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 redirected to them
         dns.start()
         self.engine.serve_dns(dns)
+        self.cluster.start()   # a swarm member rejoins in the background; local networks never wait for etcd
 
 
 # What only root may read: the state, and what sandboxes printed (their logs may hold secrets).
-PRIVATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "daemon.log", "daemon.lock")
+PRIVATE_FILES = ("swarm.json", "state.db", "state.db-wal", "state.db-shm", "daemon.log", "daemon.lock")
 
 
 def make_private(root: str) -> None:

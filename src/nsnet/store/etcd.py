@@ -220,6 +220,31 @@ class EtcdKV:
             if conn is not None:
                 conn.close()
 
+    # ---- leases: keys that vanish when their holder stops renewing them (a node's liveness) ---------------
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+        return int(self._call("/v3/lease/grant", {"TTL": str(ttl)})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Renew a lease; its TTL in seconds, 0 when it has expired (its keys are gone)."""
+        result = self._call("/v3/lease/keepalive", {"ID": str(lease)}).get("result", {})
+        return int(result.get("TTL", 0))
+
+    def revoke(self, lease: int) -> None:
+        """End a lease now, deleting its keys; one that expired already is no error."""
+        try:
+            self._call("/v3/lease/revoke", {"ID": str(lease)})
+        except EtcdError as e:
+            if "requested lease not found" not in str(e):
+                raise
+
+    def put_leased(self, key: str, value, lease: int) -> int:
+        """Write `key`, bound to `lease`: etcd deletes it when the lease ends."""
+        reply = self._call("/v3/kv/put", {"key": _b64(self.prefix + key), "lease": str(lease),
+                                          "value": _b64(json.dumps(value, separators=(",", ":")))})
+        return int(reply["header"]["revision"])
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
