@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
-debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server docker.io busybox-static)
+debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static)
+# A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
+command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
