@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 from .. import config as config_mod
@@ -26,6 +25,7 @@ from ..store.records import Records
 from ..store.scoped import Scoped
 from ..store.sqlite import SqliteKV
 from . import endpoints, fwinput, plans, reconcile as reconciling, views
+from .views import Started
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
 from .dockerpools import DockerPools
@@ -34,15 +34,6 @@ from .state import State
 from .thread import KernelThread, on_kernel_thread
 
 log = logging.getLogger("nsnet.engine")
-
-
-@dataclass
-class Started:
-    """A sandbox that runs: its record, its files' folder, and the nft ruleset its first process applies
-    (127.0.0.11:53 redirected to its resolver), None when it needs none."""
-    sandbox: Sandbox
-    files: str
-    nft: str | None
 
 
 class Engine:
@@ -73,11 +64,11 @@ class Engine:
         config = config_mod.load(root)
         store = Records(SqliteKV(os.path.join(root, "state.db")))
         thread = KernelThread()
-        kernel = thread.call(_host_kernel)
+        from ..kernel.host import Kernel  # imports pyroute2: only where the real kernel is made
+        kernel = thread.call(Kernel)
 
         def evidence(ask_docker: bool = True) -> list[Evidence]:
-            return probe.gather(kernel.ipr, reserved=config.reserved,
-                                docker_socket=probe.docker_socket() if ask_docker else None)
+            return kernel.evidence(reserved=config.reserved, docker_socket=probe.docker_socket() if ask_docker else None)
         return cls(kernel=kernel, store=store, firewall=lambda rs: nft.run(render(rs)), evidence=evidence,
                    config=config, root=root, thread=thread)
 
@@ -91,9 +82,9 @@ class Engine:
 
     def _evidence(self, ask_docker: bool = True) -> list[Evidence]:
         """The host's, nsnet's own networks' subnets and its Docker IPAM pools'."""
-        return self._host_evidence(ask_docker=ask_docker) + [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
-                                        for n in self.state.nets.values() for s in n.subnets
-                                        ] + self.docker_pools.evidence()
+        own = [Evidence("nsnet", as_network(s.subnet), "the subnet of an nsnet network")
+               for n in self.state.nets.values() for s in n.subnets]
+        return self._host_evidence(ask_docker=ask_docker) + own + self.docker_pools.evidence()
 
     def _addresses_given_up(self, ep: Endpoint, net: Network | None) -> None:
         """Tracked flows die with their address (design notes); the allocator may give it out again."""
@@ -407,8 +398,3 @@ class Engine:
         self.kernel.close()
         self.store.close()
 
-
-def _host_kernel():
-    from ..kernel.host import Kernel  # imports pyroute2: only where the real kernel is made
-
-    return Kernel()

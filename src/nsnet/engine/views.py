@@ -2,10 +2,21 @@
 engine's lock)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..drivers import driver_class
 from ..errors import NsnetError
 from ..model import Network, Sandbox, network_json, sandbox_json
 from .state import State
+
+
+@dataclass
+class Started:
+    """A sandbox that runs: its record, its files' folder, and the nft ruleset its first process applies
+    (127.0.0.11:53 redirected to its resolver), None when it needs none."""
+    sandbox: Sandbox
+    files: str
+    nft: str | None
 
 
 def networks(state: State, filters: dict | None) -> list[Network]:

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
-from . import arp, conntrack, features, lan, links, rtnl, sysctl
+from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl
 from .netns import entered
 
 log = logging.getLogger("nsnet.kernel")
@@ -154,6 +154,11 @@ class Kernel:
         return os.stat(f"/proc/{pid}/ns/net").st_ino == self.own_netns_inode
 
     # ---- verbs on the host's namespace: the only way drivers touch it ----------------------------------
+
+    @verb
+    def evidence(self, *, reserved, docker_socket: str | None) -> list:
+        """Evidence of the ranges in use on this host (kernel/probe.py), read in this namespace."""
+        return probe.gather(self.ipr, reserved=reserved, docker_socket=docker_socket)
 
     @verb
     def links(self) -> dict[str, dict]:
