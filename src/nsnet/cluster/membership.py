@@ -33,8 +33,13 @@ def _now() -> str:
 
 
 class Cluster:
-    def __init__(self, root: str, node_id: str, ttl: int = TTL):
+    """`on_join(kv, settings)`: this host is a member now (at start too), the engine shares its networks;
+    `on_leave()`: it is about to leave: the engine lets go of the swarm's networks, or raises to refuse."""
+
+    def __init__(self, root: str, node_id: str, ttl: int = TTL, on_join=None, on_leave=None):
         self.root, self.node_id, self.ttl = root, node_id, ttl
+        self._on_join = on_join or (lambda kv, s: None)
+        self._on_leave = on_leave or (lambda: None)
         self.settings = swarmfile.load(root)
         self.kv = None
         self._lease: int | None = None
@@ -89,14 +94,17 @@ class Cluster:
         with self._lock:
             if not self.settings:
                 raise NsnetError("this node is not part of a swarm")
+            if self.kv is not None:
+                self._on_leave()   # refuses while a sandbox here is on a swarm network
             try:
                 if self.kv is None:
                     raise NsnetError(self._broken)
                 others = [e for e in self.kv.list("nodes/") if e.key != f"nodes/{self.node_id}"]
-                ops = [Op(f"nodes/{self.node_id}", None), Op(f"alive/{self.node_id}", None)]
+                ops = [Op(f"{kind}/{self.node_id}", None) for kind in ("nodes", "alive", "evidence")]
                 self.kv.commit(ops + ([] if others else [Op("cluster", None)]))
             except NsnetError as e:
                 if not force:
+                    self._on_join(self.kv, self.settings)   # still a member
                     raise NsnetError(f"{e}: use --force to leave anyway") from None
             if self.kv is not None:
                 lease = self._end()
@@ -152,6 +160,7 @@ class Cluster:
 
     def _begin(self, kv, s: Settings, lease: int | None) -> None:
         self.settings, self.kv, self._lease = s, kv, lease
+        self._on_join(kv, s)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, args=(kv, s, self._stop), name="swarm-lease", daemon=True)
         self._keeper.start()

@@ -1,0 +1,221 @@
+"""The engine in a swarm: the shared store's networks and endpoints kept in step with the engine's state.
+
+While this host is a member, one thread (`swarm-watch`) reads the swarm's state from etcd whole once, then
+follows etcd's watch from that revision: swarm networks (made and removed on any node), the other nodes'
+endpoints on them, which nodes are alive (their lease keys) and each node's address. Each batch of changes
+is applied on the engine's kernel thread (`Engine.apply_swarm`), so the drivers program the data plane
+(overlay: forwarding and neighbour entries) and the resolver answers the new names before the next batch.
+A watch that breaks (etcd restarted, history compacted) starts over from a full read: the state is a set
+of facts, and applying one twice changes nothing. No gossip, no flooding: etcd is the only channel.
+
+Each node also publishes its lockout evidence (`evidence/<node>`: the ranges its host finds in use) so that
+a swarm network's subnet avoids them on every node.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import ipaddress
+
+from ..errors import Conflict, NsnetError
+from ..facts import Evidence, as_network
+from ..ipam.pools import Pool
+from ..model import Endpoint, Network, from_dict
+from ..store import Compacted, Event, Op
+from ..store.records import local_key
+
+log = logging.getLogger("nsnet.swarm")
+
+RETRY = 1.0              # s: between attempts while etcd does not answer
+WATCH = 10.0             # s: one watch call's longest wait
+EVIDENCE_EVERY = 30.0    # s: how often a node publishes its evidence again
+
+
+@dataclass
+class View:
+    """The swarm as one read (or the events since) says it is."""
+    nets: dict[str, Network] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)   # every node's, this one's too
+    alive: set[str] = field(default_factory=set)
+    vteps: dict[str, str] = field(default_factory=dict)            # node id -> its advertise address
+
+    def apply(self, events: list[Event]) -> None:
+        for ev in events:
+            kind, _, id_ = ev.key.partition("/")
+            if kind == "network":
+                _put(self.nets, id_, ev.value and from_dict(Network, ev.value))
+            elif kind == "endpoint":
+                # the shared part of the record: host_ifname is its node's own (engine.swarm.apply reads ours)
+                _put(self.endpoints, id_, ev.value and from_dict(Endpoint, {"host_ifname": None, **ev.value}))
+            elif kind == "alive":
+                (self.alive.add if ev.value is not None else self.alive.discard)(id_)
+            elif kind == "nodes":
+                _put(self.vteps, id_, ev.value and ev.value["addr"])
+
+
+def _put(table: dict, key: str, value) -> None:
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
+def read(kv) -> tuple[int, View]:
+    """The whole swarm state and a revision to watch from (the lists may already hold later changes:
+    the watch replays them, and applying a fact twice changes nothing)."""
+    revision = kv.revision()
+    view = View()
+    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/")
+                for e in kv.list(prefix)])
+    return revision, view
+
+
+@dataclass
+class Member:
+    """What the engine needs of its swarm membership (cluster.Settings, as the daemon hands it over)."""
+    advertise_addr: str
+    data_path_port: int
+    pools: list[str]
+    mask: int
+
+
+class SwarmLink:
+    def __init__(self, engine, kv, member: Member):
+        self.engine, self.kv, self.member = engine, kv, member
+        self.node = engine.state.node
+        self.view: View | None = None      # None until the first full read
+        self.loaded = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swarm-watch", daemon=True)
+        self._published = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """The thread ends after its current watch call; the engine ignores what it sends meanwhile."""
+        self._stop.set()
+
+    # ---- the watch loop (its own thread) ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        revision, failing = 0, False
+        while not self._stop.is_set():
+            try:
+                if self.view is None:
+                    revision, view = read(self.kv)
+                    self.engine.apply_swarm(self, view, full=True)
+                    self.view = view
+                try:
+                    self._publish_evidence()
+                except NsnetError as e:
+                    log.warning("swarm: publishing this host's evidence failed: %s", e)
+                events = self.kv.watch("", revision, timeout=WATCH)
+                if events and not self._stop.is_set():
+                    revision = events[-1].revision
+                    view = _copy(self.view)
+                    view.apply(events)
+                    self.engine.apply_swarm(self, view)
+                    self.view = view
+                if failing:
+                    log.info("swarm: etcd answers again; caught up")
+                failing = False
+            except Compacted:
+                self.view = None   # read everything again
+            except NsnetError as e:
+                if not failing:
+                    log.warning("swarm: %s; overlay traffic keeps flowing; retrying every %.0f s", e, RETRY)
+                failing, self.view = True, None
+                self._stop.wait(RETRY)
+            except Exception:
+                log.exception("swarm: applying the swarm's state failed; reading it again")
+                self.view = None
+                self._stop.wait(RETRY)
+
+    def _publish_evidence(self) -> None:
+        if self._stop.is_set() or time.monotonic() - self._published < EVIDENCE_EVERY:
+            return
+        found = self.engine.host_evidence()
+        self.kv.commit([Op(f"evidence/{self.node}", {"ranges": [[str(e.network), e.kind, e.detail] for e in found]})])
+        self._published = time.monotonic()
+
+    # ---- reads for the engine ---------------------------------------------------------------------------
+
+    def pools(self) -> list[Pool]:
+        """The swarm's address pools (swarm init's --default-addr-pool, as /mask subnets)."""
+        return [Pool(ipaddress.ip_network(p), self.member.mask) for p in self.member.pools]
+
+    def evidence(self) -> list[Evidence]:
+        """The ranges the other nodes find in use (a swarm network's subnet must avoid them on every node)."""
+        out = []
+        for entry in self.kv.list("evidence/"):
+            node = entry.key.split("/", 1)[1]
+            if node == self.node:
+                continue
+            name = self.view.vteps.get(node, node[:12]) if self.view else node[:12]
+            out += [Evidence(kind, as_network(cidr), f"{detail} on node {name}")
+                    for cidr, kind, detail in entry.value.get("ranges", [])]
+        return out
+
+
+def _copy(view: View) -> View:
+    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps))
+
+
+# ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
+
+def apply(e, view: View) -> None:
+    """Make the engine's state say what `view` says: swarm networks, this node's endpoints on them (after a
+    restart they are read back from the swarm's store), the other nodes' endpoints, who is alive and where.
+    The networks whose live peers changed are told (drivers program them, the allocator and the resolver
+    read them again)."""
+    st = e.state
+    before = _live_peers(st)
+    for id_, net in view.nets.items():
+        if st.nets.get(id_) != net:
+            st.nets[id_] = net
+            for fn in st.network_saved:
+                fn(net)
+    for net in [n for n in st.nets.values() if st.shared(n) and n.id not in view.nets]:
+        st.forget_network(net)   # removed on another node: it had no sandbox anywhere, none here either
+    for id_, ep in view.endpoints.items():
+        if ep.node == st.node and id_ not in st.eps and ep.network_id in st.nets:
+            own = st.store.kv.get(local_key("endpoint", id_))
+            if own is not None:
+                ep.host_ifname = own.value.get("host_ifname")
+            st.learn_endpoint(ep)
+    st.remote = {i: ep for i, ep in view.endpoints.items() if ep.node != st.node}
+    st.alive, st.vteps = set(view.alive), dict(view.vteps)
+    after = _live_peers(st)
+    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    if changed:
+        for fn in st.peers_changed:
+            fn(changed)
+
+
+def _live_peers(st) -> dict[str, frozenset]:
+    """network id -> what its live peers are, to tell which networks changed."""
+    out: dict[str, set] = {}
+    for ep in st.remote.values():
+        if ep.node in st.alive:
+            out.setdefault(ep.network_id, set()).add((ep.id, ep.mac, ep.ipv4, tuple(ep.names), st.vteps.get(ep.node)))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def check_can_leave(st) -> None:
+    on = sorted({sb.name for sb in st.sbs.values() for net in st.requested_networks(sb) if st.shared(net)})
+    if on:
+        raise Conflict(f"cannot leave the swarm: sandboxes {', '.join(on)} are on its networks; remove them "
+                       f"or disconnect them first")
+
+
+def forget_all(e) -> None:
+    """This host left: the swarm's networks leave its view (none of its sandboxes is on them)."""
+    st = e.state
+    for net in [n for n in st.nets.values() if st.shared(n)]:
+        st.forget_network(net)
+    st.remote, st.alive, st.vteps = {}, set(), {}
+    e.feed.refresh()
