@@ -25,19 +25,25 @@ def swarm_hosts(tag: str, count: int = 2, mtu: int | None = None):
         sh(f"ip -n {etcd.ns} addr add {NET}.1/24 dev sw0")
         sh(f"ip -n {etcd.ns} link set sw0 up")
         for i, h in enumerate(hosts):
-            sh(f"ip link add up0 netns {h.ns} type veth peer name p{i}{tag} netns {etcd.ns}")
+            port = switch_port(tag, i)
+            sh(f"ip link add up0 netns {h.ns} type veth peer name {port} netns {etcd.ns}")
             if mtu:
                 sh(f"ip -n {h.ns} link set up0 mtu {mtu}")
-                sh(f"ip -n {etcd.ns} link set p{i}{tag} mtu {mtu}")
+                sh(f"ip -n {etcd.ns} link set {port} mtu {mtu}")
             sh(f"ip -n {h.ns} addr add {NET}.{i + 2}/24 dev up0")
             sh(f"ip -n {h.ns} link set up0 up")
-            sh(f"ip -n {etcd.ns} link set p{i}{tag} master sw0 up")
+            sh(f"ip -n {etcd.ns} link set {port} master sw0 up")
         etcd.start()
         yield etcd, hosts
     finally:
         for h in hosts:
             h.cleanup()
         etcd.stop()
+
+
+def switch_port(tag: str, i: int) -> str:
+    """Host i's port on the switch (in etcd's namespace): where a capture sees what that host sends."""
+    return f"p{i}{tag}"
 
 
 def form(hosts: list[Host]) -> None:

@@ -1,30 +1,38 @@
 """Overlay networks across the hosts of a swarm (VXLAN, state in etcd): hosts are namespaces with their own
-daemons, wired to etcd's namespace, which is also the underlay's switch. Real packets: ping, TCP and names
-across hosts, the way out through the gateway bridge, VXLAN seen on the underlay at the data path port."""
+daemons, wired to etcd's namespace, which is also the underlay's switch (swarmnet.py). Real packets: ping,
+TCP and names across hosts, the way out through the gateway bridge, VXLAN seen on the underlay at the data
+path port; a dead daemon's sandboxes leave the other hosts' entries and names within the liveness TTL + 1 s."""
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import wait_for
-from swarmnet import NET, form, needs_etcd, swarm_hosts
+from conftest import changes, wait_for
+from swarmnet import NET, form, needs_etcd, swarm_hosts, switch_port
 
 pytestmark = needs_etcd
-NETCHECK = os.path.join(os.path.dirname(__file__), "netcheck.py")
+HERE = os.path.dirname(__file__)
+NETCHECK = os.path.join(HERE, "netcheck.py")
+CAPTURE = os.path.join(HERE, "capture.py")
+MARKER = "6e736e65742d6f76"   # "nsnet-ov", the ping payload looked for on the underlay
+VNI_KEY = "com.docker.network.driver.overlay.vxlanid_list"
 
 
 @pytest.fixture
 def two(tag):
     with swarm_hosts(tag) as (etcd, (a, b)):
         form([a, b])
+        etcd.tag = tag
         yield etcd, a, b
 
 
-def ip_on(host, sandbox, net):
-    return host.json("inspect", sandbox)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+def net_of(host, sandbox, net):
+    return host.json("inspect", sandbox)[0]["NetworkSettings"]["Networks"][net]
 
 
 def getent(host, sandbox, name):
@@ -32,43 +40,136 @@ def getent(host, sandbox, name):
     return sorted({line.split()[0] for line in out.splitlines()})
 
 
-def peers(host, vni):
-    """(mac, ip, vtep) entries programmed on the host's VXLAN link of `vni`."""
-    fdb = {m: dst for m, dst in re.findall(r"^(\S+) dst (\S+) self permanent", host.sh(f"bridge fdb show dev nsovx{vni}",
-                                                                                       check=False).stdout, re.M)}
+def peers(host, vni) -> set[tuple[str, str, str]]:
+    """(mac, ip, host address) of the remote sandboxes programmed on the host's VXLAN link of `vni`."""
+    fdb = dict(re.findall(r"^(\S+) dst (\S+) self permanent",
+                          host.sh(f"bridge fdb show dev nsovx{vni}", check=False).stdout, re.M))
     neigh = re.findall(r"^(\S+) lladdr (\S+) PERMANENT", host.sh(f"ip neigh show dev nsovx{vni}", check=False).stdout, re.M)
     return {(mac, ip, fdb.get(mac)) for ip, mac in neigh}
 
 
+def create_overlay(a, b, *args):
+    """Create on A; seen on B (etcd's watch)."""
+    a.nsnet("network", "create", "-d", "overlay", *args)
+    assert wait_for(lambda: args[-1] in b.nsnet("network", "ls").stdout, timeout=2)
+
+
 def test_sandboxes_on_two_hosts_share_an_overlay(two):
     etcd, a, b = two
-    a.nsnet("network", "create", "-d", "overlay", "--attachable", "ov")
-    # created on A, seen on B with the same ID, scope swarm
-    la = {n["Name"]: n for n in a.json("network", "ls", "--format", "json")}
-    assert wait_for(lambda: "ov" in b.nsnet("network", "ls").stdout, timeout=2)
-    lb = {n["Name"]: n for n in b.json("network", "ls", "--format", "json")}
-    assert la["ov"]["Scope"] == "swarm" and lb["ov"]["Id"] == la["ov"]["Id"]
+    create_overlay(a, b, "--attachable", "ov")
+    na = {n["Name"]: n for n in a.json("network", "ls", "--format", "json")}["ov"]
+    nb = {n["Name"]: n for n in b.json("network", "ls", "--format", "json")}["ov"]
+    assert (na["Scope"], nb["Scope"], nb["Id"]) == ("swarm", "swarm", na["Id"])
     doc = b.json("network", "inspect", "ov")[0]
+    assert (doc["Driver"], doc["Scope"], doc["Attachable"]) == ("overlay", "swarm", True)
     subnet = doc["IPAM"]["Config"][0]["Subnet"]
-    assert subnet.startswith("10.") and subnet.endswith("/24"), subnet
-    vni = doc["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+    assert subnet == "10.0.0.0/24", subnet          # Docker's swarm pool, 10.0.0.0/8 as /24s
+    vni = doc["Options"][VNI_KEY]
     assert vni == "4097"
 
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--network-alias", "web", "--",
+            sys.executable, NETCHECK, "serve", "tcp", "8080")
     a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
-    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--network-alias", "web", "--", "sleep", "300")
-    ip1, ip2 = ip_on(a, "s1", "ov"), ip_on(b, "s2", "ov")
-    assert ip1 != ip2
-    assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=5)
+    e1, e2 = net_of(a, "s1", "ov"), net_of(b, "s2", "ov")
+    ip1, ip2 = e1["IPAddress"], e2["IPAddress"]
+    assert ip1 != ip2 and {ip1, ip2} <= {"10.0.0.2", "10.0.0.3"}
+    assert e1["Gateway"] == ""                      # as Docker's overlay: the way out is the gateway bridge
+
+    # the data plane: nothing learnt, nothing flooded; each host holds exactly the other's sandbox
+    assert wait_for(lambda: peers(a, vni) == {(e2["MacAddress"], ip2, f"{NET}.3")}, timeout=2), peers(a, vni)
+    assert peers(b, vni) == {(e1["MacAddress"], ip1, f"{NET}.2")}
+    link = a.sh(f"ip -d link show nsovx{vni}").stdout
+    assert all(w in link for w in ("nolearning", "proxy", f"local {NET}.2", "dstport 4789", "mtu 1450")), link
+
+    # real packets across hosts, and VXLAN on the underlay at the data path port carrying them
+    cap = subprocess.Popen(["ip", "netns", "exec", etcd.ns, sys.executable, CAPTURE, switch_port(etcd.tag, 1), "4789", "3", MARKER],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert cap.stdout.readline().strip() == "ready"
+        ping = a.exec("s1", f"ping -c3 -i0.2 -W1 -p {MARKER} {ip2}", check=False)
+        assert ping.returncode == 0, ping.stdout
+        seen = json.loads(cap.stdout.readline())
+    finally:
+        cap.kill()
+        cap.wait()
+    assert seen["udp"] >= 6 and seen["marker"] >= 6, seen     # 3 requests and 3 replies, in clear
     assert getent(a, "s1", "s2") == [ip2] and getent(a, "s1", "web") == [ip2]
     assert getent(b, "s2", "s1") == [ip1]
-    assert a.exec("s1", "ping -c1 -W1 s2", check=False).returncode == 0
-    # TCP across hosts
-    b.nsnet("exec", "-d", "s2", "--", sys.executable, NETCHECK, "serve", "tcp", "8080") if False else None
-    server = b.sh(f"sh -c 'true'")
-    # the VXLAN link: learning off, its source address the advertise address, MTU underlay - 50
-    link = a.sh(f"ip -d link show nsovx{vni}").stdout
-    assert "nolearning" in link and f"local {NET}.2" in link and "dstport 4789" in link and "mtu 1450" in link
-    assert peers(a, vni) == {(a.json("inspect", "s1")[0]["NetworkSettings"]["Networks"]["ov"]["MacAddress"] and
-                              b.json("inspect", "s2")[0]["NetworkSettings"]["Networks"]["ov"]["MacAddress"], ip2, f"{NET}.3")}
-    # the way out: through the host's gateway bridge, NATed to the host's address
+    assert a.exec("s1", f"{sys.executable} {NETCHECK} ask tcp s2 8080").stdout.strip() == f"peer={ip1}"
+    # the way out: through this host's gateway bridge, NATed to its own address
     assert a.exec("s1", f"ping -c1 -W1 {NET}.1", check=False).returncode == 0
+    gw = a.json("network", "inspect", "docker_gwbridge")[0]
+    assert gw["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+
+    # removed once, from any node; refused while any node has a sandbox on it
+    p = a.nsnet("network", "rm", "ov", check=False)
+    assert p.returncode != 0 and "s2 (node" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    a.nsnet("rm", "-f", "s1")
+    b.nsnet("rm", "-f", "s2")
+    assert wait_for(lambda: not peers(a, vni) and "nsovx" not in b.sh("ip link").stdout, timeout=2)
+    assert wait_for(lambda: a.nsnet("network", "rm", "ov", check=False).returncode == 0, timeout=2)
+    assert wait_for(lambda: "ov" not in b.nsnet("network", "ls").stdout, timeout=2)
+
+
+def test_attach_rules_and_bad_input(two):
+    etcd, a, b = two
+    create_overlay(a, b, "svc")                        # not --attachable: for services only
+    for args, says in ((["run", "-d", "--network", "svc", "--", "sleep", "1"], "network svc not manually attachable"),
+                       (["network", "create", "-d", "overlay", "--subnet", "10.0.0.0/16", "x"], "overlaps"),
+                       (["network", "create", "-d", "overlay", "-o", f"{VNI_KEY}=4097", "y"], "VXLAN ID 4097"),
+                       (["network", "create", "-d", "overlay", "-o", "bogus=1", "z"], "unknown option")):
+        before = b.state()
+        p = b.nsnet(*args, check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert changes(before, b.state()) == {}
+    b.nsnet("run", "-d", "--name", "c", "--", "sleep", "300")
+    b.nsnet("network", "connect", "svc", "c", check=False)
+    assert "svc" not in json.dumps(b.json("inspect", "c")[0]["NetworkSettings"]["Networks"])
+    # leaving with a sandbox on a swarm network is refused
+    create_overlay(a, b, "--attachable", "ov")
+    b.nsnet("network", "connect", "ov", "c")
+    p = b.nsnet("swarm", "leave", check=False)
+    assert p.returncode != 0 and "sandboxes c are on its networks" in p.stderr, p.stderr
+    b.nsnet("network", "disconnect", "ov", "c")
+    b.nsnet("swarm", "leave")
+    assert "ov" not in b.nsnet("network", "ls").stdout
+    p = b.nsnet("network", "create", "-d", "overlay", "w", check=False)
+    assert p.returncode != 0 and "need a swarm" in p.stderr, p.stderr
+
+
+def test_a_dead_daemon_leaves_the_other_hosts_and_comes_back(two):
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=3)
+
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_for(lambda: not peers(a, vni), timeout=12, interval=0.05)
+    gone_after = time.monotonic() - killed
+    assert gone_after <= 11, f"B's sandbox left A's forwarding entries only after {gone_after:.1f} s"
+    assert getent(a, "s1", "s2") == []
+    # its address is not given to anyone else while B is only down
+    a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
+    assert net_of(a, "s3", "ov")["IPAddress"] != ip2
+
+    b.nsnet("ps")                                  # any call starts B's daemon again: it rejoins, republishes
+    assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=5), peers(a, vni)
+    assert len(peers(b, vni)) == 2                 # s1 and s3, both on A
+    assert a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0
+    assert b.exec("s2", "ping -c1 -W1 s3", check=False).returncode == 0
+
+
+def test_overlay_mtu_follows_the_underlay(tag):
+    with swarm_hosts(tag, mtu=1400) as (etcd, (a, b)):
+        form([a, b])
+        create_overlay(a, b, "--attachable", "ov")
+        a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+        b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+        assert "mtu 1350" in a.exec("s1", "ip link show eth0").stdout
+        ip2 = net_of(b, "s2", "ov")["IPAddress"]
+        # a full-size packet crosses without fragmenting the underlay's frames (DF set)
+        assert a.exec("s1", f"ping -c1 -W1 -M do -s {1350 - 28} {ip2}", check=False).returncode == 0

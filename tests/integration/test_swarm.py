@@ -36,10 +36,12 @@ def node_ls(host: Host) -> dict[str, tuple[str, str]]:
 
 
 def etcd_keys(etcd) -> dict[str, int]:
+    """Every key and its revision, but the nodes' published evidence: what a host observes of itself (its
+    live connections: etcd's too), refreshed as that changes, whatever a command did."""
     with netns.entered(f"/run/netns/{etcd.ns}"):
         kv = EtcdKV(etcd.endpoints)
         try:
-            return {e.key: e.mod_revision for e in kv.list("")}
+            return {e.key: e.mod_revision for e in kv.list("") if not e.key.startswith("evidence/")}
         finally:
             kv.close()
 

@@ -433,15 +433,19 @@ class Engine:
             self.store.share(None)
 
     @on_kernel_thread
-    def apply_swarm(self, link, view, full: bool = False) -> None:
-        """What `link`'s watch read (`full`: the whole swarm state, after a start or a broken watch)."""
+    def apply_swarm(self, link, view, gone: set[str] | None) -> None:
+        """What `link`'s watch read: the networks deleted since (`gone`), or None: a full read of the swarm's
+        state, after a start or a broken watch."""
         with self.lock:
             if link is not self.swarm:
                 return   # this host left that swarm meanwhile
-            swarm.apply(self, view)
-            if full:   # e.g. a sandbox that died while etcd was away: its endpoint goes now
+            swarm.apply(self, view, gone)
+            if gone is None:   # e.g. a sandbox that died while etcd was away: its endpoint goes now
                 link.loaded.set()
                 self.reconcile()
+                for sb in self.state.sbs.values():   # those on swarm networks only: names from now on
+                    if sb.state == "running":
+                        self.feed.attach(sb)
             self.feed.notify()
 
     @on_kernel_thread

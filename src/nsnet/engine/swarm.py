@@ -91,6 +91,7 @@ class SwarmLink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="swarm-watch", daemon=True)
         self._published = 0.0
+        self._evidence: dict | None = None   # what was published last
 
     def start(self) -> None:
         self._thread.start()
@@ -106,19 +107,18 @@ class SwarmLink:
         while not self._stop.is_set():
             try:
                 if self.view is None:
+                    self._evidence = None
                     revision, view = read(self.kv)
-                    self.engine.apply_swarm(self, view, full=True)
+                    self.engine.apply_swarm(self, view, None)
                     self.view = view
-                try:
-                    self._publish_evidence()
-                except NsnetError as e:
-                    log.warning("swarm: publishing this host's evidence failed: %s", e)
+                self._publish_evidence()
                 events = self.kv.watch("", revision, timeout=WATCH)
                 if events and not self._stop.is_set():
                     revision = events[-1].revision
                     view = _copy(self.view)
                     view.apply(events)
-                    self.engine.apply_swarm(self, view)
+                    gone = {ev.key.split("/", 1)[1] for ev in events if ev.value is None and ev.key.startswith("network/")}
+                    self.engine.apply_swarm(self, view, gone)
                     self.view = view
                 if failing:
                     log.info("swarm: etcd answers again; caught up")
@@ -126,8 +126,8 @@ class SwarmLink:
             except Compacted:
                 self.view = None   # read everything again
             except NsnetError as e:
-                if not failing:
-                    log.warning("swarm: %s; overlay traffic keeps flowing; retrying every %.0f s", e, RETRY)
+                # The membership's lease thread says so once (cluster/membership.py); said here only at debug.
+                log.debug("swarm: %s; overlay traffic keeps flowing; retrying every %.0f s", e, RETRY)
                 failing, self.view = True, None
                 self._stop.wait(RETRY)
             except Exception:
@@ -136,10 +136,13 @@ class SwarmLink:
                 self._stop.wait(RETRY)
 
     def _publish_evidence(self) -> None:
+        """This host's evidence, when it changed (and after every full read: etcd may have lost it)."""
         if self._stop.is_set() or time.monotonic() - self._published < EVIDENCE_EVERY:
             return
-        found = self.engine.host_evidence()
-        self.kv.commit([Op(f"evidence/{self.node}", {"ranges": [[str(e.network), e.kind, e.detail] for e in found]})])
+        doc = {"ranges": sorted([str(e.network), e.kind, e.detail] for e in self.engine.host_evidence())}
+        if doc != self._evidence:
+            self.kv.commit([Op(f"evidence/{self.node}", doc)])
+            self._evidence = doc
         self._published = time.monotonic()
 
     # ---- reads for the engine ---------------------------------------------------------------------------
@@ -167,11 +170,15 @@ def _copy(view: View) -> View:
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
 
-def apply(e, view: View) -> None:
+def apply(e, view: View, gone: set[str] | None) -> None:
     """Make the engine's state say what `view` says: swarm networks, this node's endpoints on them (after a
     restart they are read back from the swarm's store), the other nodes' endpoints, who is alive and where.
     The networks whose live peers changed are told (drivers program them, the allocator and the resolver
-    read them again)."""
+    read them again).
+
+    A view may be older than this engine's own last write (read, then a network created here, then the
+    view applied): a network is forgotten only when the watch saw it deleted (`gone`), or, after a full
+    read (`gone` None), when etcd confirms it is no longer there."""
     st = e.state
     before = _live_peers(st)
     for id_, net in view.nets.items():
@@ -180,7 +187,8 @@ def apply(e, view: View) -> None:
             for fn in st.network_saved:
                 fn(net)
     for net in [n for n in st.nets.values() if st.shared(n) and n.id not in view.nets]:
-        st.forget_network(net)   # removed on another node: it had no sandbox anywhere, none here either
+        if (net.id in gone) if gone is not None else e.swarm.kv.get(f"network/{net.id}") is None:
+            st.forget_network(net)   # removed on another node: it had no sandbox anywhere, none here either
     for id_, ep in view.endpoints.items():
         if ep.node == st.node and id_ not in st.eps and ep.network_id in st.nets:
             own = st.store.kv.get(local_key("endpoint", id_))
