@@ -173,3 +173,19 @@ def test_overlay_mtu_follows_the_underlay(tag):
         ip2 = net_of(b, "s2", "ov")["IPAddress"]
         # a full-size packet crosses without fragmenting the underlay's frames (DF set)
         assert a.exec("s1", f"ping -c1 -W1 -M do -s {1350 - 28} {ip2}", check=False).returncode == 0
+
+
+def test_node_rm_of_a_dead_host_frees_its_addresses(two):
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    p = a.nsnet("network", "rm", "ov", check=False)   # B's sandbox still holds the network while B is down
+    assert p.returncode != 0 and "s2 (node" in p.stderr, p.stderr
+    assert wait_for(lambda: "Down" in a.nsnet("node", "ls").stdout, timeout=12, interval=0.1)
+    a.nsnet("node", "rm", "host-b")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    assert net_of(a, "s1", "ov")["IPAddress"] == ip2  # the lowest free one: B's, freed with B
+    a.nsnet("rm", "-f", "s1")
+    assert wait_for(lambda: a.nsnet("network", "rm", "ov", check=False).returncode == 0, timeout=2)

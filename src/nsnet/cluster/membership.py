@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from ..errors import Conflict, NotFound, NsnetError
 from ..store import CompareFailed, Op
+from ..store.records import claims
 from . import settings as swarmfile
 from .settings import Settings
 
@@ -26,6 +27,7 @@ log = logging.getLogger("nsnet.cluster")
 
 TTL = 10          # s: a node whose daemon stops renewing its lease is Down after at most this long
 RETRY = 1.0       # s: between attempts while etcd does not answer
+TXN_OPS = 100     # writes per etcd transaction (etcd refuses more than 128)
 
 
 def _now() -> str:
@@ -212,7 +214,12 @@ class Cluster:
             raise Conflict(f"node {name} is this node: use nsnet swarm leave")
         if n["Status"]["State"] == "ready" and not force:
             raise Conflict(f"node {name} is not down and can't be removed: use --force")
-        self.kv.commit([Op(f"nodes/{n['ID']}", None), Op(f"alive/{n['ID']}", None)])
+        # Its sandboxes' endpoints on swarm networks go with it, and so their addresses are free again.
+        gone = [e for e in self.kv.list("endpoint/") if e.value.get("node") == n["ID"]]
+        ops = [Op(e.key, None) for e in gone] + [Op(k, None) for e in gone for k in claims("endpoint", e.value)]
+        for i in range(0, len(ops), TXN_OPS):
+            self.kv.commit(ops[i:i + TXN_OPS])
+        self.kv.commit([Op(f"{kind}/{n['ID']}", None) for kind in ("nodes", "alive", "evidence")])
         return n["ID"]
 
     def _doc(self, rec: dict, ready: bool) -> dict:

@@ -133,8 +133,12 @@ class OverlayDriver(Driver):
                                                port=member.data_path_port, mtu=mtu, master=bridge, alias=alias)
         if created or self._vxlans.get(net.id) != vx:
             self._vxlans[net.id] = vx
-            self._programmed.pop(net.id, None)   # read back from the kernel at the next sync
-            self.peers_changed(net)
+            self._programmed.pop(net.id, None)   # read back from the kernel
+            try:
+                self.peers_changed(net)
+            except BaseException:
+                self._vxlans.pop(net.id, None)   # the next join programs them again
+                raise
         self._bridges[net.id] = bridge
         return bridge
 

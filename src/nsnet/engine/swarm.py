@@ -195,7 +195,13 @@ def apply(e, view: View, gone: set[str] | None) -> None:
             if own is not None:
                 ep.host_ifname = own.value.get("host_ifname")
             st.learn_endpoint(ep)
-    st.remote = {i: ep for i, ep in view.endpoints.items() if ep.node != st.node}
+    remote = {i: ep for i, ep in view.endpoints.items() if ep.node != st.node}
+    # Addresses taken or freed anywhere (a dead node's too, by node rm): the allocator reads them again.
+    came_or_went = remote.keys() ^ st.remote.keys()
+    for net_id in {(remote.get(i) or st.remote[i]).network_id for i in came_or_went}:
+        if net_id in st.nets:
+            e.alloc.forget(st.nets[net_id])
+    st.remote = remote
     st.alive, st.vteps = set(view.alive), dict(view.vteps)
     after = _live_peers(st)
     changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
