@@ -189,3 +189,51 @@ def test_node_rm_of_a_dead_host_frees_its_addresses(two):
     assert net_of(a, "s1", "ov")["IPAddress"] == ip2  # the lowest free one: B's, freed with B
     a.nsnet("rm", "-f", "s1")
     assert wait_for(lambda: a.nsnet("network", "rm", "ov", check=False).returncode == 0, timeout=2)
+
+
+def test_etcd_down_traffic_flows_changes_fail_at_once_then_the_node_catches_up(two):
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=3)
+
+    etcd.kill(0)
+    assert a.exec("s1", f"ping -c3 -i0.2 -W1 {ip2}", check=False).returncode == 0   # the data plane stays
+    assert getent(a, "s1", "s2") == [ip2]                                             # and the names
+    for args in (["network", "create", "-d", "overlay", "ov2"],
+                 ["run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300"]):
+        before, t = a.state(), time.monotonic()
+        p = a.nsnet(*args, check=False)
+        took = time.monotonic() - t
+        assert p.returncode != 0 and f"{NET}.1:2379" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert took < 3, f"{args[0]} took {took:.1f} s to fail"
+        assert changes(before, a.state()) == {}
+    a.nsnet("network", "create", "loc")                                    # local networks: as ever
+    a.nsnet("run", "-d", "--name", "l1", "--network", "loc", "--", "sleep", "300")
+
+    etcd.restart(0)
+    # the node catches up by itself: B's network, made as soon as etcd is back, reaches A; A attaches again
+    assert wait_for(lambda: b.nsnet("network", "create", "-d", "overlay", "--attachable", "ov2",
+                                    check=False).returncode == 0, timeout=15, interval=0.5)
+    assert wait_for(lambda: "ov2" in a.nsnet("network", "ls").stdout, timeout=5)
+    a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
+    assert wait_for(lambda: b.exec("s2", "ping -c1 -W1 s3", check=False).returncode == 0, timeout=5)
+
+
+def test_concurrent_attaches_on_two_hosts_never_share_an_address(two):
+    from concurrent.futures import ThreadPoolExecutor
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+
+    def run(host, i):
+        host.nsnet("run", "-d", "--name", f"c{i}", "--network", "ov", "--", "sleep", "300")
+        return host, f"c{i}"
+    with ThreadPoolExecutor(8) as pool:
+        started = list(pool.map(lambda i: run(a if i % 2 else b, i), range(16)))
+    ips = [net_of(h, name, "ov")["IPAddress"] for h, name in started]
+    assert len(set(ips)) == 16, sorted(ips)
+    # and each host's view agrees: the other's sandboxes are its peers, one entry each
+    vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
+    assert wait_for(lambda: len(peers(a, vni)) == 8 and len(peers(b, vni)) == 8, timeout=3)

@@ -3,6 +3,7 @@ whole on failure) and the teardown of them all when the sandbox ends. `e` is the
 allocator, kernel, drivers, resolver feed)."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from ..crashpoints import crashpoint
@@ -66,8 +67,9 @@ def _address_and_record(e, driver, net: Network, ep: Endpoint, req: NetworkReque
                 e.state.drop_endpoint(ep)   # the commit failed: written nowhere; gives its addresses back
             else:
                 e.alloc.release(net, lost)
-            for addr in lost:   # taken elsewhere: skipped until the other node's record arrives
-                e.alloc.reserve(net, addr)
+            # This host's view of the other nodes lags (their records arrive by the watch): take every
+            # address claimed right now as used, so the next try picks one that was free a moment ago.
+            e.alloc.mark_taken(net, map(ipaddress.ip_address, e.store.addresses(net.id, shared=True)))
             ep.ipv4 = ep.ipv6 = ep.gateway4 = ep.gateway6 = ep.mac = None
             log.info("network %s: %s was taken by another node at the same moment; taking the next",
                      net.name, ", ".join(map(str, lost)))

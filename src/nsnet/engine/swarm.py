@@ -1,7 +1,7 @@
 """The engine in a swarm: the shared store's networks and endpoints kept in step with the engine's state.
 
 While this host is a member, one thread (`swarm-watch`) reads the swarm's state from etcd whole once, then
-follows etcd's watch from that revision: swarm networks (made and removed on any node), the other nodes'
+follows one etcd watch from that revision, kept open (store.etcd.Stream: no gap between two batches): swarm networks (made and removed on any node), the other nodes'
 endpoints on them, which nodes are alive (their lease keys) and each node's address. Each batch of changes
 is applied on the engine's kernel thread (`Engine.apply_swarm`), so the drivers program the data plane
 (overlay: forwarding and neighbour entries) and the resolver answers the new names before the next batch.
@@ -13,12 +13,10 @@ a swarm network's subnet avoids them on every node.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
-
-import ipaddress
 
 from ..errors import Conflict, NsnetError
 from ..facts import Evidence, as_network
@@ -30,7 +28,6 @@ from ..store.records import local_key
 log = logging.getLogger("nsnet.swarm")
 
 RETRY = 1.0              # s: between attempts while etcd does not answer
-WATCH = 10.0             # s: one watch call's longest wait
 EVIDENCE_EVERY = 30.0    # s: how often a node publishes its evidence again
 
 
@@ -86,64 +83,61 @@ class SwarmLink:
     def __init__(self, engine, kv, member: Member):
         self.engine, self.kv, self.member = engine, kv, member
         self.node = engine.state.node
-        self.view: View | None = None      # None until the first full read
-        self.loaded = threading.Event()
+        self.loaded = threading.Event()    # set once the first full read is applied
         self._stop = threading.Event()
+        self._stream = None                # the watch being read
         self._thread = threading.Thread(target=self._run, name="swarm-watch", daemon=True)
-        self._published = 0.0
-        self._evidence: dict | None = None   # what was published last
+        self._evidence_thread = threading.Thread(target=self._publish_evidence, name="swarm-evidence", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._evidence_thread.start()
 
     def stop(self) -> None:
-        """The thread ends after its current watch call; the engine ignores what it sends meanwhile."""
+        """The threads end (the watch's connection is closed under it); the engine ignores what they send
+        meanwhile."""
         self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     # ---- the watch loop (its own thread) ------------------------------------------------------------------
 
     def _run(self) -> None:
-        revision, failing = 0, False
         while not self._stop.is_set():
             try:
-                if self.view is None:
-                    self._evidence = None
-                    revision, view = read(self.kv)
-                    self.engine.apply_swarm(self, view, None)
-                    self.view = view
-                self._publish_evidence()
-                events = self.kv.watch("", revision, timeout=WATCH)
-                if events and not self._stop.is_set():
-                    revision = events[-1].revision
-                    view = _copy(self.view)
+                revision, view = read(self.kv)
+                self.engine.apply_swarm(self, view, None)
+                self._stream = self.kv.stream("", revision)
+                if self._stop.is_set():
+                    return
+                for events in self._stream.batches():
+                    view = _copy(view)
                     view.apply(events)
                     gone = {ev.key.split("/", 1)[1] for ev in events if ev.value is None and ev.key.startswith("network/")}
                     self.engine.apply_swarm(self, view, gone)
-                    self.view = view
-                if failing:
-                    log.info("swarm: etcd answers again; caught up")
-                failing = False
             except Compacted:
-                self.view = None   # read everything again
+                continue   # read everything again
             except NsnetError as e:
                 # The membership's lease thread says so once (cluster/membership.py); said here only at debug.
                 log.debug("swarm: %s; overlay traffic keeps flowing; retrying every %.0f s", e, RETRY)
-                failing, self.view = True, None
-                self._stop.wait(RETRY)
             except Exception:
                 log.exception("swarm: applying the swarm's state failed; reading it again")
-                self.view = None
-                self._stop.wait(RETRY)
+            self._stop.wait(RETRY)
 
     def _publish_evidence(self) -> None:
-        """This host's evidence, when it changed (and after every full read: etcd may have lost it)."""
-        if self._stop.is_set() or time.monotonic() - self._published < EVIDENCE_EVERY:
-            return
-        doc = {"ranges": sorted([str(e.network), e.kind, e.detail] for e in self.engine.host_evidence())}
-        if doc != self._evidence:
-            self.kv.commit([Op(f"evidence/{self.node}", doc)])
-            self._evidence = doc
-        self._published = time.monotonic()
+        """This host's evidence, every EVIDENCE_EVERY when it changed (its own thread)."""
+        last = None
+        while not self._stop.is_set():
+            try:
+                doc = {"ranges": sorted([str(e.network), e.kind, e.detail] for e in self.engine.host_evidence())}
+                if doc != last and not self._stop.is_set():
+                    self.kv.commit([Op(f"evidence/{self.node}", doc)])
+                    last = doc
+            except NsnetError as e:
+                log.debug("swarm: publishing this host's evidence: %s", e)
+                last = None
+            self._stop.wait(EVIDENCE_EVERY if last is not None else RETRY)
 
     # ---- reads for the engine ---------------------------------------------------------------------------
 
@@ -158,7 +152,7 @@ class SwarmLink:
             node = entry.key.split("/", 1)[1]
             if node == self.node:
                 continue
-            name = self.view.vteps.get(node, node[:12]) if self.view else node[:12]
+            name = self.engine.state.vteps.get(node, node[:12])
             out += [Evidence(kind, as_network(cidr), f"{detail} on node {name}")
                     for cidr, kind, detail in entry.value.get("ranges", [])]
         return out

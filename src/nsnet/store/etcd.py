@@ -220,6 +220,11 @@ class EtcdKV:
             if conn is not None:
                 conn.close()
 
+    def stream(self, prefix: str, after: int) -> "Stream":
+        """One watch kept open: the changes under `prefix` after revision `after`, batch by batch, as etcd
+        sends them (no gap between two batches, unlike `watch`). See Stream."""
+        return Stream(self, prefix, after)
+
     # ---- leases: keys that vanish when their holder stops renewing them (a node's liveness) ---------------
 
     def grant(self, ttl: int) -> int:
@@ -361,3 +366,63 @@ class EtcdKV:
         error = self._error(data)
         message = " ".join(str(error.get("message") or error.get("error") or f"HTTP {status}").split())
         raise EtcdError(f"etcd at {endpoint.url}: {message}")
+
+
+class Stream:
+    """An etcd watch on one connection, read as it comes: `batches()` yields each list of events; it ends
+    with EtcdError when the connection breaks (etcd restarted, or `close()` from another thread), Compacted
+    when the history asked for is gone. Nothing is lost between batches: it is one watch."""
+
+    def __init__(self, kv: EtcdKV, prefix: str, after: int):
+        self.kv, self.full, self.after = kv, kv.prefix + prefix, after
+        self._conn: http.client.HTTPConnection | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)   # wakes the reader: its readline ends
+            except OSError:
+                pass
+
+    def batches(self):
+        body = {"create_request": {"key": _b64(self.full), "range_end": prefix_end(self.full),
+                                   "start_revision": str(self.after + 1)}}
+        endpoint, conn = self.kv._connection(fresh=True)
+        self._conn = conn
+        try:
+            response = self.kv._send(conn, "/v3/watch", body)
+            if response.status != 200:
+                self.kv._raise(endpoint, response.status, response.read())
+            # A quiet swarm sends nothing for hours: that is no failure. A dead peer (etcd's host cut off)
+            # is found by TCP's keepalive instead, within about 10 s.
+            conn.sock.settimeout(None)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in ((socket.TCP_KEEPIDLE, 4), (socket.TCP_KEEPINTVL, 2), (socket.TCP_KEEPCNT, 3)):
+                conn.sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+            while not self._closed:
+                line = response.readline()
+                if not line:
+                    raise EtcdError(f"etcd at {endpoint.url} closed the watch on {self.full!r}")
+                message = json.loads(line)
+                if "error" in message:
+                    error = message["error"]
+                    text = error.get("message", error) if isinstance(error, dict) else error
+                    raise EtcdError(f"etcd at {endpoint.url}: watch on {self.full!r}: {text}")
+                result = message.get("result", {})
+                if int(result.get("compact_revision", 0)):
+                    raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
+                                    f"are compacted: read {self.full!r} again")
+                if result.get("canceled"):
+                    reason = result.get("cancel_reason", "no reason given")
+                    if "code = Unauthenticated" in reason:
+                        self.kv._token = None   # expired: the next connection takes a new one
+                    raise EtcdError(f"etcd at {endpoint.url} canceled the watch on {self.full!r}: {reason}")
+                if result.get("events"):
+                    yield [self.kv._event(e) for e in result["events"]]
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise EtcdError(f"etcd at {endpoint.url}: watch failed: {e}") from None
+        finally:
+            conn.close()

@@ -179,6 +179,11 @@ class Records:
         own = {e.key[len(LOCAL):]: e.value for e in self.kv.list(local_key(kind, ""))} if kind in HOST_ONLY else {}
         return [{**e.value, **own.get(e.key, {})} for e in self._kv(shared).list(record_key(kind, ""))]
 
+    def addresses(self, network_id: str, shared: bool = False) -> list[str]:
+        """Every address claimed on a network, as the store holds them now (whoever holds them)."""
+        prefix = address_key(network_id, "")
+        return [e.key[len(prefix):] for e in self._kv(shared).list(prefix)]
+
     def meta(self, key: str, default: str | None = None) -> str | None:
         entry = self.kv.get(meta_key(key))
         return entry.value["value"] if entry else default
