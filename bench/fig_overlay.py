@@ -90,7 +90,11 @@ def run(ctx) -> Figure:
     a, b = NsnetEngine(h, "f8a"), NsnetEngine(h, "f8b")
     _wire(h, sw, [a, b])
     _etcd(h, sw)
-    a.cli(["swarm", "init", "--advertise-addr", f"{NET}.2", "--store", f"etcd://{NET}.1:2379", "--node-name", "a"])
+    for attempt in range(5):   # the underlay's first connection has now and then waited out etcd's 1 s connect
+        if a.cli(["swarm", "init", "--advertise-addr", f"{NET}.2", "--store", f"etcd://{NET}.1:2379",
+                  "--node-name", "a"], check=attempt == 4).returncode == 0:
+            break
+        time.sleep(0.5)
     b.cli(["swarm", "join", "--advertise-addr", f"{NET}.3", "--store", f"etcd://{NET}.1:2379", "--node-name", "b"])
     a.create_network("ov", Driver="overlay", Attachable=True)
     deadline = time.monotonic() + 5

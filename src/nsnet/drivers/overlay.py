@@ -17,6 +17,7 @@ VXLAN's 50 bytes, unless given. A sandbox reaches the outside through the engine
 from __future__ import annotations
 
 from ..errors import Conflict, KernelError, NsnetError
+from ..firewall import FwNetwork
 from ..model import Endpoint, Network, owner_alias
 from ..store import CompareFailed, Op
 from ..store.scoped import Scoped
@@ -196,6 +197,13 @@ class OverlayDriver(Driver):
             self._vxlans[net.id] = linkmap[vxlan_name(net)]["index"]
             self.peers_changed(net)
         return []
+
+    def firewall(self, net: Network) -> FwNetwork:
+        """Its bridge among the networks (isolated from the others) and, under br_netfilter, the frames it
+        bridges accepted at once and never tracked (design notes, "The data path tracks only what NAT
+        needs"); no NAT: it has no way out of its own (the gateway bridge is the way out)."""
+        return FwNetwork(bridge=bridge_name(net), subnets=[s.subnet for s in net.subnets], internal=net.internal,
+                         icc=True, masquerade=False, gateways=[])
 
     def kernel_names(self, net: Network) -> set[str]:
         return {bridge_name(net), vxlan_name(net)} if self.ctx.ports_of(net) else set()

@@ -439,7 +439,8 @@ class Engine:
         with self.lock:
             if link is not self.swarm:
                 return   # this host left that swarm meanwhile
-            swarm.apply(self, view, gone)
+            if swarm.apply(self, view, gone) and gone is not None:
+                self._apply_firewall()   # (a full read reconciles, which applies it)
             if gone is None:   # e.g. a sandbox that died while etcd was away: its endpoint goes now
                 link.loaded.set()
                 self.reconcile()

@@ -164,7 +164,7 @@ def _copy(view: View) -> View:
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
 
-def apply(e, view: View, gone: set[str] | None) -> None:
+def apply(e, view: View, gone: set[str] | None) -> bool:
     """Make the engine's state say what `view` says: swarm networks, this node's endpoints on them (after a
     restart they are read back from the swarm's store), the other nodes' endpoints, who is alive and where.
     The networks whose live peers changed are told (drivers program them, the allocator and the resolver
@@ -172,17 +172,21 @@ def apply(e, view: View, gone: set[str] | None) -> None:
 
     A view may be older than this engine's own last write (read, then a network created here, then the
     view applied): a network is forgotten only when the watch saw it deleted (`gone`), or, after a full
-    read (`gone` None), when etcd confirms it is no longer there."""
+    read (`gone` None), when etcd confirms it is no longer there. Says whether the networks changed (the
+    firewall names every network's bridge)."""
     st = e.state
     before = _live_peers(st)
+    nets_changed = False
     for id_, net in view.nets.items():
         if st.nets.get(id_) != net:
             st.nets[id_] = net
+            nets_changed = True
             for fn in st.network_saved:
                 fn(net)
     for net in [n for n in st.nets.values() if st.shared(n) and n.id not in view.nets]:
         if (net.id in gone) if gone is not None else e.swarm.kv.get(f"network/{net.id}") is None:
             st.forget_network(net)   # removed on another node: it had no sandbox anywhere, none here either
+            nets_changed = True
     for id_, ep in view.endpoints.items():
         if ep.node == st.node and id_ not in st.eps and ep.network_id in st.nets:
             own = st.store.kv.get(local_key("endpoint", id_))
@@ -202,6 +206,7 @@ def apply(e, view: View, gone: set[str] | None) -> None:
     if changed:
         for fn in st.peers_changed:
             fn(changed)
+    return nets_changed
 
 
 def _live_peers(st) -> dict[str, frozenset]:
