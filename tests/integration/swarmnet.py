@@ -16,9 +16,10 @@ needs_etcd = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd is not in
 
 
 @contextlib.contextmanager
-def swarm_hosts(tag: str, count: int = 2, mtu: int | None = None):
-    """(etcd, [hosts]): the hosts' underlay links are `up0`; `mtu` sets theirs (and the switch ports')."""
-    etcd = EtcdCluster(f"nsnt-etcd-{tag}", address=f"{NET}.1")
+def swarm_hosts(tag: str, count: int = 2, mtu: int | None = None, members: int = 1):
+    """(etcd, [hosts]): the hosts' underlay links are `up0`; `mtu` sets theirs (and the switch ports').
+    `members`: etcd's, all on the switch's address (client ports 2379, 2479, ...)."""
+    etcd = EtcdCluster(f"nsnt-etcd-{tag}", members=members, address=f"{NET}.1")
     hosts = [Host(f"{tag}{chr(ord('a') + i)}") for i in range(count)]
     try:
         sh(f"ip -n {etcd.ns} link add sw0 type bridge")
@@ -46,9 +47,9 @@ def switch_port(tag: str, i: int) -> str:
     return f"p{i}{tag}"
 
 
-def form(hosts: list[Host]) -> None:
+def form(hosts: list[Host], store: str = STORE) -> None:
     """The first host inits the swarm, the others join; node names host-a, host-b, ..."""
     for i, h in enumerate(hosts):
         verb = "init" if i == 0 else "join"
-        h.nsnet("swarm", verb, "--advertise-addr", f"{NET}.{i + 2}", "--store", STORE,
+        h.nsnet("swarm", verb, "--advertise-addr", f"{NET}.{i + 2}", "--store", store,
                 "--node-name", f"host-{chr(ord('a') + i)}")

@@ -156,7 +156,8 @@ def test_a_dead_daemon_leaves_the_other_hosts_and_comes_back(two):
     a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
     assert net_of(a, "s3", "ov")["IPAddress"] != ip2
 
-    b.nsnet("ps")                                  # any call starts B's daemon again: it rejoins, republishes
+    b.sh(f"ip link del nsovx{vni}")               # and B's kernel loses its VXLAN link meanwhile
+    b.nsnet("ps")                                  # any call starts B's daemon again: it rejoins, repairs, republishes
     assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=5), peers(a, vni)
     assert len(peers(b, vni)) == 2                 # s1 and s3, both on A
     assert a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0
@@ -237,3 +238,16 @@ def test_concurrent_attaches_on_two_hosts_never_share_an_address(two):
     # and each host's view agrees: the other's sandboxes are its peers, one entry each
     vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
     assert wait_for(lambda: len(peers(a, vni)) == 8 and len(peers(b, vni)) == 8, timeout=3)
+
+
+def test_a_three_member_etcd_with_one_member_down_changes_nothing(tag):
+    with swarm_hosts(tag, members=3) as (etcd, (a, b)):
+        form([a, b], store="etcd://" + ",".join(e.split("//")[1] for e in etcd.endpoints))
+        create_overlay(a, b, "--attachable", "ov")
+        a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+        etcd.kill(0)   # the member both hosts talk to first (perhaps the leader: a new one is elected)
+        b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+        create_overlay(b, a, "--attachable", "ov2")
+        a.nsnet("network", "connect", "ov2", "s1")
+        assert wait_for(lambda: b.exec("s2", "ping -c1 -W1 s1", check=False).returncode == 0, timeout=5)
+        assert "Down" not in a.nsnet("node", "ls").stdout

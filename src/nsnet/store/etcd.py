@@ -36,12 +36,18 @@ from . import CompareFailed, Compacted, Entry, Event, Op
 CATCHUP = 0.3          # s: etcd's replay of history to a new watcher runs every 100 ms
 PAGE = 1000            # keys per range request of a list
 UNAUTHENTICATED = 16   # gRPC status: the auth token is missing, invalid or expired
+UNAVAILABLE = 14       # gRPC status: e.g. "etcdserver: leader changed", "no leader"
+ELECTION = 3.0         # s: how long a call waits out an election before it fails
 
 
 class EtcdError(NsnetError):
     """etcd answered with an error, or no endpoint answered. One line, naming the endpoint."""
 
     status = 503   # the request was fine; the cluster store is not there to take it
+
+
+class _Unavailable(EtcdError):
+    """etcd has no leader for the moment (an election): worth asking again."""
 
 
 class _Unauthenticated(EtcdError):
@@ -154,14 +160,25 @@ class EtcdKV:
                 value = _b64(json.dumps(op.value, separators=(",", ":")))
                 success.append({"request_put": {"key": key, "value": value}})
         failure = [{"request_range": {"key": _b64(self.prefix + op.key)}} for op in checked]
-        reply = self._call("/v3/kv/txn", {"compare": compares, "success": success, "failure": failure})
+        retried: list = []
+        reply = self._call("/v3/kv/txn", {"compare": compares, "success": success, "failure": failure}, retried)
         if reply.get("succeeded") or not compares:
+            return int(reply["header"]["revision"])
+        if retried and self._holds(ops):   # the attempt that got the error was applied after all
             return int(reply["header"]["revision"])
         for op, response in zip(checked, reply.get("responses", [])):
             kvs = response.get("response_range", {}).get("kvs", [])
             if (int(kvs[0]["mod_revision"]) if kvs else 0) != op.expect:
                 raise CompareFailed(op.key)
         raise CompareFailed(checked[0].key)   # not reached: the reads saw what the compares saw
+
+    def _holds(self, ops: list[Op]) -> bool:
+        """Does the store hold what `ops` write (each put's value there, each deleted key gone)?"""
+        for op in ops:
+            entry = self.get(op.key)
+            if (entry.value if entry else None) != op.value:
+                return False
+        return True
 
     def watch(self, prefix: str, after: int, timeout: float) -> list[Event]:
         try:
@@ -270,7 +287,22 @@ class EtcdKV:
 
     # ---- requests ------------------------------------------------------------------------------------
 
-    def _call(self, path: str, body: dict) -> dict:
+    def _call(self, path: str, body: dict, retried: list | None = None) -> dict:
+        """POST `body`; etcd's answer. While the cluster has no leader (a member died, an election runs)
+        etcd answers UNAVAILABLE: the call is sent again for up to ELECTION seconds (`retried` gets a mark:
+        a write may then have been applied by the attempt that got the error)."""
+        deadline = time.monotonic() + ELECTION
+        while True:
+            try:
+                return self._call_once(path, body)
+            except _Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                if retried is not None:
+                    retried.append(True)
+                time.sleep(0.1)
+
+    def _call_once(self, path: str, body: dict) -> dict:
         fresh = False
         for attempt in range(2):
             endpoint, conn = self._connection(fresh)
@@ -299,6 +331,8 @@ class EtcdKV:
             if error.get("code") == UNAUTHENTICATED and self._user and attempt == 0:
                 self._token = None   # expired: take a new one
                 continue
+            if error.get("code") == UNAVAILABLE:
+                self._raise(endpoint, response.status, data, _Unavailable)
             self._raise(endpoint, response.status, data)
         raise AssertionError("unreachable")
 
@@ -362,10 +396,10 @@ class EtcdKV:
         except ValueError:
             return {"message": data.decode(errors="replace")[:200]}
 
-    def _raise(self, endpoint: _Endpoint, status: int, data: bytes):
+    def _raise(self, endpoint: _Endpoint, status: int, data: bytes, kind: type = None):
         error = self._error(data)
         message = " ".join(str(error.get("message") or error.get("error") or f"HTTP {status}").split())
-        raise EtcdError(f"etcd at {endpoint.url}: {message}")
+        raise (kind or EtcdError)(f"etcd at {endpoint.url}: {message}")
 
 
 class Stream:
