@@ -12,6 +12,9 @@ etcd (Debian's etcd-server); `swarm init` / `join`; one attachable overlay.
   name is checked after the ping answered, so (b) is at least (a)).
 - A dead host: host B's daemon killed; time until A holds no forwarding entry of B's sandboxes
   (the liveness TTL is 10 s).
+- Scale: 10 hosts (4 in a quick run) with 50 sandboxes each (10) on one overlay: attach and convergence
+  (from the first host to a prober on the last) over the first and the last 10 sandboxes, and the
+  daemons' memory per sandbox.
 Docker Swarm is not measured: its overlay needs swarm mode across engines, which this harness does not run
 in namespaces (see the issue note).
 """
@@ -86,6 +89,7 @@ def run(ctx) -> Figure:
     fig = Figure("8", "Overlay across two hosts (VXLAN, etcd)")
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
+    mark = h.mark()
     sw = h.netns("f8sw")
     a, b = NsnetEngine(h, "f8a"), NsnetEngine(h, "f8b")
     _wire(h, sw, [a, b])
@@ -161,4 +165,71 @@ def run(ctx) -> Figure:
     fig.row(measure="dead host leaves the others' entries", value=gone, unit="s", target="<= TTL + 1 s (11 s)",
             verdict=verdict(gone <= 11))
     b.daemon_pid = None   # killed on purpose: its stop() must not report it
+    h.close_upto(mark)
+    _scale(ctx, fig)
     return fig
+
+
+def _scale(ctx, fig: Figure) -> None:
+    h = ctx.h
+    n_hosts, per_host = (4, 10) if ctx.quick else (10, 50)
+    sw = h.netns("f8ssw")
+    hosts = [NsnetEngine(h, f"f8s{i}") for i in range(n_hosts)]
+    _wire(h, sw, hosts)
+    _etcd(h, sw)
+    store = f"etcd://{NET}.1:2379"
+    for i, eng in enumerate(hosts):
+        verb = "init" if i == 0 else "join"
+        for attempt in range(5):
+            if eng.cli(["swarm", verb, "--advertise-addr", f"{NET}.{i + 2}", "--store", store, "--node-name", f"h{i}"],
+                       check=attempt == 4).returncode == 0:
+                break
+            time.sleep(0.5)
+    hosts[0].create_network("ov", Driver="overlay", Attachable=True)
+    for eng in hosts:
+        eng.create_network("base")
+    time.sleep(0.2)
+    rss0 = sum(eng.rss_kb() or 0 for eng in hosts)
+    last = hosts[-1]
+    probe = last.run("probe", "ov")
+    prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], probe, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True)
+    attach: dict[str, list] = {}
+    conv: dict[str, list] = {}
+
+    def measure(phase: str) -> None:
+        """Ten sandboxes more on the first host: each one's attach, and its convergence on the last host."""
+        for m in range(10):
+            name = f"m{phase}{m}"
+            hosts[0].run(name, "base")
+            t0 = time.perf_counter()
+            hosts[0].connect("ov", name)
+            attach.setdefault(phase, []).append(ms_since(t0))
+            prober.stdin.write(f"{hosts[0].ip_of(name, 'ov')} {name}\n")
+            prober.stdin.flush()
+            conv.setdefault(phase, []).append(float(prober.stdout.readline().split()[0]))
+
+    def fill(j: int) -> None:
+        for i, eng in enumerate(hosts):
+            eng.run(f"s{i}-{j}", "base")
+            eng.connect("ov", f"s{i}-{j}")
+    fill(0)
+    measure("first")
+    for j in range(1, per_host - 1):
+        fill(j)
+    measure("last")
+    total = n_hosts * (per_host - 1) + 20
+    rss1 = sum(eng.rss_kb() or 0 for eng in hosts)
+    prober.stdin.close()
+    for phase, at in (("first", n_hosts), ("last", total - 10)):
+        fig.row(measure=f"scale {n_hosts} hosts: attach at ~{at} sandboxes (p50)", value=statistics.median(attach[phase]),
+                unit="ms", p95=_pct(attach[phase], 0.95), reps=str(len(attach[phase])), target="<= 10 ms",
+                verdict=verdict(statistics.median(attach[phase]) <= 10))
+        c = [v for v in conv.get(phase, []) if v >= 0]
+        if c:
+            fig.row(measure=f"scale {n_hosts} hosts: convergence at ~{at} sandboxes (p50)", value=statistics.median(c),
+                    unit="ms", p95=max(c), reps=str(len(c)), note="p95 column: max", target="p50 <= 50 ms",
+                    verdict=verdict(statistics.median(c) <= 50))
+    fig.row(measure=f"scale {n_hosts} hosts: daemon memory per sandbox", value=(rss1 - rss0) / total, unit="KiB",
+            reps=f"{total} sandboxes", note=f"all {n_hosts} daemons: {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB")
+    fig.data.update(scale_attach_ms=attach, scale_convergence_ms=conv)
