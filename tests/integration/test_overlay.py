@@ -251,3 +251,55 @@ def test_a_three_member_etcd_with_one_member_down_changes_nothing(tag):
         a.nsnet("network", "connect", "ov2", "s1")
         assert wait_for(lambda: b.exec("s2", "ping -c1 -W1 s1", check=False).returncode == 0, timeout=5)
         assert "Down" not in a.nsnet("node", "ls").stdout
+
+
+def test_a_subnet_in_use_on_any_node_is_never_an_overlays(tag):
+    """Host B's users are on 10.0.0.0/24 (a link of B's holds 10.0.0.7/24): an overlay created on A skips
+    that /24, although A sees nothing there. An --internal overlay gets no way out."""
+    with swarm_hosts(tag) as (etcd, (a, b)):
+        b.sh("ip link add lan0 type veth peer name lan1")
+        b.sh("ip addr add 10.0.0.7/24 dev lan0")
+        b.sh("ip link set lan0 up")
+        form([a, b])
+        assert wait_for(lambda: "10.0.0.0/24" in etcd_text(etcd, "evidence/"), timeout=5)
+        create_overlay(a, b, "--attachable", "ov")
+        assert a.json("network", "inspect", "ov")[0]["IPAM"]["Config"][0]["Subnet"] == "10.0.1.0/24"
+        p = a.nsnet("network", "create", "-d", "overlay", "--subnet", "10.0.0.0/24", "x", check=False)
+        assert p.returncode != 0 and "10.0.0.0/24" in p.stderr and "host-b" in p.stderr, p.stderr
+
+        create_overlay(a, b, "--attachable", "--internal", "inside")
+        a.nsnet("run", "-d", "--name", "i1", "--network", "inside", "--hostname", "deep", "--", "sleep", "300")
+        b.nsnet("run", "-d", "--name", "i2", "--network", "inside", "--", "sleep", "300")
+        assert list(a.json("inspect", "i1")[0]["NetworkSettings"]["Networks"]) == ["inside"]   # no gateway bridge
+        assert a.exec("i1", f"ping -c1 -W1 {NET}.1", check=False).returncode != 0
+        assert wait_for(lambda: b.exec("i2", "ping -c1 -W1 deep", check=False).returncode == 0, timeout=3)
+
+
+def etcd_text(etcd, prefix: str) -> str:
+    from nsnet.kernel import netns
+    from nsnet.store.etcd import EtcdKV
+    with netns.entered(f"/run/netns/{etcd.ns}"):
+        kv = EtcdKV(etcd.endpoints)
+        try:
+            return json.dumps([e.value for e in kv.list(prefix)])
+        finally:
+            kv.close()
+
+
+def test_a_node_down_past_the_grace_period_gives_its_addresses_back(tag):
+    with swarm_hosts(tag) as (etcd, (a, b)):
+        with open(os.path.join(a.root, "config.toml"), "w") as f:
+            f.write("swarm-address-grace = 2\n")     # a day by default
+        form([a, b])
+        create_overlay(a, b, "--attachable", "ov")
+        b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+        ip2 = net_of(b, "s2", "ov")["IPAddress"]
+        os.kill(b.daemon_pid(), signal.SIGKILL)
+        assert wait_for(lambda: "Down" in a.nsnet("node", "ls").stdout, timeout=12, interval=0.1)
+        a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+        assert net_of(a, "s1", "ov")["IPAddress"] != ip2     # still B's, within the grace period
+        assert wait_for(lambda: "endpoint/" not in etcd_text(etcd, "endpoint/") and
+                        ip2 not in etcd_text(etcd, "endpoint/"), timeout=6)
+        a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
+        assert net_of(a, "s3", "ov")["IPAddress"] == ip2     # freed after it
+        assert "host-b" in a.nsnet("node", "ls").stdout      # B stays listed, Down

@@ -102,7 +102,7 @@ class Cluster:
                 if self.kv is None:
                     raise NsnetError(self._broken)
                 others = [e for e in self.kv.list("nodes/") if e.key != f"nodes/{self.node_id}"]
-                ops = [Op(f"{kind}/{self.node_id}", None) for kind in ("nodes", "alive", "evidence")]
+                ops = [Op(f"{kind}/{self.node_id}", None) for kind in ("nodes", "alive", "evidence", "down")]
                 self.kv.commit(ops + ([] if others else [Op("cluster", None)]))
             except NsnetError as e:
                 if not force:
@@ -214,12 +214,8 @@ class Cluster:
             raise Conflict(f"node {name} is this node: use nsnet swarm leave")
         if n["Status"]["State"] == "ready" and not force:
             raise Conflict(f"node {name} is not down and can't be removed: use --force")
-        # Its sandboxes' endpoints on swarm networks go with it, and so their addresses are free again.
-        gone = [e for e in self.kv.list("endpoint/") if e.value.get("node") == n["ID"]]
-        ops = [Op(e.key, None) for e in gone] + [Op(k, None) for e in gone for k in claims("endpoint", e.value)]
-        for i in range(0, len(ops), TXN_OPS):
-            self.kv.commit(ops[i:i + TXN_OPS])
-        self.kv.commit([Op(f"{kind}/{n['ID']}", None) for kind in ("nodes", "alive", "evidence")])
+        drop_endpoints(self.kv, n["ID"])
+        self.kv.commit([Op(f"{kind}/{n['ID']}", None) for kind in ("nodes", "alive", "evidence", "down")])
         return n["ID"]
 
     def _doc(self, rec: dict, ready: bool) -> dict:
@@ -251,6 +247,16 @@ class Cluster:
         except NsnetError as e:
             doc["Error"] = str(e)
         return doc
+
+
+def drop_endpoints(kv, node_id: str) -> int:
+    """A node's endpoints on swarm networks, and their address claims, out of the store (node rm, or its
+    grace period over): their addresses are free again. How many."""
+    gone = [e for e in kv.list("endpoint/") if e.value.get("node") == node_id]
+    ops = [Op(e.key, None) for e in gone] + [Op(k, None) for e in gone for k in claims("endpoint", e.value)]
+    for i in range(0, len(ops), TXN_OPS):
+        kv.commit(ops[i:i + TXN_OPS])
+    return len(gone)
 
 
 def request(body: dict, join: bool) -> Settings:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from ..errors import Conflict, NsnetError
 from ..facts import Evidence, as_network
 from ..ipam.pools import Pool
 from ..model import Endpoint, Network, from_dict
-from ..store import Compacted, Event, Op
+from ..cluster.membership import drop_endpoints
+from ..store import Compacted, CompareFailed, Event, Op
 from ..store.records import local_key
 
 log = logging.getLogger("nsnet.swarm")
@@ -87,7 +89,7 @@ class SwarmLink:
         self._stop = threading.Event()
         self._stream = None                # the watch being read
         self._thread = threading.Thread(target=self._run, name="swarm-watch", daemon=True)
-        self._evidence_thread = threading.Thread(target=self._publish_evidence, name="swarm-evidence", daemon=True)
+        self._evidence_thread = threading.Thread(target=self._housekeeping, name="swarm-housekeeping", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -125,19 +127,47 @@ class SwarmLink:
                 log.exception("swarm: applying the swarm's state failed; reading it again")
             self._stop.wait(RETRY)
 
-    def _publish_evidence(self) -> None:
-        """This host's evidence, every EVIDENCE_EVERY when it changed (its own thread)."""
-        last = None
+    def _housekeeping(self) -> None:
+        """Its own thread: this host's evidence, published every EVIDENCE_EVERY when it changed; and the
+        nodes that are Down past the grace period, whose addresses are freed."""
+        grace = self.engine.config.address_grace
+        tick = max(min(EVIDENCE_EVERY, grace / 4), 0.2)
+        last, published = None, 0.0
         while not self._stop.is_set():
             try:
-                doc = {"ranges": sorted([str(e.network), e.kind, e.detail] for e in self.engine.host_evidence())}
-                if doc != last and not self._stop.is_set():
-                    self.kv.commit([Op(f"evidence/{self.node}", doc)])
-                    last = doc
+                if time.monotonic() - published >= EVIDENCE_EVERY or last is None:
+                    doc = {"ranges": sorted([str(e.network), e.kind, e.detail] for e in self.engine.host_evidence())}
+                    if doc != last and not self._stop.is_set():
+                        self.kv.commit([Op(f"evidence/{self.node}", doc)])
+                    last, published = doc, time.monotonic()
+                self._sweep(grace)
             except NsnetError as e:
-                log.debug("swarm: publishing this host's evidence: %s", e)
+                log.debug("swarm: housekeeping: %s", e)
                 last = None
-            self._stop.wait(EVIDENCE_EVERY if last is not None else RETRY)
+            self._stop.wait(tick)
+
+    def _sweep(self, grace: float) -> None:
+        """A node that is Down gets `down/<node>` (when it was first seen so, by whichever node saw it); past
+        `grace`, its endpoints and their addresses go (cluster.drop_endpoints, as node rm does; the node
+        stays listed, Down). A node alive again loses its mark."""
+        alive = {e.key.split("/", 1)[1] for e in self.kv.list("alive/")}
+        down = {e.key.split("/", 1)[1]: e for e in self.kv.list("down/")}
+        for entry in self.kv.list("nodes/"):
+            node = entry.key.split("/", 1)[1]
+            if node in alive or node == self.node:
+                if node in down:
+                    self.kv.commit([Op(f"down/{node}", None, expect=down[node].mod_revision)])
+                continue
+            if node not in down:
+                try:
+                    self.kv.commit([Op(f"down/{node}", {"since": time.time()}, expect=0)])
+                except CompareFailed:
+                    pass   # another node marked it first
+            elif time.time() - down[node].value["since"] >= grace and not down[node].value.get("freed"):
+                n = drop_endpoints(self.kv, node)
+                self.kv.commit([Op(f"down/{node}", {**down[node].value, "freed": True})])
+                log.warning("swarm: node %s has been down for %.0f s: its %d endpoints' addresses are free again",
+                            entry.value.get("name"), grace, n)
 
     # ---- reads for the engine ---------------------------------------------------------------------------
 
@@ -148,11 +178,12 @@ class SwarmLink:
     def evidence(self) -> list[Evidence]:
         """The ranges the other nodes find in use (a swarm network's subnet must avoid them on every node)."""
         out = []
+        names = {e.key.split("/", 1)[1]: e.value.get("name") for e in self.kv.list("nodes/")}
         for entry in self.kv.list("evidence/"):
             node = entry.key.split("/", 1)[1]
             if node == self.node:
                 continue
-            name = self.engine.state.vteps.get(node, node[:12])
+            name = names.get(node) or node[:12]
             out += [Evidence(kind, as_network(cidr), f"{detail} on node {name}")
                     for cidr, kind, detail in entry.value.get("ranges", [])]
         return out
