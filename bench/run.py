@@ -29,11 +29,11 @@ from common import Figure, Harness, Skip, sweep_leftovers, write_json  # noqa: E
 
 FIGURES = {
     "1": "fig_attach", "2": "fig_scaling", "3": "fig_netcreate", "4": "fig_cli",
-    "5": "fig_ipam", "6": "fig_dns", "7": "fig_dataplane",
+    "5": "fig_ipam", "6": "fig_dns", "7": "fig_dataplane", "8": "fig_overlay",
 }
 # The data plane first, on a machine not yet busy tearing down earlier figures' namespaces; then the cheap
 # ones; the long scaling run last.
-RUN_ORDER = ["7", "5", "1", "3", "4", "6", "2"]
+RUN_ORDER = ["7", "8", "5", "1", "3", "4", "6", "2"]
 DOCKER_FIGS = {"1", "2", "3", "4", "7"}
 
 

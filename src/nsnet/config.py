@@ -2,6 +2,7 @@
 
     default-address-pools = [{base = "10.10.0.0/16", size = 24}]   # replaces Docker's defaults
     reserved = ["172.22.0.0/16", "10.8.0.0/24"]                      # office, VPN: never allocate
+    swarm-address-grace = 86400    # s a swarm node may stay Down before its overlay addresses are freed
 
 Unknown keys are refused rather than ignored: a typo in `reserved` silently dropping the office
 range is exactly the lockout this file exists to prevent.
@@ -18,7 +19,8 @@ from nsnet.ipam.evidence import Network
 from nsnet.ipam.pools import DEFAULT_POOLS, Pool, parse_network, parse_pools
 
 FILENAME = "config.toml"
-KEYS = ("default-address-pools", "reserved")
+KEYS = ("default-address-pools", "reserved", "swarm-address-grace")
+ADDRESS_GRACE = 86400.0   # s: a day, as long as an outage of a host is likely to be fixed by its return
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Config:
     reserved: tuple[Network, ...] = ()
     path: str | None = None          # the file read; None when there was none
     pools_from_file: bool = False    # False: Docker's default pools are in force
+    address_grace: float = ADDRESS_GRACE   # s: a Down swarm node keeps its overlay addresses this long
 
     def as_dict(self) -> dict:
         """What `nsnet info` shows."""
@@ -35,6 +38,7 @@ class Config:
             "DefaultAddressPools": [p.as_dict() for p in self.pools],
             "DefaultAddressPoolsSource": "config" if self.pools_from_file else "default",
             "Reserved": [str(n) for n in self.reserved],
+            "SwarmAddressGrace": self.address_grace,
         }
 
 
@@ -77,4 +81,8 @@ def from_dict(data: dict, path: str = FILENAME) -> Config:
             reserved.append(parse_network(item, f"reserved[{i}]"))
         except NsnetError as e:
             raise NsnetError(f"{path}: {e}") from None
-    return Config(pools=pools, reserved=tuple(reserved), path=path, pools_from_file=from_file)
+    grace = data.get("swarm-address-grace", ADDRESS_GRACE)
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise NsnetError(f"{path}: swarm-address-grace must be a number of seconds, e.g. swarm-address-grace = 86400")
+    return Config(pools=pools, reserved=tuple(reserved), path=path, pools_from_file=from_file,
+                  address_grace=float(grace))

@@ -33,6 +33,7 @@ class NsnetNetwork:
     bridge: str | None
     subnets: tuple = ()
     members: tuple = ()              # sandbox addresses on it
+    scope: str = "local"             # swarm: an overlay across hosts (no route on the host; one in each sandbox)
 
 
 @dataclass
@@ -173,7 +174,7 @@ def fix_for(view: HostView, route: Route, clash: str) -> str:
 
 @dataclass
 class Finding:
-    problem: str                     # "misrouted", "reserved", "overlap"
+    problem: str                     # "misrouted", "reserved", "overlap", "overlay"
     route: Route
     owner: Owner
     evidence: list[Evidence]         # what the route collides with, worst first
@@ -277,9 +278,34 @@ def _overlap_findings(view: HostView) -> list[Finding]:
     return out
 
 
+def _swarm_findings(view: HostView) -> list[Finding]:
+    """A swarm network's subnet has no route on the host (its bridge has no address), but each of its
+    sandboxes has one: what this host's evidence puts in that subnet, those sandboxes cannot reach."""
+    out = []
+    found = [e for e in view.evidence if e.kind != "nsnet"]
+    for n in view.nsnet:
+        if n.scope != "swarm":
+            continue
+        for subnet in n.subnets:
+            hits = ranked(overlapping(subnet, found))
+            if not hits:
+                continue
+            e = hits[0]
+            route = Route(subnet, n.bridge or f"overlay {n.name}")
+            o = Owner("nsnet", n.name, f"overlay network '{n.name}' of the swarm")
+            what = f"{subnet} ({o.text}) overlaps {short(e.network)}, {e.detail}"
+            breaks = (f"its sandboxes send what they send to {_overlap(subnet, e.network)} into the overlay: "
+                      f"they cannot reach {short(e.network)} (this host itself still does)")
+            fix = (f"recreate it with a subnet no node uses: nsnet network rm {n.name}, then nsnet network "
+                   f"create -d overlay without --subnet (nsnet picks one clear of every node's evidence)")
+            out.append(Finding("overlay", route, o, hits, what, breaks, fix))
+    return out
+
+
 def diagnose(view: HostView) -> list[Finding]:
-    """Every collision on the host: misrouted talkers first, then reserved ranges, then overlaps."""
-    return _misrouted_findings(view) + _reserved_findings(view) + _overlap_findings(view)
+    """Every collision on the host: misrouted talkers first, then reserved ranges, then overlaps, then swarm
+    networks that cut their sandboxes off from what this host talks to."""
+    return _misrouted_findings(view) + _reserved_findings(view) + _overlap_findings(view) + _swarm_findings(view)
 
 
 # -- one client's path ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Network:
     builtin: bool = False            # bridge/host/none: exist from the start, cannot be removed
     dns: bool = False                # embedded name resolution (user-defined networks only, as Docker)
     adopted: bool = False            # bridge: an existing (flat LAN) bridge nsnet uses but does not own
+    scope: str = "local"             # local: this host's; swarm: shared by the hosts of a swarm (overlay)
 
     def option(self, key: str, default: str | None = None) -> str | None:
         return self.options.get(key, default)
@@ -77,6 +78,8 @@ class Endpoint:
     gateway4: str | None
     gateway6: str | None
     aliases: list[str] = field(default_factory=list)
+    node: str = ""              # the node (engine id) whose sandbox it is
+    names: list[str] = field(default_factory=list)  # on a swarm network: what it answers to, for other hosts
 
 
 @dataclass
@@ -170,7 +173,7 @@ def network_json(net: Network, members: list[tuple[Sandbox, Endpoint]]) -> dict:
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
-        "Scope": "local",
+        "Scope": net.scope,
         "Driver": net.driver,
         "EnableIPv4": True,
         "EnableIPv6": net.ipv6,

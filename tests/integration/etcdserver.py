@@ -43,22 +43,35 @@ class EtcdCluster:
         return [self.endpoint(i) for i in range(len(self.names))]
 
     def start(self, timeout: float = 20) -> None:
-        peers = ",".join(f"{n}=http://{self.address}:{2380 + 100 * i}" for i, n in enumerate(self.names))
-        for i, name in enumerate(self.names):
-            peer = f"http://{self.address}:{2380 + 100 * i}"
-            log = open(os.path.join(self.workdir, f"{name}.log"), "w")
-            self.procs[name] = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, ETCD, "--name", name,
-                 "--data-dir", os.path.join(self.workdir, name),
-                 "--listen-client-urls", self.endpoint(i), "--advertise-client-urls", self.endpoint(i),
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", peers, "--initial-cluster-token", self.ns,
-                 "--initial-cluster-state", "new", *self._tls_args()],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
-            log.close()
+        for i in range(len(self.names)):
+            self._spawn(i)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 20) -> None:
         with netns.entered(f"/run/netns/{self.ns}"):
             for i in range(len(self.names)):
-                self._wait_healthy(self.endpoint(i), time.monotonic() + timeout)
+                if self.names[i] in self.procs:
+                    self._wait_healthy(self.endpoint(i), time.monotonic() + timeout)
+
+    def restart(self, i: int, timeout: float = 20) -> None:
+        """Member i again, on its data (after kill)."""
+        self._spawn(i)
+        self.wait_healthy(timeout)
+
+    def _spawn(self, i: int) -> None:
+        name = self.names[i]
+        peers = ",".join(f"{n}=http://{self.address}:{2380 + 100 * j}" for j, n in enumerate(self.names))
+        peer = f"http://{self.address}:{2380 + 100 * i}"
+        log = open(os.path.join(self.workdir, f"{name}.log"), "a")
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, ETCD, "--name", name,
+             "--data-dir", os.path.join(self.workdir, name),
+             "--listen-client-urls", self.endpoint(i), "--advertise-client-urls", self.endpoint(i),
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", peers, "--initial-cluster-token", self.ns,
+             "--initial-cluster-state", "new", *self._tls_args()],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""})
+        log.close()
 
     def _tls_args(self) -> list[str]:
         if not self.tls:

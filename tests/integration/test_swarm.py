@@ -14,35 +14,18 @@ import pytest
 from nsnet.kernel import netns
 from nsnet.store.etcd import EtcdKV
 
-from conftest import Host, changes, sh, wait_for
-from etcdserver import ETCD, EtcdCluster
+from conftest import Host, changes, wait_for
+from etcdserver import ETCD
+from swarmnet import NET, STORE, swarm_hosts
 
 if not os.path.exists(ETCD):
     pytest.skip("etcd is not installed (Debian's etcd-server: scripts/setup.sh)", allow_module_level=True)
 
-NET = "192.168.213"
-STORE = f"etcd://{NET}.1:2379"
-
 
 @pytest.fixture
 def swarm(tag):
-    etcd = EtcdCluster(f"nsnt-etcd-{tag}", address=f"{NET}.1")
-    hosts = [Host(f"{tag}{x}") for x in "ab"]
-    try:
-        sh(f"ip -n {etcd.ns} link add sw0 type bridge")
-        sh(f"ip -n {etcd.ns} addr add {NET}.1/24 dev sw0")
-        sh(f"ip -n {etcd.ns} link set sw0 up")
-        for i, h in enumerate(hosts):
-            sh(f"ip link add up0 netns {h.ns} type veth peer name p{i}{tag} netns {etcd.ns}")
-            sh(f"ip -n {h.ns} addr add {NET}.{i + 2}/24 dev up0")
-            sh(f"ip -n {h.ns} link set up0 up")
-            sh(f"ip -n {etcd.ns} link set p{i}{tag} master sw0 up")
-        etcd.start()
-        yield etcd, hosts[0], hosts[1]
-    finally:
-        for h in hosts:
-            h.cleanup()
-        etcd.stop()
+    with swarm_hosts(tag) as (etcd, (a, b)):
+        yield etcd, a, b
 
 
 def node_ls(host: Host) -> dict[str, tuple[str, str]]:
@@ -53,10 +36,12 @@ def node_ls(host: Host) -> dict[str, tuple[str, str]]:
 
 
 def etcd_keys(etcd) -> dict[str, int]:
+    """Every key and its revision, but the nodes' published evidence: what a host observes of itself (its
+    live connections: etcd's too), refreshed as that changes, whatever a command did."""
     with netns.entered(f"/run/netns/{etcd.ns}"):
         kv = EtcdKV(etcd.endpoints)
         try:
-            return {e.key: e.mod_revision for e in kv.list("")}
+            return {e.key: e.mod_revision for e in kv.list("") if not e.key.startswith("evidence/")}
         finally:
             kv.close()
 

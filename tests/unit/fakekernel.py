@@ -367,6 +367,35 @@ class FakeKernel:
         link.up = True
         return link.index
 
+    def ensure_vxlan(self, name, *, vni, local, port, mtu, master, alias):
+        link, created = self._ensure(name, "vxlan", alias, mtu=mtu,
+                                     attrs={"vni": vni, "local": local, "port": port, "peers": []})
+        self.faults.batch((f"enslave {name} to {master}", _set(link, master=master)), (f"up {name}", _set(link, up=True)))
+        return link.index, created
+
+    def _vxlan(self, index) -> Link:
+        link = self.ns.by_index(index)
+        if link is None:
+            raise KernelError(ENODEV, f"no link {index}")
+        return link
+
+    def set_peer(self, index, *, mac, ip, vtep):
+        link = self._vxlan(index)
+        self.faults.step(f"peer {ip} on {link.name}")
+        peers = [p for p in link.attrs["peers"] if p[0] != mac and p[1] != ip]
+        link.attrs["peers"] = sorted(peers + [(mac, ip, vtep)])
+
+    def remove_peer(self, index, *, mac, ip, vtep):
+        link = self._vxlan(index)
+        self.faults.step(f"no peer {ip} on {link.name}")
+        link.attrs["peers"] = [p for p in link.attrs["peers"] if p != (mac, ip, vtep)]
+
+    def peers(self, index):
+        return set(self._vxlan(index).attrs["peers"])
+
+    def mtu_of_address(self, address):
+        return 1500
+
     def route_to(self, ifname, cidr):
         if ifname not in self.ns.links:
             return

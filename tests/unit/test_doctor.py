@@ -162,3 +162,18 @@ def test_report_broken_and_json():
     doc = json.loads(json.dumps(r.as_dict()))
     assert doc["Broken"] and doc["Findings"][0]["Network"] == "bad" and doc["Findings"][0]["Problem"] == "misrouted"
     assert doc["Findings"][0]["CollidesWith"][0]["Range"] == "172.22.10.119/32"
+
+
+def test_an_overlay_subnet_over_what_this_host_talks_to_is_reported():
+    """An overlay has no route on the host (its bridge has no address), but its sandboxes have one: a peer
+    of this host inside its subnet is out of their reach. A swarm network clear of the evidence, and a local
+    network, stay quiet here."""
+    ov = NsnetNetwork("cd" * 32, "ov", "nsovb4097", (net("172.22.0.0/16"),), scope="swarm")
+    fine = NsnetNetwork("ef" * 32, "ok", "nsovb4098", (net("10.0.0.0/24"),), scope="swarm")
+    (f,) = diagnose(view(evidence=[SSH], nsnet=[ov, fine]))
+    assert f.problem == "overlay" and f.owner.name == "ov"
+    assert f.what == ("172.22.0.0/16 (overlay network 'ov' of the swarm) overlaps 172.22.10.119, the peer of a "
+                      "live SSH connection to 172.42.10.112:22")
+    assert "cannot reach 172.22.10.119" in f.breaks and "nsnet network rm ov" in f.fix
+    assert f.as_dict()["Problem"] == "overlay"
+    assert diagnose(view(evidence=[SSH], nsnet=[fine])) == []

@@ -195,3 +195,59 @@ def test_a_bridge_join_whose_bridge_seems_gone_reads_the_network_back_and_plugs_
     assert kernel.faults.steps > enslave   # the fault fired, and the join went on
     assert kernel.ns.links[ep.host_ifname].master == kernel.index(net.bridge)
     assert d._fabrics[net.id].root.ports == 2
+
+
+# ---- overlay ------------------------------------------------------------------------------------
+
+def overlay_world(tmp_path, local_ports: list[str]):
+    """A kernel and an overlay driver in a swarm (its store a SQLite one here), two peers on other nodes;
+    `local_ports` plays the engine's records: the host ends of this host's endpoints on the network."""
+    from types import SimpleNamespace
+
+    from nsnet.drivers.base import DriverContext
+    from nsnet.drivers.overlay import VNI_KEY, OverlayDriver
+    from nsnet.engine.swarm import Member
+    from nsnet.store.sqlite import SqliteKV
+
+    kernel = fresh_kernel()
+    swarm = SimpleNamespace(kv=SqliteKV(str(tmp_path / f"swarm{len(list(tmp_path.iterdir()))}.db")),
+                            member=Member("192.0.2.1", 4789, ["10.0.0.0/8"], 24))
+    peers = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.2"), ("02:42:0a:07:00:11", "10.7.0.17", "192.0.2.3")}
+    ctx = DriverContext(ports_of=lambda net: list(local_ports), swarm=lambda: swarm, peers=lambda net: peers)
+    d = OverlayDriver(kernel, ctx)
+    net = network("overlay", **{VNI_KEY: "4097"})
+    d.create_network(net)
+    return kernel, d, net
+
+
+def test_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp_path):
+    """The host's first sandbox on the network builds its bridge and VXLAN link and programs the peers:
+    a failure anywhere leaves none of it (and the join after it builds it all again)."""
+    def scenario():
+        ports: list[str] = []
+        kernel, d, net = overlay_world(tmp_path, ports)
+        ep, sandbox = endpoint(net, 1), kernel.sandbox(2000)
+        d.plan_endpoint(net, ep)
+        ports.append(ep.host_ifname)   # the engine records the endpoint before the join
+
+        def leave():
+            d.leave(net, ep, sandbox)
+        return kernel, lambda: d.join(net, ep, sandbox, True), leave
+    assert each_failure(scenario) >= 10   # bridge (alias, up), IPv6 off, VXLAN (alias, port, up), 2 peers, veth...
+
+
+def test_overlay_peers_follow_the_swarm_with_replace(tmp_path):
+    ports: list[str] = []
+    kernel, d, net = overlay_world(tmp_path, ports)
+    ep = endpoint(net, 1)
+    d.plan_endpoint(net, ep)
+    ports.append(ep.host_ifname)
+    d.join(net, ep, kernel.sandbox(2000), True)
+    vx = kernel.index("nsovx4097")
+    assert len(kernel.peers(vx)) == 2
+    moved = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.9")}   # one peer gone, the other's node moved
+    d.ctx.peers = lambda net: moved
+    d.peers_changed(net)
+    assert kernel.peers(vx) == moved
+    d.leave(net, ep)
+    assert "nsovx4097" not in kernel.links() and "nsovb4097" not in kernel.links()

@@ -225,8 +225,8 @@ def test_the_comparison_sees_an_address_key_left_behind(worlds, monkeypatch):
     (or its local/ part) is caught."""
     from nsnet.store import Op, records
 
-    def delete_keeping_addresses(self, kind, id_):
-        self._write(Op(records.record_key(kind, id_), None), Op(records.local_key(kind, id_), None))
+    def delete_keeping_addresses(self, kind, id_, shared=False):
+        self._write(shared, Op(records.record_key(kind, id_), None), Op(records.local_key(kind, id_), None))
     monkeypatch.setattr(records.Records, "delete", delete_keeping_addresses)
     with pytest.raises(AssertionError, match=r"left changes in \['store'\]"):
         test_connect_fails_at_each_kernel_call_and_changes_nothing(worlds)

@@ -19,7 +19,8 @@ ALLOWED = {
     "doctor": BASE | {"ipam"},
     "drivers": BASE | {"kernel", "firewall", "requests", "store"},   # store: the view a driver gets (Scoped)
     "cluster": BASE | {"store"},   # a host's swarm membership, in the etcd the hosts share
-    "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "crashpoints"},
+    "engine": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "crashpoints",
+                      "cluster"},
     "crashpoints": BASE,
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",
                       "crashpoints", "cluster"},

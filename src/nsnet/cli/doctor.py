@@ -100,7 +100,7 @@ def _nsnet_networks(root: str) -> list:
         members = tuple(ipaddress.ip_interface(m[k]).ip for m in (d.get("Containers") or {}).values()
                         for k in ("IPv4Address", "IPv6Address") if m.get(k))
         bridge = (d.get("Options") or {}).get("com.docker.network.bridge.name")
-        out.append(NsnetNetwork(d["Id"], d["Name"], bridge, subnets, members))
+        out.append(NsnetNetwork(d["Id"], d["Name"], bridge, subnets, members, d.get("Scope", "local")))
     return out
 
 

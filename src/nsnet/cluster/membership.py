@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from ..errors import Conflict, NotFound, NsnetError
 from ..store import CompareFailed, Op
+from ..store.records import claims
 from . import settings as swarmfile
 from .settings import Settings
 
@@ -26,6 +27,7 @@ log = logging.getLogger("nsnet.cluster")
 
 TTL = 10          # s: a node whose daemon stops renewing its lease is Down after at most this long
 RETRY = 1.0       # s: between attempts while etcd does not answer
+TXN_OPS = 100     # writes per etcd transaction (etcd refuses more than 128)
 
 
 def _now() -> str:
@@ -33,8 +35,13 @@ def _now() -> str:
 
 
 class Cluster:
-    def __init__(self, root: str, node_id: str, ttl: int = TTL):
+    """`on_join(kv, settings)`: this host is a member now (at start too), the engine shares its networks;
+    `on_leave()`: it is about to leave: the engine lets go of the swarm's networks, or raises to refuse."""
+
+    def __init__(self, root: str, node_id: str, ttl: int = TTL, on_join=None, on_leave=None):
         self.root, self.node_id, self.ttl = root, node_id, ttl
+        self._on_join = on_join or (lambda kv, s: None)
+        self._on_leave = on_leave or (lambda: None)
         self.settings = swarmfile.load(root)
         self.kv = None
         self._lease: int | None = None
@@ -89,14 +96,17 @@ class Cluster:
         with self._lock:
             if not self.settings:
                 raise NsnetError("this node is not part of a swarm")
+            if self.kv is not None:
+                self._on_leave()   # refuses while a sandbox here is on a swarm network
             try:
                 if self.kv is None:
                     raise NsnetError(self._broken)
                 others = [e for e in self.kv.list("nodes/") if e.key != f"nodes/{self.node_id}"]
-                ops = [Op(f"nodes/{self.node_id}", None), Op(f"alive/{self.node_id}", None)]
+                ops = [Op(f"{kind}/{self.node_id}", None) for kind in ("nodes", "alive", "evidence", "down")]
                 self.kv.commit(ops + ([] if others else [Op("cluster", None)]))
             except NsnetError as e:
                 if not force:
+                    self._on_join(self.kv, self.settings)   # still a member
                     raise NsnetError(f"{e}: use --force to leave anyway") from None
             if self.kv is not None:
                 lease = self._end()
@@ -152,6 +162,7 @@ class Cluster:
 
     def _begin(self, kv, s: Settings, lease: int | None) -> None:
         self.settings, self.kv, self._lease = s, kv, lease
+        self._on_join(kv, s)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, args=(kv, s, self._stop), name="swarm-lease", daemon=True)
         self._keeper.start()
@@ -203,7 +214,8 @@ class Cluster:
             raise Conflict(f"node {name} is this node: use nsnet swarm leave")
         if n["Status"]["State"] == "ready" and not force:
             raise Conflict(f"node {name} is not down and can't be removed: use --force")
-        self.kv.commit([Op(f"nodes/{n['ID']}", None), Op(f"alive/{n['ID']}", None)])
+        drop_endpoints(self.kv, n["ID"])
+        self.kv.commit([Op(f"{kind}/{n['ID']}", None) for kind in ("nodes", "alive", "evidence", "down")])
         return n["ID"]
 
     def _doc(self, rec: dict, ready: bool) -> dict:
@@ -235,6 +247,16 @@ class Cluster:
         except NsnetError as e:
             doc["Error"] = str(e)
         return doc
+
+
+def drop_endpoints(kv, node_id: str) -> int:
+    """A node's endpoints on swarm networks, and their address claims, out of the store (node rm, or its
+    grace period over): their addresses are free again. How many."""
+    gone = [e for e in kv.list("endpoint/") if e.value.get("node") == node_id]
+    ops = [Op(e.key, None) for e in gone] + [Op(k, None) for e in gone for k in claims("endpoint", e.value)]
+    for i in range(0, len(ops), TXN_OPS):
+        kv.commit(ops[i:i + TXN_OPS])
+    return len(gone)
 
 
 def request(body: dict, join: bool) -> Settings:

@@ -14,6 +14,7 @@ from .. import crashpoints
 from ..cluster import Cluster
 from ..dns.server import DnsServer
 from ..engine import Engine
+from ..engine.swarm import Member
 from ..errors import NsnetError
 from ..kernel.procs import Launch, alive
 from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
@@ -29,7 +30,10 @@ class Daemon:
         self.engine = Engine.open(root)
         self.watcher = Watcher(self.engine.sandbox_exited)
         self.engine.on_sandbox_running = self._watch
-        self.cluster = Cluster(root, self.engine.state.node)
+        self.cluster = Cluster(root, self.engine.state.node, on_join=self._joined, on_leave=self.engine.unshare)
+
+    def _joined(self, kv, s) -> None:
+        self.engine.share(kv, Member(s.advertise_addr, s.data_path_port, s.pools, s.mask))
 
     def _watch(self, sb, proc) -> None:
         self.watcher.watch(sb.id, sb.pid, sb.pid_start, proc)

@@ -7,6 +7,7 @@ from .bridge import BridgeDriver
 from .host import HostDriver, NullDriver
 from .ipvlan import IpvlanDriver
 from .macvlan import MacvlanDriver
+from .overlay import OverlayDriver
 
 _DRIVERS: dict[str, type[Driver]] = {
     "bridge": BridgeDriver,
@@ -14,6 +15,7 @@ _DRIVERS: dict[str, type[Driver]] = {
     "null": NullDriver,
     "macvlan": MacvlanDriver,
     "ipvlan": IpvlanDriver,
+    "overlay": OverlayDriver,
 }
 ALIASES = {"none": "null"}
 DEFAULT = "bridge"   # a network created without --driver

@@ -26,6 +26,11 @@ class DriverContext:
     store: Scoped | None = None
     # This host's node id: whose entries under the driver's prefix are its own.
     node: str = ""
+    # The engine's link to its swarm (engine.swarm.SwarmLink: the shared store `kv`, the `member`'s advertise
+    # address and data path port), or None when this host is not in one.
+    swarm: Callable[[], object | None] = field(default=lambda: None)
+    # A swarm network's endpoints on the other nodes that are alive, as (mac, ip, that node's address).
+    peers: Callable[[Network], set[tuple[str, str, str]]] = field(default=lambda net: set())
 
 
 class Driver:
@@ -37,6 +42,7 @@ class Driver:
     singleton = False                       # only its built-in network (host, none): no other, no second one
     sandbox_mode = "bridge"                 # a sandbox's netmode on it (Docker's NetworkMode): bridge|host|none
     link_prefix: str | None = None          # its host links' names start so: reconcile removes strays
+    needs_gateway_bridge = False            # its sandboxes reach outside through the engine's gateway bridge
 
     def __init__(self, kernel, ctx: DriverContext | None = None):
         self.kernel = kernel
@@ -104,6 +110,9 @@ class Driver:
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         """Undo join. `sandbox` is given when the sandbox lives on (disconnect), so links inside it go too."""
+
+    def peers_changed(self, net: Network) -> None:
+        """A swarm network's endpoints on other nodes changed (ctx.peers says what they are now)."""
 
     def firewall(self, net: Network) -> FwNetwork | None:
         return None

@@ -20,11 +20,11 @@ from ..errors import Conflict, NsnetError
 from ..facts import Evidence, as_network
 from ..firewall import Ruleset, render
 from ..kernel import nft, ports, probe, procs
-from ..model import Endpoint, Network, Sandbox, now_rfc3339
+from ..model import Endpoint, Network, NetworkRequest, Sandbox, now_rfc3339
 from ..store.records import Records
 from ..store.scoped import Scoped
 from ..store.sqlite import SqliteKV
-from . import endpoints, fwinput, plans, reconcile as reconciling, views
+from . import endpoints, fwinput, plans, reconcile as reconciling, swarm, views
 from .views import Started
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
@@ -44,7 +44,9 @@ class Engine:
         self._apply, self._host_evidence = firewall, evidence
         self.lock = threading.RLock()
         self.state = State(store)
-        self.alloc = allocator or LocalAllocator(self.state.endpoints_of_network)
+        self.swarm = None   # the SwarmLink while this host is in a swarm (engine/swarm.py)
+        # A swarm network's addresses are held by every node's endpoints; etcd's compares keep them unique.
+        self.alloc = allocator or LocalAllocator(self.state.all_endpoints_of_network)
         self.feed = DnsFeed(self.state)
         # Docker waits on its IPAM driver: asked back for its networks it would stall the call (their bridges'
         # routes are in the host's evidence anyway).
@@ -53,6 +55,7 @@ class Engine:
         self.files = SandboxFiles(root)
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)
+        self.state.peers_changed.append(self._peers_changed)
         self.drivers = {name: cls(kernel, self._driver_context(name)) for name, cls in registered().items()}
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
@@ -75,10 +78,24 @@ class Engine:
     def _driver_context(self, name: str) -> DriverContext:
         return DriverContext(ports_of=lambda net: [e.host_ifname for e in self.state.endpoints_of_network(net)
                                                    if e.host_ifname], crashpoint=crashpoint,
-                             store=Scoped(self.store.kv, f"drivers/{name}/"), node=self.state.node)
+                             store=Scoped(self.store.kv, f"drivers/{name}/"), node=self.state.node,
+                             swarm=lambda: self.swarm, peers=self._peers)
 
     def driver(self, net: Network):
         return self.drivers[net.driver]
+
+    def _peers(self, net: Network) -> set[tuple[str, str, str]]:
+        return {(e.mac, e.ipv4.split("/")[0], self.state.vteps[e.node]) for e in self.state.peers_of(net)
+                if e.mac and e.ipv4 and e.node in self.state.vteps}
+
+    def _peers_changed(self, net_ids: set[str]) -> None:
+        for net in [self.state.nets[i] for i in net_ids if i in self.state.nets]:
+            self.alloc.forget(net)   # its addresses are read again at the next attach
+            try:
+                self.driver(net).peers_changed(net)
+            except Exception:
+                log.exception("network %s: programming its peers failed; retried at the next change", net.name)
+        self.feed.refresh()
 
     def _evidence(self, ask_docker: bool = True) -> list[Evidence]:
         """The host's, nsnet's own networks' subnets and its Docker IPAM pools'."""
@@ -151,7 +168,11 @@ class Engine:
     @on_kernel_thread
     def create_network(self, req: dict) -> Network:
         with self.lock:
-            net = plans.network(self.state, self.drivers, self._evidence, self.config.pools, req)
+            return self._build_network(plans.network(self.state, self.drivers, self._evidence, self.config.pools,
+                                                     req, self.swarm))
+
+    def _build_network(self, net: Network) -> Network:
+        with self.lock:
             driver = self.driver(net)
             applied = False
             try:
@@ -214,6 +235,8 @@ class Engine:
         undoes a run that got no further, its process and files too (reconcile's undo_unstarted_runs)."""
         with self.lock:
             sb, reqs = plans.sandbox(self.state, self.drivers, self.alloc, spec)
+            if plans.needs_gateway_bridge(self.state, self.drivers, reqs):
+                reqs.append(NetworkRequest(self._gateway_bridge().id))
             files = self.files.make(sb)
             sockets = []
             launch, went, fw_applied = None, False, False
@@ -277,6 +300,11 @@ class Engine:
                 self.on_sandbox_running(sb, launch.proc if launch else None)
             log.info("sandbox %s (%s) running, pid %s", sb.name, sb.id[:12], sb.pid)
             return Started(sb, files, sb_nft)
+
+    def _gateway_bridge(self) -> Network:
+        """The host's gateway bridge network (Docker's docker_gwbridge), made at its first use."""
+        found = next((n for n in self.state.nets.values() if n.name == plans.GATEWAY_BRIDGE), None)
+        return found or self._build_network(plans.gateway_bridge(self.drivers, self._evidence, self.config.pools))
 
     def _resolver_in(self, sb: Sandbox) -> bool:
         return any(n.dns for n in self.state.networks_of(sb))
@@ -381,6 +409,49 @@ class Engine:
             if sb.ports:
                 self._apply_firewall()
             self.feed.notify()
+
+    # ---- the swarm (engine/swarm.py) ---------------------------------------------------------------
+
+    def share(self, kv, member) -> None:
+        """This host is in a swarm now (or again, at start): its networks come and go with the swarm's store."""
+        with self.lock:
+            self.store.share(kv)
+            self.swarm = swarm.SwarmLink(self, kv, member)
+        self.swarm.start()
+
+    @on_kernel_thread
+    def unshare(self) -> None:
+        """This host left its swarm: refused while a sandbox here is on a swarm network; the swarm's
+        networks leave this host (not the store)."""
+        with self.lock:
+            swarm.check_can_leave(self.state)
+            link, self.swarm = self.swarm, None
+        if link is not None:
+            link.stop()
+        with self.lock:
+            swarm.forget_all(self)
+            self.store.share(None)
+
+    @on_kernel_thread
+    def apply_swarm(self, link, view, gone: set[str] | None) -> None:
+        """What `link`'s watch read: the networks deleted since (`gone`), or None: a full read of the swarm's
+        state, after a start or a broken watch."""
+        with self.lock:
+            if link is not self.swarm:
+                return   # this host left that swarm meanwhile
+            if swarm.apply(self, view, gone) and gone is not None:
+                self._apply_firewall()   # (a full read reconciles, which applies it)
+            if gone is None:   # e.g. a sandbox that died while etcd was away: its endpoint goes now
+                link.loaded.set()
+                self.reconcile()
+                for sb in self.state.sbs.values():   # those on swarm networks only: names from now on
+                    if sb.state == "running":
+                        self.feed.attach(sb)
+            self.feed.notify()
+
+    @on_kernel_thread
+    def host_evidence(self) -> list[Evidence]:
+        return self._host_evidence(ask_docker=True)
 
     # ---- reconcile -------------------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ class Allocator(Protocol):
     def release(self, net: Network | None, addrs: Iterable[Address]) -> None:
         """Give addresses back (`net` None: the network is gone already)."""
 
+    def mark_taken(self, net: Network, addrs: Iterable[Address]) -> None:
+        """Addresses the store says are held (e.g. by another node whose records have not arrived yet)."""
+
     def forget(self, net: Network) -> None:
         """The network is gone: drop what is kept for it."""
 
@@ -112,6 +115,9 @@ class LocalAllocator:
             cfg = subnet_for(net, ip)
             if cfg is not None and (net.id, cfg.subnet) in self._pools:
                 self._pools[(net.id, cfg.subnet)].release(ip)
+
+    def mark_taken(self, net: Network, addrs: Iterable) -> None:
+        self.used(net).update(addrs)   # allocate skips them (AddressPool marks what it finds in `used`)
 
     def forget(self, net: Network) -> None:
         self._used.pop(net.id, None)

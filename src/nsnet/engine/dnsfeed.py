@@ -27,11 +27,19 @@ class DnsFeed:
     def _network_saved(self, net: Network) -> None:
         self._whole = False  # its name joins the resolver's domains at the next change
 
+    def refresh(self) -> None:
+        """Other nodes' endpoints changed: the resolver gets every record again at the next notify."""
+        self._whole = False
+
     def _record(self, ep: Endpoint) -> Record | None:
         net, sb = self.state.nets.get(ep.network_id), self.state.sbs.get(ep.sandbox_id)
-        if net is None or sb is None or not net.dns:
+        if net is None or not net.dns:
             return None
-        return Record(sb.id, net.id, tuple(n.lower() for n in dns_names(net, sb, ep)),
+        # Another node's sandbox (a swarm network): the names its node recorded with the endpoint.
+        names = dns_names(net, sb, ep) if sb is not None else ep.names
+        if not names:
+            return None
+        return Record(ep.sandbox_id, net.id, tuple(n.lower() for n in names),
                       ipv4=ep.ipv4.split("/")[0] if ep.ipv4 else None, ipv6=ep.ipv6.split("/")[0] if ep.ipv6 else None)
 
     def notify(self) -> None:
@@ -40,7 +48,8 @@ class DnsFeed:
         if self.server is None:
             return
         if not self._whole:
-            records = [r for r in map(self._record, self.state.eps.values()) if r is not None]
+            live = list(self.state.eps.values()) + [ep for ep in self.state.remote.values() if ep.node in self.state.alive]
+            records = [r for r in map(self._record, live) if r is not None]
             self.server.set_records(RecordSet(records, {n.id: n.name for n in self.state.nets.values() if n.dns}))
             self._whole = True
         elif pending:

@@ -3,10 +3,12 @@ whole on failure) and the teardown of them all when the sandbox ends. `e` is the
 allocator, kernel, drivers, resolver feed)."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from ..crashpoints import crashpoint
-from ..model import Endpoint, Network, NetworkRequest, Sandbox
+from ..errors import Conflict
+from ..model import Endpoint, Network, NetworkRequest, Sandbox, dns_names
 from .addresses import address, endpoint_addresses
 from .plans import new_id
 
@@ -23,15 +25,14 @@ def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool 
     taken_names = {ep.ifname for ep in mine}
     ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
     ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname, host_ifname=None, mac=None,
-                  ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases))
-    address(e.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
+                  ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases), node=e.state.node)
+    if e.state.shared(net):   # other nodes' resolvers answer these names from the record
+        ep.names = dns_names(net, sb, ep)
     if default_route is None:
         default_route = not any(other.gateway4 for other in mine)
     sandbox = None
     try:
-        driver.plan_endpoint(net, ep)
-        with e.state.transaction():
-            e.state.save_endpoint(ep)
+        _address_and_record(e, driver, net, ep, req)
         crashpoint("join.after-record")
         sandbox = e.kernel.sandbox(sb.pid)
         driver.join(net, ep, sandbox, default_route)
@@ -43,6 +44,35 @@ def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool 
             e.alloc.release(net, endpoint_addresses(ep))
         raise
     return ep
+
+
+RACES = 5   # a swarm network: attempts when another node took the same address in the same moment
+
+
+def _address_and_record(e, driver, net: Network, ep: Endpoint, req: NetworkRequest) -> None:
+    """Give `ep` its addresses and save it. On a swarm network another node may take the same free address
+    at the same moment: etcd's compare refuses one of the two, which takes the next free one."""
+    for attempt in range(RACES):
+        address(e.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
+        driver.plan_endpoint(net, ep)
+        try:
+            with e.state.transaction():
+                e.state.save_endpoint(ep)
+            return
+        except Conflict:
+            if not e.state.shared(net) or req.ip or req.ip6 or attempt == RACES - 1:
+                raise
+            lost = endpoint_addresses(ep)
+            if ep.id in e.state.eps:
+                e.state.drop_endpoint(ep)   # the commit failed: written nowhere; gives its addresses back
+            else:
+                e.alloc.release(net, lost)
+            # This host's view of the other nodes lags (their records arrive by the watch): take every
+            # address claimed right now as used, so the next try picks one that was free a moment ago.
+            e.alloc.mark_taken(net, map(ipaddress.ip_address, e.store.addresses(net.id, shared=True)))
+            ep.ipv4 = ep.ipv6 = ep.gateway4 = ep.gateway6 = ep.mac = None
+            log.info("network %s: %s was taken by another node at the same moment; taking the next",
+                     net.name, ", ".join(map(str, lost)))
 
 
 def teardown(e, sb: Sandbox) -> None:

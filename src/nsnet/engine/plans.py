@@ -55,7 +55,9 @@ def log_skipped(skipped) -> None:
         log.info("pool candidate %s skipped: %s", subnet, "; ".join(e.detail for e in why))
 
 
-def network(state: State, drivers: dict, evidence, pools, req: dict) -> Network:
+def network(state: State, drivers: dict, evidence, pools, req: dict, swarm=None) -> Network:
+    """A new network. One of a swarm (`scope` cluster) driver needs the host in a swarm (`swarm`: the
+    engine's SwarmLink): its subnet comes from the swarm's pools, clear of every node's evidence."""
     name = req.get("Name") or ""
     rq.check_name(name, "network")
     if any(n.name == name for n in state.nets.values()):
@@ -67,6 +69,12 @@ def network(state: State, drivers: dict, evidence, pools, req: dict) -> Network:
                   ipv6=bool(req.get("EnableIPv6")), internal=bool(req.get("Internal")),
                   attachable=bool(req.get("Attachable")), options=dict(req.get("Options") or {}),
                   labels=dict(req.get("Labels") or {}), dns=True)
+    if driver.scope == "cluster":
+        if swarm is None:
+            raise NsnetError(f"{driver.name} networks need a swarm: this node is not part of one "
+                             f"(nsnet swarm init or nsnet swarm join)")
+        net.scope, pools = "swarm", swarm.pools()
+        evidence = (lambda here=evidence: here() + swarm.evidence())
     driver.validate(net)
     others = list(state.nets.values())
     driver.claim(net, others)
@@ -148,10 +156,12 @@ def sandbox(state: State, drivers: dict, alloc: Allocator, spec: dict) -> tuple[
 
 
 def removable(state: State, net: Network) -> None:
-    """Refuse to remove a built-in network, or one that a sandbox is on or asks for."""
+    """Refuse to remove a built-in network, or one that a sandbox is on or asks for (on any node)."""
     if net.builtin:
         raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
     users = {state.sbs[e.sandbox_id].name for e in state.endpoints_of_network(net) if e.sandbox_id in state.sbs}
+    users |= {f"{e.names[0] if e.names else e.sandbox_id[:12]} (node {state.vteps.get(e.node, e.node[:12])})"
+              for e in state.remote.values() if e.network_id == net.id}
     users |= {sb.name for sb in state.sbs.values() if state.requested(sb, net)}
     if users:
         raise Conflict(f"network {net.name} has sandboxes attached: {', '.join(sorted(users))}; "
@@ -171,6 +181,8 @@ def request(driver, alloc: Allocator, net: Network, w: dict) -> NetworkRequest:
     """A sandbox's request to be on `net` (static addresses, aliases), checked."""
     req = NetworkRequest(network_id=net.id, ip=w.get("IP") or None, ip6=w.get("IP6") or None,
                          aliases=list(w.get("Aliases") or []))
+    if driver.scope == "cluster" and not net.attachable:
+        raise NsnetError(f"could not attach to network {net.name}: network {net.name} not manually attachable", 403)
     if req.aliases and not net.dns:
         raise NsnetError(f"network-scoped aliases are only supported on user-defined networks, not {net.name}")
     for a in req.aliases:
@@ -196,3 +208,39 @@ def _free_name(state: State) -> str:
         name = random_name()
         if name not in taken:
             return name
+
+
+GATEWAY_BRIDGE = "docker_gwbridge"        # Docker's name for it: a Docker user looks for this one
+GATEWAY_BRIDGE_LINK = "nsgwbridge"
+ICC_KEY, MASQ_KEY, NAME_KEY = ("com.docker.network.bridge.enable_icc", "com.docker.network.bridge.enable_ip_masquerade",
+                               "com.docker.network.bridge.name")
+
+
+def needs_gateway_bridge(state: State, drivers: dict, reqs: list[NetworkRequest]) -> bool:
+    """Does a sandbox asking for `reqs` reach outside only through the gateway bridge (as a container on
+    Docker's overlays only does, through docker_gwbridge)? Not when one of its networks is internal-free
+    and routed already (a bridge network), nor when all its overlays are internal."""
+    nets = [state.nets[r.network_id] for r in reqs]
+    if any(n.name == GATEWAY_BRIDGE for n in nets):
+        return False
+    wants = any(drivers[n.driver].needs_gateway_bridge and not n.internal for n in nets)
+    routed = any(not drivers[n.driver].needs_gateway_bridge and drivers[n.driver].builds_endpoints
+                 and not n.internal for n in nets)
+    return wants and not routed
+
+
+def gateway_bridge(drivers: dict, evidence, pools) -> Network:
+    """The host's gateway bridge network (Docker's docker_gwbridge): NAT out, no traffic between its
+    sandboxes, no names; its subnet from the local pools, clear of the host's evidence."""
+    net = Network(id=new_id(), name=GATEWAY_BRIDGE, driver=DEFAULT, created=now_rfc3339(),
+                  options={NAME_KEY: GATEWAY_BRIDGE_LINK, ICC_KEY: "false", MASQ_KEY: "true"})
+    drivers[DEFAULT].validate(net)
+    drivers[DEFAULT].claim(net, [])
+    net.subnets = _subnets_from_pools(evidence, pools, net)
+    return net
+
+
+def _subnets_from_pools(evidence, pools, net: Network) -> list[SubnetConfig]:
+    subnet, skipped = pick_subnet(pools, evidence())
+    log_skipped(skipped)
+    return [SubnetConfig(subnet=str(subnet), gateway=str(default_gateway(subnet)))]

@@ -159,7 +159,12 @@ def remove_stray_links(e, done: list[str]) -> None:
             ours |= e.driver(n).kernel_names(n)
     live = {owner_alias(n.id) for n in e.state.nets.values()}  # e.g. a bridge network's leaves and uplinks
     prefixes = tuple(d.link_prefix for d in e.drivers.values() if d.link_prefix)
+    # A swarm network's records are in etcd: until they are read, its links here are nobody's to judge.
+    unread = () if e.swarm is not None and e.swarm.loaded.is_set() else \
+        tuple(d.link_prefix for d in e.drivers.values() if d.scope == "cluster" and d.link_prefix)
     for name, info in e.kernel.links().items():
+        if unread and name.startswith(unread):
+            continue
         alias = info["alias"] or ""
         mine = alias.startswith(OWNER_ALIAS) or (name.startswith(prefixes) and info["kind"] == "veth")
         if mine and name not in ours and alias not in live:

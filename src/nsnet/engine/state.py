@@ -31,12 +31,19 @@ class State:
         self._eps_of: dict[str, dict[str, Endpoint]] = {}  # sandbox id -> its endpoints (an index of eps)
         for ep in self.eps.values():
             self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
+        # A swarm's, while this host is a member (engine/swarm.py keeps them in step with the shared store):
+        # the other nodes' endpoints on swarm networks, the nodes that are alive, and each node's address.
+        self.remote: dict[str, Endpoint] = {}
+        self.alive: set[str] = set()
+        self.vteps: dict[str, str] = {}
         # Listeners, called after each change: (endpoint) saved, (endpoint, its network or None) dropped,
         # (network) saved, (network) dropped.
         self.endpoint_saved: list[Callable[[Endpoint], None]] = []
         self.endpoint_dropped: list[Callable[[Endpoint, Network | None], None]] = []
         self.network_saved: list[Callable[[Network], None]] = []
         self.network_dropped: list[Callable[[Network], None]] = []
+        # (network ids) whose other nodes' live endpoints changed: a peer came, went, or its node died.
+        self.peers_changed: list[Callable[[set[str]], None]] = []
 
     def transaction(self):
         return self.store.transaction()
@@ -53,7 +60,20 @@ class State:
         return sorted(self._eps_of.get(sb.id, {}).values(), key=lambda e: int(e.ifname[3:] or 0))
 
     def endpoints_of_network(self, net: Network) -> list[Endpoint]:
+        """This host's endpoints on `net`."""
         return [e for e in self.eps.values() if e.network_id == net.id]
+
+    def all_endpoints_of_network(self, net: Network) -> list[Endpoint]:
+        """Every node's endpoints on `net`, alive or not: what holds its addresses."""
+        return self.endpoints_of_network(net) + [e for e in self.remote.values() if e.network_id == net.id]
+
+    def peers_of(self, net: Network) -> list[Endpoint]:
+        """The endpoints on `net` of the other nodes that are alive: what this host's sandboxes can reach."""
+        return [e for e in self.remote.values() if e.network_id == net.id and e.node in self.alive]
+
+    @staticmethod
+    def shared(net: Network | None) -> bool:
+        return net is not None and net.scope == "swarm"
 
     def requested(self, sb: Sandbox, net: Network) -> bool:
         """Does `sb` ask to be on `net` (running or not)?"""
@@ -73,13 +93,17 @@ class State:
         return {**to_dict(obj), "node": self.node}
 
     def save_network(self, net: Network) -> None:
-        self.store.put("network", net.id, to_dict(net))
+        self.store.put("network", net.id, to_dict(net), shared=self.shared(net))
         self.nets[net.id] = net
         for fn in self.network_saved:
             fn(net)
 
     def drop_network(self, net: Network) -> None:
-        self.store.delete("network", net.id)
+        self.store.delete("network", net.id, shared=self.shared(net))
+        self.forget_network(net)
+
+    def forget_network(self, net: Network) -> None:
+        """Gone from this engine's view, not from the store (a swarm network another node removed)."""
         self.nets.pop(net.id, None)
         for fn in self.network_dropped:
             fn(net)
@@ -93,14 +117,22 @@ class State:
         self.sbs.pop(sb.id, None)
 
     def save_endpoint(self, ep: Endpoint) -> None:
-        self.store.put("endpoint", ep.id, self._doc(ep))  # with the keys of its addresses
+        # with the keys of its addresses; one on a swarm network goes to the swarm's store
+        self.store.put("endpoint", ep.id, self._doc(ep), shared=self.shared(self.nets.get(ep.network_id)))
+        self.eps[ep.id] = ep
+        self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
+        for fn in self.endpoint_saved:
+            fn(ep)
+
+    def learn_endpoint(self, ep: Endpoint) -> None:
+        """One of this node's endpoints read back from the swarm's store (its record is there already)."""
         self.eps[ep.id] = ep
         self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
         for fn in self.endpoint_saved:
             fn(ep)
 
     def drop_endpoint(self, ep: Endpoint) -> None:
-        self.store.delete("endpoint", ep.id)
+        self.store.delete("endpoint", ep.id, shared=self.shared(self.nets.get(ep.network_id)))
         self.eps.pop(ep.id, None)
         mine = self._eps_of.get(ep.sandbox_id, {})
         mine.pop(ep.id, None)
@@ -125,3 +157,4 @@ def _lookup(table: dict, ref: str, what: str):
     if len(matches) > 1:
         raise NsnetError(f"{what} {ref} is ambiguous ({len(matches)} matches): give more of the ID")
     raise NotFound(f"{what} {ref} not found")
+

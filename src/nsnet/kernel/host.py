@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
-from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl
+from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl, vxlan
 from .netns import entered
 
 log = logging.getLogger("nsnet.kernel")
@@ -251,6 +251,31 @@ class Kernel:
         """The host's macvlan link on `parent`, made if missing (marked with `alias`, or not left at all),
         holding `address`/32, up."""
         return lan.ensure_shim(self.ipr, self.rtnl, name, parent, address, alias=alias)
+
+    @verb
+    def ensure_vxlan(self, name: str, *, vni: int, local: str, port: int, mtu: int, master: int,
+                     alias: str) -> tuple[int, bool]:
+        """(index, created) of VXLAN link `name` on bridge `master` (vxlan.ensure_vxlan: no learning)."""
+        return vxlan.ensure_vxlan(self.ipr, self.rtnl, name, vni=vni, local=local, port=port, mtu=mtu,
+                                  master=master, alias=alias)
+
+    @verb
+    def set_peer(self, index: int, *, mac: str, ip: str, vtep: str) -> None:
+        """A remote sandbox on VXLAN link `index`: its MAC behind host `vtep`, its IP at that MAC (replace)."""
+        vxlan.set_peer(self.ipr, index, mac=mac, ip=ip, vtep=vtep)
+
+    @verb
+    def remove_peer(self, index: int, *, mac: str, ip: str, vtep: str) -> None:
+        vxlan.remove_peer(self.ipr, index, mac=mac, ip=ip, vtep=vtep)
+
+    @verb
+    def peers(self, index: int) -> set[tuple[str, str, str]]:
+        """(mac, ip, vtep) of the remote sandboxes programmed on VXLAN link `index`."""
+        return vxlan.peers(self.ipr, index)
+
+    @verb
+    def mtu_of_address(self, address: str) -> int | None:
+        return vxlan.mtu_of_address(self.ipr, address)
 
     @verb
     def route_to(self, ifname: str, cidr: str) -> None:

@@ -36,12 +36,18 @@ from . import CompareFailed, Compacted, Entry, Event, Op
 CATCHUP = 0.3          # s: etcd's replay of history to a new watcher runs every 100 ms
 PAGE = 1000            # keys per range request of a list
 UNAUTHENTICATED = 16   # gRPC status: the auth token is missing, invalid or expired
+UNAVAILABLE = 14       # gRPC status: e.g. "etcdserver: leader changed", "no leader"
+ELECTION = 3.0         # s: how long a call waits out an election before it fails
 
 
 class EtcdError(NsnetError):
     """etcd answered with an error, or no endpoint answered. One line, naming the endpoint."""
 
     status = 503   # the request was fine; the cluster store is not there to take it
+
+
+class _Unavailable(EtcdError):
+    """etcd has no leader for the moment (an election): worth asking again."""
 
 
 class _Unauthenticated(EtcdError):
@@ -154,14 +160,25 @@ class EtcdKV:
                 value = _b64(json.dumps(op.value, separators=(",", ":")))
                 success.append({"request_put": {"key": key, "value": value}})
         failure = [{"request_range": {"key": _b64(self.prefix + op.key)}} for op in checked]
-        reply = self._call("/v3/kv/txn", {"compare": compares, "success": success, "failure": failure})
+        retried: list = []
+        reply = self._call("/v3/kv/txn", {"compare": compares, "success": success, "failure": failure}, retried)
         if reply.get("succeeded") or not compares:
+            return int(reply["header"]["revision"])
+        if retried and self._holds(ops):   # the attempt that got the error was applied after all
             return int(reply["header"]["revision"])
         for op, response in zip(checked, reply.get("responses", [])):
             kvs = response.get("response_range", {}).get("kvs", [])
             if (int(kvs[0]["mod_revision"]) if kvs else 0) != op.expect:
                 raise CompareFailed(op.key)
         raise CompareFailed(checked[0].key)   # not reached: the reads saw what the compares saw
+
+    def _holds(self, ops: list[Op]) -> bool:
+        """Does the store hold what `ops` write (each put's value there, each deleted key gone)?"""
+        for op in ops:
+            entry = self.get(op.key)
+            if (entry.value if entry else None) != op.value:
+                return False
+        return True
 
     def watch(self, prefix: str, after: int, timeout: float) -> list[Event]:
         try:
@@ -220,6 +237,11 @@ class EtcdKV:
             if conn is not None:
                 conn.close()
 
+    def stream(self, prefix: str, after: int) -> "Stream":
+        """One watch kept open: the changes under `prefix` after revision `after`, batch by batch, as etcd
+        sends them (no gap between two batches, unlike `watch`). See Stream."""
+        return Stream(self, prefix, after)
+
     # ---- leases: keys that vanish when their holder stops renewing them (a node's liveness) ---------------
 
     def grant(self, ttl: int) -> int:
@@ -265,7 +287,22 @@ class EtcdKV:
 
     # ---- requests ------------------------------------------------------------------------------------
 
-    def _call(self, path: str, body: dict) -> dict:
+    def _call(self, path: str, body: dict, retried: list | None = None) -> dict:
+        """POST `body`; etcd's answer. While the cluster has no leader (a member died, an election runs)
+        etcd answers UNAVAILABLE: the call is sent again for up to ELECTION seconds (`retried` gets a mark:
+        a write may then have been applied by the attempt that got the error)."""
+        deadline = time.monotonic() + ELECTION
+        while True:
+            try:
+                return self._call_once(path, body)
+            except _Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                if retried is not None:
+                    retried.append(True)
+                time.sleep(0.1)
+
+    def _call_once(self, path: str, body: dict) -> dict:
         fresh = False
         for attempt in range(2):
             endpoint, conn = self._connection(fresh)
@@ -294,6 +331,8 @@ class EtcdKV:
             if error.get("code") == UNAUTHENTICATED and self._user and attempt == 0:
                 self._token = None   # expired: take a new one
                 continue
+            if error.get("code") == UNAVAILABLE:
+                self._raise(endpoint, response.status, data, _Unavailable)
             self._raise(endpoint, response.status, data)
         raise AssertionError("unreachable")
 
@@ -357,7 +396,67 @@ class EtcdKV:
         except ValueError:
             return {"message": data.decode(errors="replace")[:200]}
 
-    def _raise(self, endpoint: _Endpoint, status: int, data: bytes):
+    def _raise(self, endpoint: _Endpoint, status: int, data: bytes, kind: type = None):
         error = self._error(data)
         message = " ".join(str(error.get("message") or error.get("error") or f"HTTP {status}").split())
-        raise EtcdError(f"etcd at {endpoint.url}: {message}")
+        raise (kind or EtcdError)(f"etcd at {endpoint.url}: {message}")
+
+
+class Stream:
+    """An etcd watch on one connection, read as it comes: `batches()` yields each list of events; it ends
+    with EtcdError when the connection breaks (etcd restarted, or `close()` from another thread), Compacted
+    when the history asked for is gone. Nothing is lost between batches: it is one watch."""
+
+    def __init__(self, kv: EtcdKV, prefix: str, after: int):
+        self.kv, self.full, self.after = kv, kv.prefix + prefix, after
+        self._conn: http.client.HTTPConnection | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)   # wakes the reader: its readline ends
+            except OSError:
+                pass
+
+    def batches(self):
+        body = {"create_request": {"key": _b64(self.full), "range_end": prefix_end(self.full),
+                                   "start_revision": str(self.after + 1)}}
+        endpoint, conn = self.kv._connection(fresh=True)
+        self._conn = conn
+        try:
+            response = self.kv._send(conn, "/v3/watch", body)
+            if response.status != 200:
+                self.kv._raise(endpoint, response.status, response.read())
+            # A quiet swarm sends nothing for hours: that is no failure. A dead peer (etcd's host cut off)
+            # is found by TCP's keepalive instead, within about 10 s.
+            conn.sock.settimeout(None)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for opt, value in ((socket.TCP_KEEPIDLE, 4), (socket.TCP_KEEPINTVL, 2), (socket.TCP_KEEPCNT, 3)):
+                conn.sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+            while not self._closed:
+                line = response.readline()
+                if not line:
+                    raise EtcdError(f"etcd at {endpoint.url} closed the watch on {self.full!r}")
+                message = json.loads(line)
+                if "error" in message:
+                    error = message["error"]
+                    text = error.get("message", error) if isinstance(error, dict) else error
+                    raise EtcdError(f"etcd at {endpoint.url}: watch on {self.full!r}: {text}")
+                result = message.get("result", {})
+                if int(result.get("compact_revision", 0)):
+                    raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
+                                    f"are compacted: read {self.full!r} again")
+                if result.get("canceled"):
+                    reason = result.get("cancel_reason", "no reason given")
+                    if "code = Unauthenticated" in reason:
+                        self.kv._token = None   # expired: the next connection takes a new one
+                    raise EtcdError(f"etcd at {endpoint.url} canceled the watch on {self.full!r}: {reason}")
+                if result.get("events"):
+                    yield [self.kv._event(e) for e in result["events"]]
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise EtcdError(f"etcd at {endpoint.url}: watch failed: {e}") from None
+        finally:
+            conn.close()

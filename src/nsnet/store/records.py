@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterable
 
-from ..errors import Conflict
+from ..errors import Conflict, NsnetError
 from ..model import HOST_ONLY
 from . import CompareFailed, Op, Store
 
@@ -80,89 +80,116 @@ def _taken(key: str) -> Conflict:
 
 
 class Records:
+    """The records of one host (`kv`, its own store) and, while it is a swarm member, of the networks it
+    shares with the swarm's other hosts (`shared`: etcd). A record goes to one store or the other whole
+    (`shared=` on put and delete: a swarm network, its endpoints and their claims); its host-only part
+    always stays in the host's own store."""
+
     def __init__(self, store: Store):
         self.kv = store
-        self._local = threading.local()   # this thread's open transaction: {key: Op}, in order
+        self.shared: Store | None = None
+        self._local = threading.local()   # this thread's open transaction: {(shared, key): Op}, in order
         self._split_whole_records()
+
+    def share(self, store: Store | None) -> None:
+        """From now on records put with shared=True go to `store` (None: this host left its swarm)."""
+        self.shared = store
+
+    def _kv(self, shared: bool) -> Store:
+        if not shared:
+            return self.kv
+        if self.shared is None:
+            raise NsnetError("this node is not part of a swarm: use nsnet swarm init or nsnet swarm join")
+        return self.shared
 
     @contextmanager
     def transaction(self):
-        """All writes inside commit together or not at all; nesting joins the outer transaction."""
+        """All writes inside commit together or not at all; nesting joins the outer transaction. A
+        transaction that writes to both stores commits the shared one first (its compares may refuse);
+        the host's own store then takes the rest (a local SQLite commit fails only with the disk)."""
         outer = getattr(self._local, "ops", None) is None
         if outer:
             self._local.ops = {}
         try:
             yield self
             if outer and self._local.ops:
-                self._commit(self._local.ops.values())
+                for shared in (True, False):
+                    ops = [op for (sh, _), op in self._local.ops.items() if sh is shared]
+                    if ops:
+                        self._commit(ops, shared)
         finally:
             if outer:
                 self._local.ops = None
 
-    def _commit(self, ops: Iterable[Op]) -> None:
+    def _commit(self, ops: Iterable[Op], shared: bool) -> None:
         try:
-            self.kv.commit(ops)
+            self._kv(shared).commit(ops)
         except CompareFailed as e:
             raise _taken(e.key) from None
 
-    def _write(self, *ops: Op) -> None:
+    def _write(self, shared: bool, *ops: Op) -> None:
         pending = getattr(self._local, "ops", None)
         if pending is None:
-            self._commit(ops)
+            self._commit(ops, shared)
             return
         for op in ops:
-            pending.pop(op.key, None)   # the last write of a key wins, in the order written
-            pending[op.key] = op
+            pending.pop((shared, op.key), None)   # the last write of a key wins, in the order written
+            pending[(shared, op.key)] = op
 
-    def _current(self, key: str):
+    def _current(self, key: str, shared: bool):
         """The value as this thread's transaction would leave it (its pending write, else the store's)."""
         pending = getattr(self._local, "ops", None) or {}
-        if key in pending:
-            return pending[key].value
-        entry = self.kv.get(key)
+        if (shared, key) in pending:
+            return pending[(shared, key)].value
+        entry = self._kv(shared).get(key)
         return entry.value if entry else None
 
-    def put(self, kind: str, id_: str, doc: dict) -> None:
+    def put(self, kind: str, id_: str, doc: dict, shared: bool = False) -> None:
         """Save a record: its shared part, its host's part, and the names and addresses it takes. A claim
         held by another record raises Conflict, here or (when another writer was first) at the commit."""
-        shared, own = split(kind, doc)
-        ops = [Op(record_key(kind, id_), shared)]
-        if own is not None:
-            ops.append(Op(local_key(kind, id_), own))
+        shared_part, own = split(kind, doc)
+        ops = [Op(record_key(kind, id_), shared_part)]
         new = claims(kind, doc)
-        old = claims(kind, self._current(record_key(kind, id_))) if kind in CLAIMING else []
+        old = claims(kind, self._current(record_key(kind, id_), shared)) if kind in CLAIMING else []
         ops += [Op(key, None) for key in old if key not in new]
         pending = getattr(self._local, "ops", None) or {}
         for key in new:
             if key in old:
                 continue
-            mine = pending.get(key)
+            mine = pending.get((shared, key))
             if mine is not None and mine.value is not None and mine.value["id"] != id_:
                 raise _taken(key)   # another record of this transaction holds it
             # Created only if still free when committed (expect 0): one holder, however many writers. Freed
             # earlier in this transaction: it is ours to write again.
             ops.append(Op(key, {"id": id_}, expect=None if mine is not None else 0))
-        self._write(*ops)
+        self._write(shared, *ops)
+        if own is not None:
+            self._write(False, Op(local_key(kind, id_), own))
 
-    def delete(self, kind: str, id_: str) -> None:
+    def delete(self, kind: str, id_: str, shared: bool = False) -> None:
         ops = [Op(record_key(kind, id_), None)]
-        if kind in HOST_ONLY:
-            ops.append(Op(local_key(kind, id_), None))
         if kind in CLAIMING:
-            ops += [Op(key, None) for key in claims(kind, self._current(record_key(kind, id_)))]
-        self._write(*ops)
+            ops += [Op(key, None) for key in claims(kind, self._current(record_key(kind, id_), shared))]
+        self._write(shared, *ops)
+        if kind in HOST_ONLY:
+            self._write(False, Op(local_key(kind, id_), None))
 
-    def list(self, kind: str) -> list[dict]:
-        """The records of `kind`, each joined with its host's part."""
+    def list(self, kind: str, shared: bool = False) -> list[dict]:
+        """The records of `kind` (in the shared store: every host's), each joined with this host's part."""
         own = {e.key[len(LOCAL):]: e.value for e in self.kv.list(local_key(kind, ""))} if kind in HOST_ONLY else {}
-        return [{**e.value, **own.get(e.key, {})} for e in self.kv.list(record_key(kind, ""))]
+        return [{**e.value, **own.get(e.key, {})} for e in self._kv(shared).list(record_key(kind, ""))]
+
+    def addresses(self, network_id: str, shared: bool = False) -> list[str]:
+        """Every address claimed on a network, as the store holds them now (whoever holds them)."""
+        prefix = address_key(network_id, "")
+        return [e.key[len(prefix):] for e in self._kv(shared).list(prefix)]
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         entry = self.kv.get(meta_key(key))
         return entry.value["value"] if entry else default
 
     def set_meta(self, key: str, value: str) -> None:
-        self._write(Op(meta_key(key), {"value": value}))
+        self._write(False, Op(meta_key(key), {"value": value}))
 
     def close(self) -> None:
         self.kv.close()

@@ -1,0 +1,212 @@
+"""The overlay driver: one network across the hosts of a swarm, over VXLAN.
+
+On each host that has sandboxes on the network: a bridge with no address (the host is not on the
+network: no route to it, nothing to collide with) and a VXLAN link on it, VNI per network, sending from the
+node's advertise address to the swarm's data path port, with learning off and ARP answered by the link
+itself (`proxy`) from its neighbour table. Every other node's live sandbox on the network is one forwarding
+entry (its MAC behind its host's address) and one neighbour entry (its IP at that MAC), programmed from the
+swarm's records in etcd with replace semantics (engine/swarm.py), removed when it goes or its node dies.
+Nothing is flooded and nothing learnt. Built when the host's first sandbox joins, removed with its last.
+
+The VNI is chosen at create (the lowest from 4097 that no swarm network has, or
+`-o com.docker.network.driver.overlay.vxlanid_list=N`) and claimed in the swarm's store under
+`drivers/overlay/vni/<n>`, so two hosts creating at once never share one. MTU: the underlay link's minus
+VXLAN's 50 bytes, unless given. A sandbox reaches the outside through the engine's gateway bridge
+(`needs_gateway_bridge`), not through the overlay.
+"""
+from __future__ import annotations
+
+from ..errors import Conflict, KernelError, NsnetError
+from ..firewall import FwNetwork
+from ..model import Endpoint, Network, owner_alias
+from ..store import CompareFailed, Op
+from ..store.scoped import Scoped
+from .base import MTU_KEY, Driver, DriverContext
+
+VNI_KEY = "com.docker.network.driver.overlay.vxlanid_list"
+FIRST_VNI = 4097          # as Docker's overlay (4096 and below are left to the user)
+MAX_VNI = (1 << 24) - 1
+VXLAN_OVERHEAD = 50       # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+PREFIX = "nsov"           # every link of this driver: bridge, VXLAN link, sandboxes' host ends
+ENODEV = 19
+
+
+def vni_of(net: Network) -> int:
+    return int(net.options[VNI_KEY])
+
+
+def bridge_name(net: Network) -> str:
+    return f"{PREFIX}b{vni_of(net)}"
+
+
+def vxlan_name(net: Network) -> str:
+    return f"{PREFIX}x{vni_of(net)}"
+
+
+class OverlayDriver(Driver):
+    name = "overlay"
+    scope = "cluster"
+    options = frozenset({MTU_KEY, VNI_KEY})
+    link_prefix = PREFIX
+    needs_gateway_bridge = True
+
+    def __init__(self, kernel, ctx: DriverContext | None = None):
+        super().__init__(kernel, ctx)
+        self._bridges: dict[str, int] = {}                        # network id -> its bridge's index, once built
+        self._vxlans: dict[str, int] = {}                         # network id -> its VXLAN link's index
+        self._programmed: dict[str, set[tuple[str, str, str]]] = {}  # network id -> (mac, ip, vtep) set
+
+    def _member(self):
+        swarm = self.ctx.swarm()
+        if swarm is None:
+            raise NsnetError("this node is not part of a swarm: use nsnet swarm init or nsnet swarm join")
+        return swarm
+
+    def validate(self, net: Network) -> None:
+        super().validate(net)
+        vni = net.options.get(VNI_KEY)
+        if vni is not None and not (vni.isdigit() and 1 <= int(vni) <= MAX_VNI):
+            raise NsnetError(f"invalid {VNI_KEY} {vni!r}: give one VXLAN ID from 1 to {MAX_VNI}")
+
+    def plan(self, net: Network, others: list[Network]) -> None:
+        taken = {vni_of(n) for n in others if n.driver == self.name and VNI_KEY in n.options}
+        if VNI_KEY in net.options:
+            if vni_of(net) in taken:
+                raise Conflict(f"VXLAN ID {vni_of(net)} is already used by another overlay network")
+        else:
+            net.options[VNI_KEY] = str(next(v for v in range(FIRST_VNI, MAX_VNI + 1) if v not in taken))
+        if net.ipv6:
+            raise NsnetError("IPv6 on overlay networks is not supported yet")
+
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
+        ep.host_ifname = PREFIX + ep.id[:11]
+        # As Docker's overlay: no gateway on it; the default route goes through the gateway bridge.
+        ep.gateway4 = ep.gateway6 = None
+
+    # ---- the network --------------------------------------------------------------------------------
+
+    def _claims(self) -> Scoped:
+        return Scoped(self._member().kv, "drivers/overlay/")
+
+    def create_network(self, net: Network) -> None:
+        claims, key = self._claims(), f"vni/{vni_of(net)}"
+        held = claims.get(key)
+        if held is None:
+            try:
+                claims.commit([Op(key, {"id": net.id}, expect=0)])
+            except CompareFailed:
+                raise Conflict(f"VXLAN ID {vni_of(net)} was just taken by another overlay network: try again") from None
+        elif held.value["id"] != net.id:
+            raise Conflict(f"VXLAN ID {vni_of(net)} is already used by another overlay network")
+        if self.ctx.ports_of(net):   # rebuilt under sandboxes (reconcile)
+            self._ensure(net)
+
+    def delete_network(self, net: Network) -> None:
+        self._teardown(net)
+        swarm = self.ctx.swarm()
+        if swarm is None:
+            return
+        claims, key = Scoped(swarm.kv, "drivers/overlay/"), f"vni/{vni_of(net)}"
+        held = claims.get(key)
+        if held is not None and held.value["id"] == net.id:
+            try:
+                claims.commit([Op(key, None, expect=held.mod_revision)])
+            except CompareFailed:
+                pass   # someone else's by now
+
+    def _mtu(self, net: Network) -> int:
+        given = self.mtu(net)
+        if given:
+            return given
+        underlay = self.kernel.mtu_of_address(self._member().member.advertise_addr)
+        return (underlay or 1500) - VXLAN_OVERHEAD
+
+    def _ensure(self, net: Network) -> int:
+        """The network's bridge and VXLAN link on this host, built if missing, with its peers; the bridge's index."""
+        if net.id in self._bridges:
+            return self._bridges[net.id]
+        member = self._member().member
+        mtu = self._mtu(net)
+        alias = owner_alias(net.id)
+        bridge, _ = self.kernel.ensure_bridge(bridge_name(net), mtu=mtu, addresses=[], alias=alias)
+        self.kernel.no_ipv6(bridge_name(net))
+        vx, created = self.kernel.ensure_vxlan(vxlan_name(net), vni=vni_of(net), local=member.advertise_addr,
+                                               port=member.data_path_port, mtu=mtu, master=bridge, alias=alias)
+        if created or self._vxlans.get(net.id) != vx:
+            self._vxlans[net.id] = vx
+            self._programmed.pop(net.id, None)   # read back from the kernel
+            try:
+                self.peers_changed(net)
+            except BaseException:
+                self._vxlans.pop(net.id, None)   # the next join programs them again
+                raise
+        self._bridges[net.id] = bridge
+        return bridge
+
+    def _teardown(self, net: Network) -> None:
+        self._bridges.pop(net.id, None)
+        self._vxlans.pop(net.id, None)
+        self._programmed.pop(net.id, None)
+        for name in (vxlan_name(net), bridge_name(net)):
+            self.kernel.delete_if_alias(name, owner_alias(net.id))
+
+    def peers_changed(self, net: Network) -> None:
+        """Program the other nodes' live sandboxes on `net` (if it is built here): add and replace what is
+        new or moved, remove what is gone."""
+        index = self._vxlans.get(net.id)
+        if index is None:
+            return
+        want = self.ctx.peers(net)
+        have = self._programmed.get(net.id)
+        if have is None:
+            have = self.kernel.peers(index)
+        try:
+            for mac, ip, vtep in have - want:
+                self.kernel.remove_peer(index, mac=mac, ip=ip, vtep=vtep)
+            for mac, ip, vtep in want - have:
+                self.kernel.set_peer(index, mac=mac, ip=ip, vtep=vtep)
+        except KernelError:
+            self._programmed.pop(net.id, None)   # read back from the kernel next time
+            raise
+        self._programmed[net.id] = set(want)
+
+    # ---- endpoints ----------------------------------------------------------------------------------
+
+    def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
+        bridge = self._ensure(net)
+        mtu = self._mtu(net)
+        host_index, peer_index = self.kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac, mtu=mtu)
+        sandbox.configure(peer_index, addresses=[a for a in (ep.ipv4, ep.ipv6) if a], gateway4=None,
+                          gateway6=None, ipv6=net.ipv6)
+        try:
+            self.kernel.plug_in(host_index, bridge, isolated=False)
+        except KernelError as e:
+            if e.code != ENODEV:
+                raise
+            self._bridges.pop(net.id, None)   # deleted behind our back: build it again
+            self.kernel.plug_in(host_index, self._ensure(net), isolated=False)
+
+    def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
+        if ep.host_ifname:
+            self.kernel.delete_link(ep.host_ifname)
+        if not [p for p in self.ctx.ports_of(net) if p != ep.host_ifname]:
+            self._teardown(net)   # its last sandbox here: nothing of the network stays on this host
+
+    def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
+        if vxlan_name(net) in linkmap:
+            self._vxlans[net.id] = linkmap[vxlan_name(net)]["index"]
+            self.peers_changed(net)
+        return []
+
+    def firewall(self, net: Network) -> FwNetwork:
+        """Its bridge among the networks (isolated from the others) and, under br_netfilter, the frames it
+        bridges accepted at once and never tracked (design notes, "The data path tracks only what NAT
+        needs"); no NAT: it has no way out of its own (the gateway bridge is the way out)."""
+        return FwNetwork(bridge=bridge_name(net), subnets=[s.subnet for s in net.subnets], internal=net.internal,
+                         icc=True, masquerade=False, gateways=[])
+
+    def kernel_names(self, net: Network) -> set[str]:
+        return {bridge_name(net), vxlan_name(net)} if self.ctx.ports_of(net) else set()
+
+    def shown_options(self, net: Network) -> dict[str, str]:
+        return {VNI_KEY: net.options[VNI_KEY]}
