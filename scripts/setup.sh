@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
-debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static)
+# containernetworking-plugins: the CNI reference plugins the CNI plugin's tests chain nsnet with (portmap, bandwidth, …).
+debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static
+      containernetworking-plugins)
 # A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
 command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()
@@ -39,4 +41,10 @@ done
 # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.
 .venv/bin/python -m compileall -q src/nsnet
 ln -sf "$PWD/.venv/bin/nsnet" /usr/local/bin/nsnet
-echo "nsnet installed: $(command -v nsnet)"
+# The CNI plugin `nsnet` where runtimes look for plugins, a launcher of this tree's Python (-I: no PYTHON*
+# variables, no user site; a runtime's environment is not ours). The reference plugins beside it, where missing.
+mkdir -p /opt/cni/bin
+printf '#!%s -I\nfrom nsnet.cniplugin import main\nraise SystemExit(main())\n' "$PWD/.venv/bin/python" >/opt/cni/bin/.nsnet.tmp
+chmod 755 /opt/cni/bin/.nsnet.tmp && mv -f /opt/cni/bin/.nsnet.tmp /opt/cni/bin/nsnet
+for plugin in /usr/lib/cni/*; do [ -e "/opt/cni/bin/${plugin##*/}" ] || ln -s "$plugin" /opt/cni/bin/; done
+echo "nsnet installed: $(command -v nsnet), CNI plugin /opt/cni/bin/nsnet"
