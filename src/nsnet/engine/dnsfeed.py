@@ -61,7 +61,7 @@ class DnsFeed:
         127.0.0.11:53 is redirected to them inside the sandbox (stateless port rewrites, not NAT), so its
         own programs can still bind port 53. Returns that ruleset for a new sandbox (its first process
         applies it), else None."""
-        if self.server is None or sb.id in self.server.sandboxes():
+        if self.server is None or sb.id in self.server.sandboxes() or sb.pid is None:  # None: CNI's
             return None
         if not any(n.dns for n in self.state.networks_of(sb)):
             return None

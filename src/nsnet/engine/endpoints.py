@@ -13,18 +13,20 @@ from .plans import new_id
 log = logging.getLogger("nsnet.engine")
 
 
-def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
+def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None, *,
+         ifname: str | None = None, ns=None, mac: str | None = None) -> Endpoint | None:
     """Give `sb` an endpoint on `net`. The default route goes through it when asked, or else when no other
-    endpoint has a gateway."""
+    endpoint has a gateway. A CNI attachment names its interface, namespace (a SandboxNs) and MAC."""
     driver = e.driver(net)
     if not driver.builds_endpoints:
         return None
     mine = e.state.endpoints_of_sandbox(sb)
     taken_names = {ep.ifname for ep in mine}
-    ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
+    ifname = ifname or next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
     ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname, host_ifname=None, mac=None,
                   ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases))
     address(e.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
+    ep.mac = mac or ep.mac
     if default_route is None:
         default_route = not any(other.gateway4 for other in mine)
     sandbox = None
@@ -33,7 +35,7 @@ def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool 
         with e.state.transaction():
             e.state.save_endpoint(ep)
         crashpoint("join.after-record")
-        sandbox = e.kernel.sandbox(sb.pid)
+        sandbox = ns or e.kernel.sandbox(sb.pid)
         driver.join(net, ep, sandbox, default_route)
     except BaseException:
         if ep.id in e.state.eps:
