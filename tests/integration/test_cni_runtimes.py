@@ -1,0 +1,129 @@
+"""Real runtimes on nsnet's CNI plugin: containerd (Debian's, `ctr run --cni` with runc) in a test's host
+namespace, its containers on a busybox root. The machine's own /etc/cni, /opt/cni and runtimes are left
+alone: each ctr call runs in a private mount namespace whose /etc and /opt are overlays of the machine's,
+holding the test's CNI configuration and plugin folder (writes go to the test's folder)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import sh, wait_for
+
+BUSYBOX = "/bin/busybox"
+REFERENCE = "/usr/lib/cni"
+if not (shutil.which("containerd") and shutil.which("ctr") and shutil.which("runc") and os.path.exists(BUSYBOX)):
+    pytest.skip("needs containerd, ctr, runc and busybox (Debian's containerd and busybox-static)",
+                allow_module_level=True)
+
+
+class Containerd:
+    """containerd in the host's namespace with its state under `w`, and ctr calls that see `w`'s CNI
+    configuration as /etc/cni/net.d and `w`'s plugins as /opt/cni/bin."""
+
+    def __init__(self, host, w: str):
+        self.host, self.w = host, w
+        self.sock = os.path.join(w, "ctd", "containerd.sock")
+        for d in ("ctd", "etc-up/cni/net.d", "etc-work", "opt-up/cni/bin", "opt-work", "rootfs/www"):
+            os.makedirs(os.path.join(w, d))
+        for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
+            os.makedirs(os.path.join(w, "rootfs", d), exist_ok=True)
+        shutil.copy(BUSYBOX, os.path.join(w, "rootfs/bin/busybox"))
+        for app in ("sh", "ping", "wget", "httpd", "sleep"):
+            os.symlink("busybox", os.path.join(w, "rootfs/bin", app))
+        with open(os.path.join(w, "rootfs/www/index.html"), "w") as f:
+            f.write("hello from a containerd container\n")
+        bin_ = os.path.join(w, "opt-up/cni/bin")
+        with open(os.path.join(bin_, "nsnet"), "w") as f:
+            f.write(f"#!{sys.executable} -I\nfrom nsnet.cniplugin import main\nraise SystemExit(main())\n")
+        os.chmod(os.path.join(bin_, "nsnet"), 0o755)
+        for name in os.listdir(REFERENCE) if os.path.isdir(REFERENCE) else ():
+            os.symlink(os.path.join(REFERENCE, name), os.path.join(bin_, name))
+        with open(os.path.join(w, "ctd/config.toml"), "w") as f:
+            f.write(f'version = 2\nroot = "{w}/ctd/root"\nstate = "{w}/ctd/state"\n'
+                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{self.sock}"\n'
+                    f'[ttrpc]\n  address = "{self.sock}.ttrpc"\n[debug]\n  address = "{w}/ctd/debug.sock"\n'
+                    f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{w}/ctd/opt"\n')
+        # nsenter, not `ip netns exec`: that remounts /sys, and runc then finds no cgroup mount.
+        with open(os.path.join(w, "ctd/log"), "w") as log:
+            self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", "containerd", "--config",
+                                          os.path.join(w, "ctd/config.toml")], stdout=log, stderr=log,
+                                         start_new_session=True)
+        if not wait_for(lambda: self.ctr("version", check=False).returncode == 0, timeout=20):
+            pytest.skip(f"containerd did not start here: {open(os.path.join(w, 'ctd/log')).read()[-400:]}")
+
+    def configure(self, plugin: dict) -> None:
+        conflist = {"cniVersion": "1.0.0", "name": "ctrnet", "plugins": [plugin]}
+        with open(os.path.join(self.w, "etc-up/cni/net.d/10-nsnet.conflist"), "w") as f:
+            json.dump(conflist, f)
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        p = subprocess.run(["ctr", "--address", self.sock, "-n", "test", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        assert not check or p.returncode == 0, p.stderr
+        return p
+
+    def run(self, flags: list[str], name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        w = self.w
+        inner = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={w}/etc-up,workdir={w}/etc-work /etc && "
+                 f"mount -t overlay overlay -o lowerdir=/opt,upperdir={w}/opt-up,workdir={w}/opt-work /opt && "
+                 f'exec ctr --address {self.sock} -n test run {" ".join(flags)} --cni --rootfs {w}/rootfs {name} "$@"')
+        p = subprocess.run(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m", "--propagation",
+                            "private", "sh", "-c", inner, "ctr-run", *cmd], capture_output=True, text=True, timeout=60)
+        assert not check or p.returncode == 0, p.stdout + p.stderr
+        return p
+
+    def stop(self) -> None:
+        for task in self.ctr("task", "ls", "-q", check=False).stdout.split():
+            self.ctr("task", "kill", "-s", "KILL", task, check=False)
+        wait_for(lambda: not self.ctr("task", "ls", "-q", check=False).stdout.strip() or None, timeout=10)
+        for task in self.ctr("task", "ls", "-q", check=False).stdout.split():
+            self.ctr("task", "rm", "-f", task, check=False)
+        for c in self.ctr("container", "ls", "-q", check=False).stdout.split():
+            self.ctr("container", "rm", c, check=False)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        sh(f"umount -R {self.w}/ctd/root", check=False)
+
+
+@pytest.fixture
+def containerd(host, tmp_path):
+    host.nsnet("info")   # the engine's daemon, started outside ctr's private mount namespace
+    c = Containerd(host, str(tmp_path))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def ip_of(host, name: str) -> str:
+    return host.json("inspect", name)[0]["NetworkSettings"]["Networks"]["ctrnet"]["IPAddress"]
+
+
+def test_containerd_containers_ping_each_other_and_a_published_port_answers(host, machines, containerd):
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    before = (os.path.exists("/etc/cni"), os.path.exists("/opt/cni"))
+    # ctr has no -p: a runtime that publishes ports (nerdctl, the CRI, Podman) passes them as the
+    # portMappings capability; here the configuration carries them, and libcni passes them on as they are.
+    containerd.configure({"type": "nsnet", "root": host.root, "runtimeConfig": {
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}})
+    containerd.run(["-d"], "web", "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    web = ip_of(host, "test-web")   # containerd's container ID is namespace-id
+    assert host.json("inspect", "test-web")[0]["Cni"]["Netns"].startswith("/proc/")
+
+    containerd.configure({"type": "nsnet", "root": host.root})
+    p = containerd.run(["--rm"], "client", "/bin/sh", "-c", f"ping -c1 -W2 {web} && wget -qO- http://{web}/")
+    assert "1 packets received" in p.stdout and "hello from a containerd container" in p.stdout
+    # The foreground run ended: ctr called DEL, and the client's attachment is gone.
+    assert [s["Name"] for s in host.json("ps", "-a", "--format", "json")] == ["/test-web"]
+
+    got = sh(f"ip netns exec {pc} wget -qO- -T 3 http://203.0.113.1:8080/", check=False).stdout
+    assert "hello from a containerd container" in got
+    assert (os.path.exists("/etc/cni"), os.path.exists("/opt/cni")) == before
