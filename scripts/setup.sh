@@ -41,10 +41,11 @@ done
 # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.
 .venv/bin/python -m compileall -q src/nsnet
 ln -sf "$PWD/.venv/bin/nsnet" /usr/local/bin/nsnet
-# The CNI plugin `nsnet` where runtimes look for plugins, a launcher of this tree's Python (-I: no PYTHON*
-# variables, no user site; a runtime's environment is not ours). The reference plugins beside it, where missing.
+# The CNI plugin `nsnet` where runtimes look for plugins: a launcher of this tree's Python and source
+# (nsnet.cniplugin.launcher). The reference plugins beside it, where missing.
 mkdir -p /opt/cni/bin
-printf '#!%s -I\nfrom nsnet.cniplugin import main\nraise SystemExit(main())\n' "$PWD/.venv/bin/python" >/opt/cni/bin/.nsnet.tmp
+.venv/bin/python -c 'import sys; from nsnet.cniplugin import launcher; print(launcher(sys.argv[1], sys.argv[2]), end="")' \
+  "$PWD/.venv/bin/python" "$PWD/src" >/opt/cni/bin/.nsnet.tmp
 chmod 755 /opt/cni/bin/.nsnet.tmp && mv -f /opt/cni/bin/.nsnet.tmp /opt/cni/bin/nsnet
 for plugin in /usr/lib/cni/*; do [ -e "/opt/cni/bin/${plugin##*/}" ] || ln -s "$plugin" /opt/cni/bin/; done
 echo "nsnet installed: $(command -v nsnet), CNI plugin /opt/cni/bin/nsnet"

@@ -6,21 +6,20 @@ variables it needs, the JSON, the version), then posts the call to the daemon of
 (starting one when none answers, as the CLI does) and prints the daemon's answer: a result on stdout and exit
 0, or the spec's error object on stdout and exit 1. VERSION is answered here, without a daemon.
 
-Its start-up is on every container's path: standard library and nsnet.client only.
+Its start-up is on every container's path, and a Python process's imports are most of it: `json` (with `re`)
+and `socket` cost ~8 ms each here, so this module speaks to the daemon with their C cores (`_json`,
+`_socket`) and `posix`, and the launcher runs Python with -I -S (design notes, "The CNI plugin's start-up").
 """
-from __future__ import annotations
-
-import json
-import os
-import re
+import _json
+import _socket
+import posix
 import sys
 
 SUPPORTED = ("0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED[-1]
 
 # The spec's error codes (section 5, "Error").
-INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, UNKNOWN_CONTAINER, INVALID_ENV = 1, 2, 3, 4
-IO_FAILURE, DECODING_FAILURE, INVALID_CONFIG, TRY_AGAIN = 5, 6, 7, 11
+INCOMPATIBLE_VERSION, INVALID_ENV, IO_FAILURE, DECODING_FAILURE, INVALID_CONFIG, TRY_AGAIN = 1, 4, 5, 6, 7, 11
 NOT_AVAILABLE = 50
 
 # The variables each command needs (section 2); the rest are optional.
@@ -33,8 +32,9 @@ REQUIRED = {
     "VERSION": (),
 }
 NEEDS_1_1 = ("STATUS", "GC")   # added in 1.1.0: an older configuration does not allow them (as libcni's skel)
-CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
+ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+ID_REST = ID_FIRST | frozenset("_.-")
+DEFAULT_ROOT = "/var/lib/nsnet"   # nsnet.DEFAULT_ROOT (importing nsnet costs nothing, but say it once here)
 
 
 class CniError(Exception):
@@ -43,11 +43,55 @@ class CniError(Exception):
         self.code, self.msg, self.details = code, msg, details
 
 
-def _version_key(v: str) -> tuple[int, ...]:
+# ---- JSON through json's C core -----------------------------------------------------------------------
+
+class _Decoding:
+    """What json's C scanner reads off its decoder."""
+    strict, object_hook, object_pairs_hook = True, None, None
+    parse_float = parse_constant = float
+    parse_int = int
+
+
+_scan = _json.make_scanner(_Decoding())
+_quote = _json.encode_basestring_ascii
+_SPACE = " \t\n\r"
+
+
+def loads(text: str):
+    start = len(text) - len(text.lstrip(_SPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration:
+        raise ValueError(f"expecting a value at character {start}") from None
+    if text[end:].strip(_SPACE):
+        raise ValueError(f"extra data at character {end}")
+    return value
+
+
+def dumps(value) -> str:
+    if isinstance(value, str):
+        return _quote(value)
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_quote(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(dumps(v) for v in value) + "]"
+
+
+# ---- the call -----------------------------------------------------------------------------------------
+
+def _version_key(v: str) -> tuple:
     return tuple(int(p) for p in v.split("."))
 
 
-def parse(env, stdin: bytes) -> tuple[str, dict, dict]:
+def _is_version(v) -> bool:
+    parts = v.split(".") if isinstance(v, str) else []
+    return len(parts) == 3 and all(p.isdigit() and p.isascii() for p in parts)
+
+
+def parse(env: dict, raw: str) -> tuple:
     """(command, configuration, the call's variables), or CniError as the spec shapes it."""
     command = env.get("CNI_COMMAND", "")
     if not command:
@@ -55,13 +99,13 @@ def parse(env, stdin: bytes) -> tuple[str, dict, dict]:
     if command not in REQUIRED:
         raise CniError(INVALID_ENV, f"unknown CNI_COMMAND: {command[:40]}")
     try:
-        conf = json.loads(stdin) if stdin.strip() or command != "VERSION" else {}
+        conf = loads(raw) if raw.strip(_SPACE) or command != "VERSION" else {}
     except (ValueError, RecursionError) as e:
-        raise CniError(DECODING_FAILURE, f"error unmarshalling network config: {str(e).splitlines()[0]}") from None
+        raise CniError(DECODING_FAILURE, f"error unmarshalling network config: {e}") from None
     if not isinstance(conf, dict):
         raise CniError(DECODING_FAILURE, "error unmarshalling network config: not a JSON object")
     version = conf.get("cniVersion", "")
-    if not isinstance(version, str) or (version and not VERSION_RE.fullmatch(version)):
+    if version != "" and not _is_version(version):
         raise CniError(DECODING_FAILURE, f"invalid cniVersion {str(version)[:40]!r}")
     if command == "VERSION":
         return command, conf, {}
@@ -74,12 +118,15 @@ def parse(env, stdin: bytes) -> tuple[str, dict, dict]:
     if missing:
         raise CniError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
     cid = env.get("CNI_CONTAINERID", "")
-    if cid and not CONTAINER_ID_RE.fullmatch(cid):
+    if cid and (cid[0] not in ID_FIRST or not set(cid) <= ID_REST):
         raise CniError(INVALID_ENV, f"invalid CNI_CONTAINERID {cid[:80]!r}: it must start with a letter or digit, "
                                     "then letters, digits, '_', '.' or '-'")
     for key in ("name", "type"):
         if not isinstance(conf.get(key), str) or not conf.get(key):
             raise CniError(INVALID_CONFIG, f"the network configuration needs a string {key!r}")
+    root = conf.get("root")
+    if root is not None and (not isinstance(root, str) or not root.startswith("/")):
+        raise CniError(INVALID_CONFIG, f"invalid \"root\" {str(root)[:80]!r}: give an absolute path")
     call = {"Command": command, "ContainerID": cid, "Netns": env.get("CNI_NETNS", ""),
             "IfName": env.get("CNI_IFNAME", ""), "Args": env.get("CNI_ARGS", ""), "Path": env.get("CNI_PATH", "")}
     return command, conf, call
@@ -89,51 +136,95 @@ def version_result(conf: dict) -> dict:
     return {"cniVersion": conf.get("cniVersion") or LATEST, "supportedVersions": list(SUPPORTED)}
 
 
-def ask_daemon(command: str, conf: dict, call: dict):
-    """The daemon's answer: a result (ADD), or None; CniError as the daemon shaped it."""
-    from .client import ApiError, Client  # after the checks: a bad call costs no import
+# ---- the daemon ---------------------------------------------------------------------------------------
 
-    root = conf.get("root")
-    if root is not None and (not isinstance(root, str) or not root.startswith("/")):
-        raise CniError(INVALID_CONFIG, f"invalid \"root\" {str(root)[:80]!r}: give an absolute path")
-    client = Client(root or os.environ.get("NSNET_ROOT") or None)
+def _post(sock_path: str, body: bytes) -> tuple:
+    """One POST /cni over the daemon's socket: (status, decoded JSON answer)."""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        answer = client.post("/cni", dict(call, Config=json.dumps(conf)))
-    except ApiError as e:
-        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN if e.status == 503 else INVALID_CONFIG
-        raise CniError(code, str(e)) from None
+        s.settimeout(120)
+        s.connect(sock_path)
+        s.sendall(b"POST /cni HTTP/1.1\r\nHost: nsnet\r\nContent-Type: application/json\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            data += chunk
+        head, payload = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(l.split(":", 1)[1]) for l in lines[1:] if l.lower().startswith("content-length:")), 0)
+        while len(payload) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            payload += chunk
+    finally:
+        s.close()
+    return int(lines[0].split()[1]), loads(payload[:length].decode()) if length else {}
+
+
+def ask_daemon(command: str, conf: dict, call: dict, raw: str):
+    """The daemon's answer: a result (ADD), or None; CniError as the daemon shaped it."""
+    root = conf.get("root") or posix.environ.get(b"NSNET_ROOT", b"").decode() or DEFAULT_ROOT
+    sock = root.rstrip("/") + "/nsnet.sock"
+    body = ("{" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in call.items())
+            + f", \"Config\": {_quote(raw)}}}").encode()
+    down = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN
+    try:
+        try:
+            status, answer = _post(sock, body)
+        except (FileNotFoundError, ConnectionRefusedError):
+            from .client import ApiError, Client  # the cold path: no daemon yet
+
+            try:
+                Client(root).start_daemon()
+            except ApiError as e:
+                raise CniError(down, str(e)) from None
+            status, answer = _post(sock, body)
     except OSError as e:
-        raise CniError(NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN,
-                       f"the nsnet daemon of {client.root} does not answer: {e}") from None
+        raise CniError(down, f"the nsnet daemon of {root} does not answer: {e}") from None
+    if status >= 400:
+        raise CniError(INVALID_CONFIG, (answer or {}).get("message", f"the daemon answered HTTP {status}"))
     error = answer.get("Error")
     if error:
         raise CniError(error["code"], error["msg"], error.get("details", ""))
     return answer.get("Result")
 
 
+def launcher(python: str, src: str) -> str:
+    """The executable a runtime runs (/opt/cni/bin/nsnet): `python` without site (-S: ~3 ms) and without the
+    caller's PYTHON* variables (-I), nsnet's source folder `src` on its path."""
+    return (f"#!{python} -IS\nimport sys\nsys.path.insert(0, {src!r})\n"
+            "from nsnet.cniplugin import main\nraise SystemExit(main())\n")
+
+
 def main(env=None, stdin=None, stdout=None) -> int:
-    env = os.environ if env is None else env
+    if env is None:
+        env = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in posix.environ.items()
+               if k.startswith(b"CNI_")}
     stdout = stdout or sys.stdout
     version = LATEST
     try:
         try:
-            raw = stdin if stdin is not None else sys.stdin.buffer.read()
+            raw = (stdin if stdin is not None else sys.stdin.buffer.read()).decode()
         except OSError as e:
             raise CniError(IO_FAILURE, f"error reading from stdin: {e}") from None
+        except UnicodeDecodeError as e:
+            raise CniError(DECODING_FAILURE, f"error unmarshalling network config: not UTF-8 ({e.reason})") from None
         try:  # the error's version is the configuration's, when it has a well-formed one
-            v = json.loads(raw).get("cniVersion")
+            v = loads(raw).get("cniVersion")
             version = v if v in SUPPORTED else version
         except Exception:
             pass
         command, conf, call = parse(env, raw)
-        result = version_result(conf) if command == "VERSION" else ask_daemon(command, conf, call)
+        result = version_result(conf) if command == "VERSION" else ask_daemon(command, conf, call, raw)
     except CniError as e:
-        json.dump({"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}, stdout)
-        stdout.write("\n")
+        stdout.write(dumps({"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}) + "\n")
         return 1
     if result is not None:
-        json.dump(result, stdout)
-        stdout.write("\n")
+        stdout.write(dumps(result) + "\n")
     return 0
 
 

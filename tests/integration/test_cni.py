@@ -9,10 +9,13 @@ import sys
 
 import pytest
 
+from nsnet.cniplugin import launcher
+
 from conftest import changes, sh, wait_for
 
 NETCHECK = os.path.join(os.path.dirname(__file__), "netcheck.py")
 REFERENCE = "/usr/lib/cni"
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))   # this tree's nsnet, as setup.sh installs it
 VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
 
 
@@ -29,10 +32,10 @@ class Runtime:
         self.host = host
         self.bin = os.path.join(folder, "bin")
         os.makedirs(self.bin)
-        launcher = os.path.join(self.bin, "nsnet")
-        with open(launcher, "w") as f:
-            f.write(f"#!{sys.executable} -I\nfrom nsnet.cniplugin import main\nraise SystemExit(main())\n")
-        os.chmod(launcher, 0o755)
+        path = os.path.join(self.bin, "nsnet")
+        with open(path, "w") as f:
+            f.write(launcher(sys.executable, SRC))
+        os.chmod(path, 0o755)
         if os.path.isdir(REFERENCE):
             for name in os.listdir(REFERENCE):
                 os.symlink(os.path.join(REFERENCE, name), os.path.join(self.bin, name))

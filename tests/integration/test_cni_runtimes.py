@@ -11,10 +11,13 @@ import sys
 
 import pytest
 
+from nsnet.cniplugin import launcher
+
 from conftest import sh, wait_for
 
 BUSYBOX = "/bin/busybox"
 REFERENCE = "/usr/lib/cni"
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))   # this tree's nsnet, as setup.sh installs it
 if not (shutil.which("containerd") and shutil.which("ctr") and shutil.which("runc") and os.path.exists(BUSYBOX)):
     pytest.skip("needs containerd, ctr, runc and busybox (Debian's containerd and busybox-static)",
                 allow_module_level=True)
@@ -38,7 +41,7 @@ class Containerd:
             f.write("hello from a containerd container\n")
         bin_ = os.path.join(w, "opt-up/cni/bin")
         with open(os.path.join(bin_, "nsnet"), "w") as f:
-            f.write(f"#!{sys.executable} -I\nfrom nsnet.cniplugin import main\nraise SystemExit(main())\n")
+            f.write(launcher(sys.executable, SRC))
         os.chmod(os.path.join(bin_, "nsnet"), 0o755)
         for name in os.listdir(REFERENCE) if os.path.isdir(REFERENCE) else ():
             os.symlink(os.path.join(REFERENCE, name), os.path.join(bin_, name))
