@@ -41,11 +41,12 @@ done
 # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.
 .venv/bin/python -m compileall -q src/nsnet
 ln -sf "$PWD/.venv/bin/nsnet" /usr/local/bin/nsnet
-# The CNI plugin `nsnet` where runtimes look for plugins: a launcher of this tree's Python and source
-# (nsnet.cniplugin.launcher). The reference plugins beside it, where missing.
+# The CNI plugin `nsnet` where runtimes look for plugins: a launcher of this tree's source on Debian's Python
+# (the plugin needs only the standard library; a daemon it starts runs on .venv's), see nsnet.cniplugin.launcher.
+# The reference plugins beside it, where missing.
 mkdir -p /opt/cni/bin
-.venv/bin/python -c 'import sys; from nsnet.cniplugin import launcher; print(launcher(sys.argv[1], sys.argv[2]), end="")' \
-  "$PWD/.venv/bin/python" "$PWD/src" >/opt/cni/bin/.nsnet.tmp
+.venv/bin/python -c 'import sys; from nsnet.cniplugin import launcher; print(launcher(*sys.argv[1:]), end="")' \
+  /usr/bin/python3 "$PWD/src" "$PWD/.venv/bin/python" >/opt/cni/bin/.nsnet.tmp
 chmod 755 /opt/cni/bin/.nsnet.tmp && mv -f /opt/cni/bin/.nsnet.tmp /opt/cni/bin/nsnet
 for plugin in /usr/lib/cni/*; do [ -e "/opt/cni/bin/${plugin##*/}" ] || ln -s "$plugin" /opt/cni/bin/; done
 echo "nsnet installed: $(command -v nsnet), CNI plugin /opt/cni/bin/nsnet"

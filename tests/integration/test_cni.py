@@ -15,6 +15,7 @@ from conftest import changes, sh, wait_for
 
 NETCHECK = os.path.join(os.path.dirname(__file__), "netcheck.py")
 REFERENCE = "/usr/lib/cni"
+PLUGIN_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable   # as setup.sh
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))   # this tree's nsnet, as setup.sh installs it
 VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
 
@@ -34,7 +35,7 @@ class Runtime:
         os.makedirs(self.bin)
         path = os.path.join(self.bin, "nsnet")
         with open(path, "w") as f:
-            f.write(launcher(sys.executable, SRC))
+            f.write(launcher(PLUGIN_PYTHON, SRC, sys.executable))
         os.chmod(path, 0o755)
         if os.path.isdir(REFERENCE):
             for name in os.listdir(REFERENCE):

@@ -17,6 +17,7 @@ from conftest import sh, wait_for
 
 BUSYBOX = "/bin/busybox"
 REFERENCE = "/usr/lib/cni"
+PLUGIN_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable   # as setup.sh
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))   # this tree's nsnet, as setup.sh installs it
 if not (shutil.which("containerd") and shutil.which("ctr") and shutil.which("runc") and os.path.exists(BUSYBOX)):
     pytest.skip("needs containerd, ctr, runc and busybox (Debian's containerd and busybox-static)",
@@ -41,7 +42,7 @@ class Containerd:
             f.write("hello from a containerd container\n")
         bin_ = os.path.join(w, "opt-up/cni/bin")
         with open(os.path.join(bin_, "nsnet"), "w") as f:
-            f.write(launcher(sys.executable, SRC))
+            f.write(launcher(PLUGIN_PYTHON, SRC, sys.executable))
         os.chmod(os.path.join(bin_, "nsnet"), 0o755)
         for name in os.listdir(REFERENCE) if os.path.isdir(REFERENCE) else ():
             os.symlink(os.path.join(REFERENCE, name), os.path.join(bin_, name))
