@@ -201,6 +201,19 @@ def test_static_ip_mac_and_options(host, machines, cni):
     assert address(cni.add(c2, "c2", args="IgnoreUnknown=1;IP=10.66.0.60")) == "10.66.0.60"
 
 
+def test_the_resolver_answers_the_networks_names_when_asked_for(host, machines, cni):
+    c1, c2 = machines.add("c1"), machines.add("c2")
+    conf = cni.conf(resolver=True)
+    r1, r2 = cni.add(c1, "c1", conf), cni.add(c2, "web", conf)
+    assert r1["dns"] == {"nameservers": ["127.0.0.11"]}
+    dig = f"ip netns exec {c1} dig +short +time=2 +tries=1 @127.0.0.11"
+    assert wait_for(lambda: sh(f"{dig} web", check=False).stdout.strip() == address(r2))
+    assert sh(f"{dig} c1.cninet", check=False).stdout.strip() == address(r1)
+    cni.ok("DEL", conf, cid="web", netns=f"/run/netns/{c2}")
+    assert sh(f"{dig} web", check=False).stdout.strip() == ""
+    assert "dns" not in cni.add(c2, "plain")   # without "resolver": the runtime's own resolv.conf
+
+
 def test_published_port_answers_and_goes_with_del(host, machines, cni):
     pc, c1 = machines.add("pc"), machines.add("c1")
     machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")

@@ -7,6 +7,10 @@ path), its interface the runtime's CNI_IFNAME, its identity (network name, conta
 `Sandbox.cni` holds those. So `nsnet ps`/`inspect`, the allocator, published ports and the firewall see it
 as any sandbox, and a restarted daemon neither leaks nor gives out its address again: reconcile drops it
 only when its namespace is gone (a reboot), and DEL is what removes it otherwise.
+
+With "resolver": true the container gets nsnet's resolver at 127.0.0.11 (the network's names, the rest
+forwarded), as nsnet's own sandboxes do, and the result's DNS points there; it costs the ADD an `nft` run
+in the container's namespace (~5 ms), so it is asked for, not the default.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from ..drivers.base import MTU_KEY
 from ..drivers.bridge import ICC_KEY, MASQ_KEY
 from ..errors import KernelError, NsnetError
 from ..kernel import ports as host_ports
+from ..kernel.nft import run_first_in
 from ..model import PortMapping, Sandbox, now_rfc3339
 from . import cniresult, endpoints, plans
 from .thread import on_kernel_thread
@@ -98,6 +103,7 @@ class Cni:
         if not driver.builds_endpoints or driver.singleton:
             raise CniError(INVALID_CONFIG, f"network {net.name} is a {net.driver} network: a CNI attachment needs "
                                            f"one that builds interfaces (bridge, macvlan, ipvlan)")
+        resolver = _bool_value(conf.get("resolver", False), "resolver")
         args = _cni_args(call["Args"])
         rc = conf.get("runtimeConfig") or {}
         ip4, ip6 = _static_ips(rc.get("ips") or ([args["IP"]] if args.get("IP") else []))
@@ -108,7 +114,7 @@ class Cni:
         sb = Sandbox(id=sid, name=self._name(cid, ifname, sid), hostname="", created=now_rfc3339(), cmd=[],
                      auto_remove=True, netmode="cni", requests=[req], ports=self._ports(rc.get("portMappings")),
                      cni={"container_id": cid, "ifname": ifname, "netns": path, "netns_id": list(ns_id),
-                          "network": conf["name"]})
+                          "network": conf["name"], "resolver": resolver and net.dns})
         sb.hostname = sb.name if _hostname_ok(sb.name) else sid[:12]
         sockets, ns, applied = [], None, False
         try:
@@ -121,6 +127,11 @@ class Cni:
                 raise CniError(EXISTS, f"interface {ifname} already exists in {path}")
             ep = endpoints.join(e, sb, net, req, default_route=True, ifname=ifname, ns=ns,
                                 mac=mac.lower() if mac else None)
+            if sb.cni["resolver"]:   # 127.0.0.11 inside, as in nsnet's own sandboxes
+                ns.loopback_up()
+                redirect = e.feed.attach(sb)
+                if redirect:
+                    run_first_in(path, redirect)
             sb.state, sb.started = "running", now_rfc3339()
             e.port_sockets[sb.id] = sockets
             with e.store.transaction():
@@ -147,7 +158,8 @@ class Cni:
         mine = cniresult.attachment(
             bridge=net.bridge, host_ifname=ep.host_ifname, ifname=ifname, mac=ep.mac, netns=path,
             addresses=[(a, g) for a, g in ((ep.ipv4, ep.gateway4), (ep.ipv6, ep.gateway6)) if a],
-            mtu=int(mtu) if mtu else None, dns=[])
+            mtu=int(mtu) if mtu else None,
+            dns=[e.feed.server.address] if sb.cni["resolver"] and e.feed.server else [])
         return cniresult.shaped(conf["cniVersion"], cniresult.chained(_prev(conf), mine))
 
     def _netns(self, path: str) -> tuple[int, int]:

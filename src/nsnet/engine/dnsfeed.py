@@ -61,11 +61,12 @@ class DnsFeed:
         127.0.0.11:53 is redirected to them inside the sandbox (stateless port rewrites, not NAT), so its
         own programs can still bind port 53. Returns that ruleset for a new sandbox (its first process
         applies it), else None."""
-        if self.server is None or sb.id in self.server.sandboxes() or sb.pid is None:  # None: CNI's
+        if self.server is None or sb.id in self.server.sandboxes():
             return None
-        if not any(n.dns for n in self.state.networks_of(sb)):
+        if not any(n.dns for n in self.state.networks_of(sb)) or (sb.cni and not sb.cni.get("resolver")):
             return None
-        self.server.add_sandbox(sb.id, f"/proc/{sb.pid}/ns/net", upstreams=sb.dns or None,
+        netns = sb.cni["netns"] if sb.cni else f"/proc/{sb.pid}/ns/net"   # a CNI runtime's namespace, or its process's
+        self.server.add_sandbox(sb.id, netns, upstreams=sb.dns or None,
                                 ports=tuple(sb.dns_ports) if sb.dns_ports else None)
         if sb.dns_ports:
             return None
