@@ -36,6 +36,15 @@ for unit in "${units[@]}"; do
   deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
 done
 
+# Podman 4.3 for the CNI plugin's runtime test, unpacked under .podman/ rather than installed: its package would
+# add /etc/cni/net.d/87-podman-bridge.conflist and /etc/containers to the machine. A podman on PATH is used as is.
+if ! command -v podman >/dev/null && [ ! -x .podman/usr/bin/podman ]; then
+  debs_dir=$(mktemp -d)
+  (cd "$debs_dir" && apt-get download -qq podman conmon golang-github-containers-common libgpgme11 libsubid4 2>/dev/null)
+  for deb in "$debs_dir"/*.deb; do dpkg -x "$deb" .podman; done
+  rm -rf "$debs_dir"
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.

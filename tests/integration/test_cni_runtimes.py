@@ -1,7 +1,8 @@
-"""Real runtimes on nsnet's CNI plugin: containerd (Debian's, `ctr run --cni` with runc) in a test's host
-namespace, its containers on a busybox root. The machine's own /etc/cni, /opt/cni and runtimes are left
-alone: each ctr call runs in a private mount namespace whose /etc and /opt are overlays of the machine's,
-holding the test's CNI configuration and plugin folder (writes go to the test's folder)."""
+"""Real runtimes on nsnet's CNI plugin, in a test's host namespace, their containers on a busybox root:
+containerd (Debian's, `ctr run --cni` with runc) and Podman 4.3 with its CNI backend. The machine's own
+/etc/cni, /opt/cni, /etc/containers and runtimes are left alone: the runtimes run in private mount
+namespaces whose /etc, /opt (and /var) are overlays of the machine's, holding the test's CNI configuration
+and plugin folder (writes go to the test's folder)."""
 import json
 import os
 import shutil
@@ -131,3 +132,118 @@ def test_containerd_containers_ping_each_other_and_a_published_port_answers(host
     got = sh(f"ip netns exec {pc} wget -qO- -T 3 http://203.0.113.1:8080/", check=False).stdout
     assert "hello from a containerd container" in got
     assert (os.path.exists("/etc/cni"), os.path.exists("/opt/cni")) == before
+
+
+# ---- Podman -------------------------------------------------------------------------------------------
+
+PODMAN_TREE = os.path.join(os.path.dirname(SRC), ".podman")   # setup.sh unpacks Debian's podman there
+
+
+class Podman:
+    """Podman 4.3 with its CNI backend in the host's namespace. One private mount namespace (held by a
+    `sleep`) is the test's machine: overlays of /etc and /var, tmpfs /run and /dev/shm, so Podman's
+    state, its network namespaces (/run/netns) and locks stay in it. Podman calls and nsnet's daemon
+    enter it (the daemon opens the container namespaces by Podman's paths)."""
+
+    def __init__(self, host, w: str):
+        self.host, self.w = host, w
+        system = shutil.which("podman")
+        self.tree = "" if system else PODMAN_TREE
+        self.podman = system or os.path.join(PODMAN_TREE, "usr/bin/podman")
+        if not os.access(self.podman, os.X_OK):
+            pytest.skip("needs podman (scripts/setup.sh unpacks Debian's under .podman/)")
+        for d in ("etc-up", "etc-work", "var-up", "var-work", "net.d", "bin", "rootfs/www"):
+            os.makedirs(os.path.join(w, d))
+        for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
+            os.makedirs(os.path.join(w, "rootfs", d), exist_ok=True)
+        shutil.copy(BUSYBOX, os.path.join(w, "rootfs/bin/busybox"))
+        for app in ("sh", "ping", "wget", "httpd", "sleep"):
+            os.symlink("busybox", os.path.join(w, "rootfs/bin", app))
+        with open(os.path.join(w, "rootfs/www/index.html"), "w") as f:
+            f.write("hello from a podman container\n")
+        with open(os.path.join(w, "bin/nsnet"), "w") as f:
+            f.write(launcher(PLUGIN_PYTHON, SRC, sys.executable))
+        os.chmod(os.path.join(w, "bin/nsnet"), 0o755)
+        with open(os.path.join(w, "net.d/nsnetpod.conflist"), "w") as f:
+            json.dump({"cniVersion": "1.0.0", "name": "nsnetpod", "plugins": [
+                {"type": "nsnet", "root": host.root, "capabilities": {"portMappings": True}}]}, f)
+        conmon = shutil.which("conmon") or os.path.join(PODMAN_TREE, "usr/bin/conmon")
+        seccomp = next(p for p in ("/usr/share/containers/seccomp.json",
+                                   os.path.join(PODMAN_TREE, "usr/share/containers/seccomp.json")) if os.path.exists(p))
+        with open(os.path.join(w, "containers.conf"), "w") as f:
+            f.write(f'[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+                    f'seccomp_profile = "{seccomp}"\n[network]\nnetwork_backend = "cni"\n'
+                    f'network_config_dir = "{w}/net.d"\ncni_plugin_dirs = ["{w}/bin"]\n'
+                    f'[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nconmon_path = ["{conmon}"]\n')
+        mounts = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={w}/etc-up,workdir={w}/etc-work /etc && "
+                  f"mount -t overlay overlay -o lowerdir=/var,upperdir={w}/var-up,workdir={w}/var-work /var && "
+                  "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /dev/shm && exec sleep infinity")
+        self.holder = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", "unshare", "-m",
+                                        "--propagation", "private", "sh", "-c", mounts])
+        assert wait_for(lambda: _is_sleeping(self.holder.pid)), "the test's mount namespace was not made"   # mounted
+        # nsnet's daemon inside the test's machine: it must see Podman's /run/netns.
+        self.inside([sys.executable, "-m", "nsnet", "--root", host.root, "info"])
+
+    def inside(self, cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CONTAINERS_CONF": os.path.join(self.w, "containers.conf"),
+               "DOCKER_HOST": f"unix://{self.host.root}/no-docker.sock"}
+        if self.tree:
+            env["LD_LIBRARY_PATH"] = os.path.join(self.tree, "usr/lib/x86_64-linux-gnu")
+        p = subprocess.run(["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", f"--net=/run/netns/{self.host.ns}",
+                            "--wd=/", *cmd], capture_output=True, text=True, env=env, timeout=timeout)
+        assert not check or p.returncode == 0, p.stdout + p.stderr
+        return p
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.inside([self.podman, "--storage-driver", "vfs", *args], check=check)
+
+    def stop(self) -> None:
+        self("rm", "-a", "-f", "-t", "0", check=False)
+        self.holder.kill()
+        self.holder.wait()
+
+
+def _is_sleeping(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "sleep"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def podman(host, tmp_path):
+    p = Podman(host, str(tmp_path))
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_podman_containers_ping_each_other_and_a_published_port_answers(host, machines, podman):
+    pc = machines.add("pc")
+    machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
+    before = (os.path.exists("/etc/cni"), os.path.exists("/opt/cni"), os.path.exists("/etc/containers"))
+    rootfs = os.path.join(podman.w, "rootfs")
+    podman("run", "-d", "--name", "web", "--network", "nsnetpod", "-p", "8080:80", "--rootfs", rootfs,
+           "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    web = host.json("inspect", "web")[0]   # Podman's name (CNI_ARGS K8S_POD_NAME) is the sandbox's
+    ip = web["NetworkSettings"]["Networks"]["nsnetpod"]["IPAddress"]
+    assert web["Cni"]["Netns"].startswith("/run/netns/netns-")
+    assert web["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+
+    # Detached: Podman 4.3's attached run waits 20 s for conmon here (its exit file), whatever the network.
+    podman("run", "-d", "--name", "client", "--network", "nsnetpod", "--rootfs", rootfs, "/bin/sh", "-c",
+           f"ping -c1 -W2 {ip} > /tmp/client.out && wget -qO- http://{ip}/ >> /tmp/client.out; echo done >> /tmp/client.out")
+    out = os.path.join(rootfs, "tmp/client.out")
+    assert wait_for(lambda: os.path.exists(out) and "done" in open(out).read(), timeout=20)
+    got = open(out).read()
+    assert "1 packets received" in got and "hello from a podman container" in got, got
+
+    answer = sh(f"ip netns exec {pc} wget -qO- -T 3 http://203.0.113.1:8080/", check=False).stdout
+    assert "hello from a podman container" in answer
+    podman("rm", "-f", "-t", "0", "web")   # Podman's DEL
+    names = [s["Name"] for s in host.json("ps", "-a", "--format", "json")]
+    assert "/web" not in names
+    assert sh(f"ip netns exec {pc} wget -qO- -T 2 http://203.0.113.1:8080/", check=False).returncode != 0
+    assert (os.path.exists("/etc/cni"), os.path.exists("/opt/cni"), os.path.exists("/etc/containers")) == before

@@ -111,7 +111,7 @@ class Cni:
         if mac is not None and not (isinstance(mac, str) and MAC_RE.fullmatch(mac)):
             raise CniError(INVALID_CONFIG, f"invalid mac {str(mac)[:40]!r}: give six hex pairs, e.g. 02:42:ac:11:00:02")
         req = plans.request(driver, e.alloc, net, {"IP": ip4, "IP6": ip6})
-        sb = Sandbox(id=sid, name=self._name(cid, ifname, sid), hostname="", created=now_rfc3339(), cmd=[],
+        sb = Sandbox(id=sid, name=self._name(args.get("K8S_POD_NAME"), cid, ifname, sid), hostname="", created=now_rfc3339(), cmd=[],
                      auto_remove=True, netmode="cni", requests=[req], ports=self._ports(rc.get("portMappings")),
                      cni={"container_id": cid, "ifname": ifname, "netns": path, "netns_id": list(ns_id),
                           "network": conf["name"], "resolver": resolver and net.dns})
@@ -119,7 +119,7 @@ class Cni:
         sockets, ns, applied = [], None, False
         try:
             for p in sb.ports:
-                sockets.append(host_ports.hold(p))
+                sockets.append(host_ports.hold(p, shared=True))
             with e.store.transaction():
                 e.state.save_sandbox(sb)   # "created": a restart undoes an ADD cut off before it ended
             ns = e.kernel.netns(path)
@@ -199,10 +199,11 @@ class Cni:
         except NsnetError as err:
             raise CniError(INVALID_CONFIG, f"cannot create network {name}: {err}") from None
 
-    def _name(self, cid: str, ifname: str, sid: str) -> str:
-        """The container ID as its name when it is a valid, free one (others on its network resolve it)."""
+    def _name(self, pod: str | None, cid: str, ifname: str, sid: str) -> str:
+        """The runtime's name for the container (CNI_ARGS K8S_POD_NAME: the CRI's and Podman's), else its ID,
+        when that is a valid, free name (others on its network resolve it)."""
         taken = {s.name for s in self.e.state.sbs.values()}
-        for name in (cid, cid[:12], f"{cid[:12]}-{ifname}"):
+        for name in filter(None, (pod, cid, cid[:12], f"{cid[:12]}-{ifname}")):
             try:
                 rq.check_name(name, "sandbox")
             except NsnetError:

@@ -149,7 +149,7 @@ def rehold_ports(e, done: list[str]) -> None:
         held = []
         for p in sb.ports:
             with reported(done, f"sandbox {sb.name}"):
-                held.append(ports.hold(p))
+                held.append(ports.hold(p, shared=bool(sb.cni)))
         e.port_sockets[sb.id] = held
 
 
