@@ -96,6 +96,8 @@ def test_add_check_del_two_containers_that_ping_each_other(host, machines, cni):
     assert ps["/c1"]["Cni"] == {"ContainerID": "c1", "IfName": "eth0", "Netns": f"/run/netns/{c1}", "Network": "cninet"}
     assert ps["/c2"]["NetworkSettings"]["Networks"]["cninet"]["IPAddress"] == address(r2)
     assert host.json("network", "inspect", "cninet")[0]["Labels"] == {"nsnet.cni": "true"}
+    doctor = host.nsnet("doctor", "--client", address(r2), check=False).stdout   # the attachments as doctor sees them
+    assert "of nsnet network 'cninet'" in doctor and f"reachable: yes: {address(r2)}" in doctor, doctor
 
     assert cni.ok("CHECK", dict(cni.conf(), prevResult=r1), netns=f"/run/netns/{c1}") is None
     assert cni.ok("STATUS", cni.conf(), cid=None, ifname=None) is None
@@ -262,7 +264,7 @@ def test_a_restart_neither_leaks_nor_gives_an_address_twice(host, machines, cni)
 
 @pytest.mark.skipif(not os.path.exists(f"{REFERENCE}/portmap"), reason="containernetworking-plugins is missing")
 def test_chained_with_the_reference_plugins(host, machines, cni):
-    """nsnet first, then portmap, tuning and firewall, each given the previous result (a conflist's ADD);
+    """nsnet first, then portmap, tuning, bandwidth and firewall, each given the previous result (a conflist's ADD);
     DEL in reverse order. nsnet after the loopback plugin passes its result on."""
     pc, c1 = machines.add("pc"), machines.add("c1")
     machines.wire(host.ns, "203.0.113.1/24", pc, "203.0.113.2/24")
@@ -273,6 +275,8 @@ def test_chained_with_the_reference_plugins(host, machines, cni):
         dict(base, type="portmap", capabilities={"portMappings": True},
              runtimeConfig={"portMappings": [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp"}]}),
         dict(base, type="tuning", sysctl={"net.ipv4.conf.eth0.rp_filter": "2"}),
+        dict(base, type="bandwidth", capabilities={"bandwidth": True},
+             runtimeConfig={"bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000}}),
         dict(base, type="firewall", backend="iptables"),
     ]
     prev, results = None, []
@@ -286,6 +290,8 @@ def test_chained_with_the_reference_plugins(host, machines, cni):
     assert wait_for(lambda: sh(f"ip netns exec {pc} {ask}", check=False).stdout.strip().startswith("peer="))
     assert sh(f"ip netns exec {c1} sysctl -n net.ipv4.conf.eth0.rp_filter").stdout.strip() == "2"
     assert address(results[0]) in host.sh("iptables -S CNI-FORWARD").stdout
+    host_veth = results[0]["interfaces"][1]["name"]   # bandwidth found nsnet's host end in prevResult
+    assert "tbf" in host.sh(f"tc qdisc show dev {host_veth}").stdout
     for conf in reversed(chain):
         cni.ok("DEL", dict(conf, prevResult=prev), netns=netns)
     assert host.json("ps", "-a", "--format", "json") == []
