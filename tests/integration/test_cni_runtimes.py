@@ -52,32 +52,42 @@ class Containerd:
                     f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{self.sock}"\n'
                     f'[ttrpc]\n  address = "{self.sock}.ttrpc"\n[debug]\n  address = "{w}/ctd/debug.sock"\n'
                     f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{w}/ctd/opt"\n')
-        # nsenter, not `ip netns exec`: that remounts /sys, and runc then finds no cgroup mount.
+        # nsenter, not `ip netns exec`: that remounts /sys, and runc then finds no cgroup mount. containerd, its
+        # shims and every ctr call share one private mount namespace with a tmpfs over /run (containerd 1.6 keeps
+        # shim sockets, fifos and runc's state under /run/containerd, whatever its config says) and overlays of
+        # /etc and /opt (ctr reads CNI configs from /etc/cni/net.d and plugins from /opt/cni/bin): the
+        # machine's own /run, /etc and /opt stay untouched.
+        inner = (f"mount -t tmpfs tmpfs /run && "
+                 f"mount -t overlay overlay -o lowerdir=/etc,upperdir={w}/etc-up,workdir={w}/etc-work /etc && "
+                 f"mount -t overlay overlay -o lowerdir=/opt,upperdir={w}/opt-up,workdir={w}/opt-work /opt && "
+                 f"exec containerd --config {w}/ctd/config.toml")
         with open(os.path.join(w, "ctd/log"), "w") as log:
-            self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", "containerd", "--config",
-                                          os.path.join(w, "ctd/config.toml")], stdout=log, stderr=log,
+            self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.ns}", "--", "unshare", "-m",
+                                          "--propagation", "private", "sh", "-c", inner], stdout=log, stderr=log,
                                          start_new_session=True)
         if not wait_for(lambda: self.ctr("version", check=False).returncode == 0, timeout=20):
             pytest.skip(f"containerd did not start here: {open(os.path.join(w, 'ctd/log')).read()[-400:]}")
 
     def configure(self, plugin: dict) -> None:
+        """The CNI configuration ctr reads, written through the overlay (not into its upper folder under it)."""
         conflist = {"cniVersion": "1.0.0", "name": "ctrnet", "plugins": [plugin]}
-        with open(os.path.join(self.w, "etc-up/cni/net.d/10-nsnet.conflist"), "w") as f:
-            json.dump(conflist, f)
+        subprocess.run(self._inside() + ["sh", "-c", "cat > /etc/cni/net.d/10-nsnet.conflist"],
+                       input=json.dumps(conflist), text=True, check=True)
+
+    def _inside(self) -> list[str]:
+        """Enter containerd's namespaces (its mounts: /run, /etc, /opt; its network: the test's host)."""
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "-n", "--"]
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(["ctr", "--address", self.sock, "-n", "test", *args], capture_output=True, text=True,
-                           timeout=timeout)
+        p = subprocess.run(self._inside() + ["ctr", "--address", self.sock, "-n", "test", *args], capture_output=True,
+                           text=True, timeout=timeout)
         assert not check or p.returncode == 0, p.stderr
         return p
 
     def run(self, flags: list[str], name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        w = self.w
-        inner = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={w}/etc-up,workdir={w}/etc-work /etc && "
-                 f"mount -t overlay overlay -o lowerdir=/opt,upperdir={w}/opt-up,workdir={w}/opt-work /opt && "
-                 f'exec ctr --address {self.sock} -n test run {" ".join(flags)} --cni --rootfs {w}/rootfs {name} "$@"')
-        p = subprocess.run(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m", "--propagation",
-                            "private", "sh", "-c", inner, "ctr-run", *cmd], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(self._inside() + ["ctr", "--address", self.sock, "-n", "test", "run", *flags, "--cni",
+                                             "--rootfs", f"{self.w}/rootfs", name, *cmd],
+                           capture_output=True, text=True, timeout=60)
         assert not check or p.returncode == 0, p.stdout + p.stderr
         return p
 
