@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 from common import Figure, Skip, faster, summary, timed_ms, verdict
-from peer_cni import Cni
+from peer_cni import Cni, NsnetCni
 from peer_floor import kernel_floor, pyroute2_floor
 from peer_netavark import Netavark
 from peer_nsnet import NsnetEngine
@@ -48,7 +48,8 @@ def run(ctx) -> Figure:
 
     # ---- netavark, CNI -------------------------------------------------------------------------------
     for label, make, up, down in (("netavark", lambda: Netavark(h, "f1nv"), "setup_ms", "teardown_ms"),
-                                  ("CNI bridge", lambda: Cni(h, "f1cni"), "add_ms", "del_ms")):
+                                  ("CNI bridge", lambda: Cni(h, "f1cni"), "add_ms", "del_ms"),
+                                  ("nsnet CNI", lambda: NsnetCni(h, "f1ncni"), "add_ms", "del_ms")):
         with h.scope(fig, label):
             peer = make()
             peer.prepare(list(range(n)))
@@ -122,6 +123,7 @@ def run(ctx) -> Figure:
                 fig.row(measure=f"attach, nsnet API vs {floor}", value=a50, p95=api["attach"]["p95"], unit="ms",
                         reps=f"{n}+{p['n'] if floor.endswith('pyroute2') else 'batch'}", peer=floor,
                         peer_value=p["p50"], peer_p95=p.get("p95"), ratio=r, ratio_text=txt)
+    _cni_rows(fig, stats, n)
     cli = stats.get("nsnet CLI")
     if cli:
         c50 = cli["attach"]["p50"]
@@ -136,6 +138,20 @@ def run(ctx) -> Figure:
         fig.row(measure="detach, nsnet CLI `network disconnect`", value=cli["detach"]["p50"], p95=cli["detach"]["p95"],
                 unit="ms", reps=f"{n}")
     return fig
+
+
+def _cni_rows(fig: Figure, stats: dict, n: int) -> None:
+    """nsnet's CNI plugin against the reference bridge + host-local, both as a runtime sees them: one plugin
+    process per call, from its start to its exit."""
+    mine, ref = stats.get("nsnet CNI"), stats.get("CNI bridge")
+    if not mine or not ref:
+        return
+    for step, label in (("attach", "ADD"), ("detach", "DEL")):
+        m, p = mine[step], ref[step]
+        r, txt = faster(m["p50"], p["p50"])
+        fig.row(measure=f"CNI {label}, nsnet plugin vs bridge + host-local", value=m["p50"], p95=m["p95"], unit="ms",
+                reps=f"{n}+{n}", peer=f"CNI bridge {label}", peer_value=p["p50"], peer_p95=p["p95"], ratio=r,
+                ratio_text=txt, target="p50 <= half the peer's", verdict=verdict(r is not None and r >= 2))
 
 
 def _profile(ctx, fig: Figure, eng: NsnetEngine) -> None:

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
-debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static)
+# containernetworking-plugins: the CNI reference plugins the CNI plugin's tests chain nsnet with (portmap, bandwidth, …).
+debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static
+      containernetworking-plugins)
 # A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
 command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()
@@ -34,9 +36,26 @@ for unit in "${units[@]}"; do
   deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
 done
 
+# Podman 4.3 for the CNI plugin's runtime test, unpacked under .podman/ rather than installed: its package would
+# add /etc/cni/net.d/87-podman-bridge.conflist and /etc/containers to the machine. A podman on PATH is used as is.
+if ! command -v podman >/dev/null && [ ! -x .podman/usr/bin/podman ]; then
+  debs_dir=$(mktemp -d)
+  (cd "$debs_dir" && apt-get download -qq podman conmon golang-github-containers-common libgpgme11 libsubid4 2>/dev/null)
+  for deb in "$debs_dir"/*.deb; do dpkg -x "$deb" .podman; done
+  rm -rf "$debs_dir"
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 # Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every CLI call would compile nsnet again.
 .venv/bin/python -m compileall -q src/nsnet
 ln -sf "$PWD/.venv/bin/nsnet" /usr/local/bin/nsnet
-echo "nsnet installed: $(command -v nsnet)"
+# The CNI plugin `nsnet` where runtimes look for plugins: a launcher of this tree's source on Debian's Python
+# (the plugin needs only the standard library; a daemon it starts runs on .venv's), see nsnet.cniplugin.launcher.
+# The reference plugins beside it, where missing.
+mkdir -p /opt/cni/bin
+.venv/bin/python -c 'import sys; from nsnet.cniplugin import launcher; print(launcher(*sys.argv[1:]), end="")' \
+  /usr/bin/python3 "$PWD/src" "$PWD/.venv/bin/python" >/opt/cni/bin/.nsnet.tmp
+chmod 755 /opt/cni/bin/.nsnet.tmp && mv -f /opt/cni/bin/.nsnet.tmp /opt/cni/bin/nsnet
+for plugin in /usr/lib/cni/*; do [ -e "/opt/cni/bin/${plugin##*/}" ] || ln -s "$plugin" /opt/cni/bin/; done
+echo "nsnet installed: $(command -v nsnet), CNI plugin /opt/cni/bin/nsnet"

@@ -121,9 +121,9 @@ class Client:
     def delete(self, path: str):
         return self.request("DELETE", path)
 
-    def start_daemon(self, wait: float = 30.0) -> None:
-        """Start `nsnet daemon` in the background for this root and wait until it answers; if it exits
-        first, say why at once (the last line of its log), not after `wait` seconds."""
+    def start_daemon(self, wait: float = 30.0, python: str | None = None) -> None:
+        """Start `nsnet daemon` in the background for this root (on `python`, this one's by default) and wait
+        until it answers; if it exits first, say why at once (the last line of its log), not after `wait` seconds."""
         import subprocess  # here, not at the top: ~5 ms of every other command's start-up
 
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -131,7 +131,7 @@ class Client:
         log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         start = os.lseek(log, 0, os.SEEK_END)
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "nsnet", "--root", self.root, "daemon"],
+            proc = subprocess.Popen([python or sys.executable, "-m", "nsnet", "--root", self.root, "daemon"],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         finally:
             os.close(log)

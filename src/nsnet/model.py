@@ -110,13 +110,16 @@ class Sandbox:
     started: str | None = None
     finished: str | None = None
     dns_ports: list[int] | None = None  # UDP, TCP ports of its resolver; 127.0.0.11:53 is redirected to them
+    # A CNI attachment (netmode "cni", no process of its own): the runtime's container ID, interface and
+    # network namespace (path, and its device and inode, so that a namespace made anew there is not ours).
+    cni: dict | None = None
 
 
 # The fields only the host that runs a sandbox can use: its process, its resolver's sockets, its host links'
 # names. They are saved apart from the rest (store/records.py: under local/), which is what a store shared by
 # hosts holds; the engine's objects carry both. The table, field by field, is in docs/architecture.md.
 HOST_ONLY = {
-    "sandbox": ("pid", "pid_start", "dns_ports"),
+    "sandbox": ("pid", "pid_start", "dns_ports", "cni"),
     "endpoint": ("host_ifname",),
 }
 
@@ -240,6 +243,8 @@ def sandbox_json(sb: Sandbox, members: list[tuple[Network, Endpoint]]) -> dict:
             "PortBindings": {p.key(): [{"HostIp": p.host_ip, "HostPort": str(p.host_port)}] for p in sb.ports},
         },
         "NetworkSettings": {"Ports": ports, "Networks": networks},
+        **({"Cni": {"ContainerID": sb.cni["container_id"], "IfName": sb.cni["ifname"], "Netns": sb.cni["netns"],
+                    "Network": sb.cni["network"]}} if sb.cni else {}),
     }
 
 

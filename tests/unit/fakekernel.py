@@ -191,6 +191,12 @@ class FakeKernel:
             self.sandboxes[pid] = FakeSandboxNs(pid, self.faults)
         return self.sandboxes[pid]
 
+    def netns(self, path: str) -> FakeSandboxNs:
+        """A CNI runtime's namespace, by its path."""
+        if path not in self.sandboxes:
+            self.sandboxes[path] = FakeSandboxNs(path, self.faults)
+        return self.sandboxes[path]
+
     # ---- the engine's own calls (not verbs): a sandbox's lifetime, conntrack --------------------
 
     def forget(self, pid) -> None:

@@ -55,7 +55,7 @@ def test_a_running_sandbox_is_saved_split_with_its_node_and_its_address_keys(wor
     got = entries(w)
     assert [k for k, e in got.items() if not k.startswith("local/") and HOST_FIELDS & set(e.value)] == []
     assert got[f"local/sandbox/{sb.id}"].value == {"pid": sb.pid, "pid_start": sb.pid_start,
-                                                   "dns_ports": [50000, 50100]}
+                                                   "dns_ports": [50000, 50100], "cni": None}
     assert got[f"local/endpoint/{ep.id}"].value == {"host_ifname": ep.host_ifname} and ep.host_ifname
     node = w.engine.store.meta("engine_id")
     assert got[f"sandbox/{sb.id}"].value["node"] == node and got[f"endpoint/{ep.id}"].value["node"] == node

@@ -25,6 +25,7 @@ ALLOWED = {
     "daemon": BASE | {"kernel", "store", "firewall", "dns", "ipam", "requests", "config", "drivers", "engine",
                       "crashpoints", "cluster"},
     "client": BASE,
+    "cniplugin": BASE | {"client"},   # the CNI plugin: a thin client of the daemon, like the CLI
     "cli": BASE | {"client", "config", "ipam", "doctor", "kernel", "daemon"},   # kernel/daemon: lazily, per command
     "__main__": {"cli"},
 }

@@ -48,7 +48,7 @@ def test_a_record_is_saved_split_and_read_back_whole(kv):
         rec.put("endpoint", "e1", endpoint())
     assert host_only_outside_local(kv) == []
     got = keys(kv)
-    assert got["local/sandbox/s1"] == {"pid": 4242, "pid_start": 7, "dns_ports": [40001, 40002]}
+    assert got["local/sandbox/s1"] == {"pid": 4242, "pid_start": 7, "dns_ports": [40001, 40002], "cni": None}
     assert got["local/endpoint/e1"] == {"host_ifname": "nsve1"}
     assert got["endpoint/e1"]["ipv4"] == "10.0.0.2/24" and got["sandbox/s1"]["name"] == "web"
     assert kv.revision() == 1                         # one commit for both parts of both

@@ -1,11 +1,13 @@
 """HTTP routes of the daemon's API (JSON over a unix socket), mapped onto the engine's use cases."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..cluster import request as swarm_request
+from ..engine.cni import DECODING_FAILURE as CNI_DECODING, SUPPORTED as CNI_VERSIONS, CniError
 from ..errors import Conflict, NsnetError, NotFound
 from ..kernel import procs
 from ..model import to_dict
@@ -150,6 +152,21 @@ def sandbox_logs(d, ref, query, body, peer):
 @route("POST", "/reconcile")
 def reconcile(d, query, body, peer):
     return {"Done": d.engine.reconcile()}
+
+
+@route("POST", "/cni")
+def cni(d, query, body, peer):
+    """A CNI plugin's call: {"Result": …} (ADD), {} (the others), or {"Error": the spec's code, msg, details}."""
+    try:
+        conf = json.loads(body["Config"])
+        if not isinstance(conf, dict) or not isinstance(conf.get("name"), str) or conf.get("cniVersion") not in CNI_VERSIONS:
+            raise CniError(CNI_DECODING, "the network configuration needs a name and a supported cniVersion")
+        result = d.engine.cni.call(dict(body, Config=conf))
+    except ValueError as e:
+        return {"Error": {"code": CNI_DECODING, "msg": f"invalid network configuration: {e}", "details": ""}}
+    except CniError as e:
+        return {"Error": e.as_dict()}
+    return {"Result": result} if result is not None else {}
 
 
 @route("POST", "/swarm/init")

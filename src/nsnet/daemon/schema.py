@@ -54,6 +54,12 @@ SANDBOX_RUN = {"type": "object", "fields": {
 }}
 
 PATH = {"type": "string", "max": 4096}
+# A CNI plugin's call: its CNI_* variables, and the network configuration as the runtime wrote it (any JSON
+# object; engine/cni.py reads it as CNI's spec says).
+CNI_CALL = {"type": "object", "fields": {
+    "Command": dict(SHORT, required=True), "ContainerID": SHORT, "Netns": PATH, "IfName": SHORT,
+    "Args": {"type": "string", "max": 65536}, "Path": PATH, "Config": {"type": "string", "max": 1 << 20, "required": True},
+}}
 _SWARM = {
     "Store": dict(SHORT, max=4096, required=True), "AdvertiseAddr": dict(SHORT, required=True), "NodeName": SHORT,
     "StoreCA": PATH, "StoreCert": PATH, "StoreKey": PATH, "StoreUser": SHORT, "StorePassword": SHORT,
@@ -89,6 +95,7 @@ ENDPOINTS = {
     ("DELETE", "/sandboxes/{ref}"): {"query": {"force": FLAG}, "body": None},
     ("GET", "/sandboxes/{ref}/logs"): {"query": {}, "body": None},
     ("POST", "/reconcile"): {"query": {}, "body": NO_BODY},
+    ("POST", "/cni"): {"query": {}, "body": CNI_CALL},
     ("POST", "/swarm/init"): {"query": {}, "body": SWARM_INIT},
     ("POST", "/swarm/join"): {"query": {}, "body": SWARM_JOIN},
     ("POST", "/swarm/leave"): {"query": {"force": FLAG}, "body": NO_BODY},

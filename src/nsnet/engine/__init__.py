@@ -27,6 +27,7 @@ from ..store.sqlite import SqliteKV
 from . import endpoints, fwinput, plans, reconcile as reconciling, swarm, views
 from .views import Started
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
+from .cni import Cni
 from .dnsfeed import DnsFeed
 from .dockerpools import DockerPools
 from .files import SandboxFiles
@@ -59,6 +60,7 @@ class Engine:
         self.drivers = {name: cls(kernel, self._driver_context(name)) for name, cls in registered().items()}
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
+        self.cni = Cni(self)                    # the CNI plugin's calls (engine/cni.py)
 
     @classmethod
     def open(cls, root: str) -> "Engine":

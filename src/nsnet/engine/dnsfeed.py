@@ -72,9 +72,10 @@ class DnsFeed:
         applies it), else None."""
         if self.server is None or sb.id in self.server.sandboxes():
             return None
-        if not any(n.dns for n in self.state.networks_of(sb)):
+        if not any(n.dns for n in self.state.networks_of(sb)) or (sb.cni and not sb.cni.get("resolver")):
             return None
-        self.server.add_sandbox(sb.id, f"/proc/{sb.pid}/ns/net", upstreams=sb.dns or None,
+        netns = sb.cni["netns"] if sb.cni else f"/proc/{sb.pid}/ns/net"   # a CNI runtime's namespace, or its process's
+        self.server.add_sandbox(sb.id, netns, upstreams=sb.dns or None,
                                 ports=tuple(sb.dns_ports) if sb.dns_ports else None)
         if sb.dns_ports:
             return None

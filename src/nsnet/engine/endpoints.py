@@ -15,15 +15,16 @@ from .plans import new_id
 log = logging.getLogger("nsnet.engine")
 
 
-def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None) -> Endpoint | None:
+def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool | None = None, *,
+         ifname: str | None = None, ns=None, mac: str | None = None) -> Endpoint | None:
     """Give `sb` an endpoint on `net`. The default route goes through it when asked, or else when no other
-    endpoint has a gateway."""
+    endpoint has a gateway. A CNI attachment names its interface, namespace (a SandboxNs) and MAC."""
     driver = e.driver(net)
     if not driver.builds_endpoints:
         return None
     mine = e.state.endpoints_of_sandbox(sb)
     taken_names = {ep.ifname for ep in mine}
-    ifname = next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
+    ifname = ifname or next(f"eth{i}" for i in range(len(taken_names) + 1) if f"eth{i}" not in taken_names)
     ep = Endpoint(id=new_id(), network_id=net.id, sandbox_id=sb.id, ifname=ifname, host_ifname=None, mac=None,
                   ipv4=None, ipv6=None, gateway4=None, gateway6=None, aliases=list(req.aliases), node=e.state.node)
     if e.state.shared(net):   # other nodes' resolvers answer these names from the record
@@ -32,9 +33,9 @@ def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool 
         default_route = not any(other.gateway4 for other in mine)
     sandbox = None
     try:
-        _address_and_record(e, driver, net, ep, req)
+        _address_and_record(e, driver, net, ep, req, mac)
         crashpoint("join.after-record")
-        sandbox = e.kernel.sandbox(sb.pid)
+        sandbox = ns or e.kernel.sandbox(sb.pid)
         driver.join(net, ep, sandbox, default_route)
     except BaseException:
         if ep.id in e.state.eps:
@@ -49,11 +50,12 @@ def join(e, sb: Sandbox, net: Network, req: NetworkRequest, default_route: bool 
 RACES = 5   # a swarm network: attempts when another node took the same address in the same moment
 
 
-def _address_and_record(e, driver, net: Network, ep: Endpoint, req: NetworkRequest) -> None:
+def _address_and_record(e, driver, net: Network, ep: Endpoint, req: NetworkRequest, mac: str | None) -> None:
     """Give `ep` its addresses and save it. On a swarm network another node may take the same free address
     at the same moment: etcd's compare refuses one of the two, which takes the next free one."""
     for attempt in range(RACES):
         address(e.alloc, net, ep, req, lambda addr: driver.address_taken(net, addr))
+        ep.mac = mac or ep.mac   # a runtime's own (CNI's "mac")
         driver.plan_endpoint(net, ep)
         try:
             with e.state.transaction():

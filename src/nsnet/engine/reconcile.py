@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..crashpoints import crashpoint
 from ..kernel import ports, procs
 from ..model import OWNER_ALIAS, Endpoint, NetworkRequest, Sandbox, owner_alias
-from . import endpoints
+from . import cni, endpoints
 
 log = logging.getLogger("nsnet.engine")
 
@@ -47,10 +47,12 @@ def reported(done: list[str], what: str):
 def forget_dead_sandboxes(e, done: list[str]) -> None:
     """Sandboxes whose process ended while no daemon watched: exited, their network freed."""
     for sb in list(e.state.sbs.values()):
-        if sb.state == "running" and not procs.alive(sb.pid, sb.pid_start):
+        # A CNI attachment lives as long as the runtime's namespace (a reboot ends it), not a process.
+        if sb.state == "running" and not (cni.attached(sb) if sb.cni else procs.alive(sb.pid, sb.pid_start)):
             with reported(done, f"sandbox {sb.name}"):
                 e.sandbox_exited(sb.id, None)
-                done.append(f"sandbox {sb.name}: process {sb.pid} is gone; freed its network")
+                gone = f"network namespace {sb.cni['netns']}" if sb.cni else f"process {sb.pid}"
+                done.append(f"sandbox {sb.name}: {gone} is gone; freed its network")
 
 
 def undo_unstarted_runs(e, done: list[str]) -> None:
@@ -104,7 +106,7 @@ def check_sandbox_side(e, done: list[str]) -> None:
     host_links = e.kernel.links()
     for sb in e.state.sbs.values():
         eps = e.state.endpoints_of_sandbox(sb)
-        if sb.state != "running" or not eps:
+        if sb.state != "running" or not eps or sb.cni:  # a CNI runtime checks its own (CHECK)
             continue
         with reported(done, f"sandbox {sb.name}"):
             ns = e.kernel.sandbox(sb.pid)
@@ -147,7 +149,7 @@ def rehold_ports(e, done: list[str]) -> None:
         held = []
         for p in sb.ports:
             with reported(done, f"sandbox {sb.name}"):
-                held.append(ports.hold(p))
+                held.append(ports.hold(p, shared=bool(sb.cni)))
         e.port_sockets[sb.id] = held
 
 

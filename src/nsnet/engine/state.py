@@ -57,7 +57,8 @@ class State:
         return _lookup(self.sbs, ref, "sandbox")
 
     def endpoints_of_sandbox(self, sb: Sandbox) -> list[Endpoint]:
-        return sorted(self._eps_of.get(sb.id, {}).values(), key=lambda e: int(e.ifname[3:] or 0))
+        # eth2 before eth10; a CNI runtime's names (net1, ...) sort as well
+        return sorted(self._eps_of.get(sb.id, {}).values(), key=lambda e: (len(e.ifname), e.ifname))
 
     def endpoints_of_network(self, net: Network) -> list[Endpoint]:
         """This host's endpoints on `net`."""

@@ -45,13 +45,17 @@ class SandboxNs:
     """An open handle on a sandbox's network namespace: its fd, netlink sockets inside it, and the verbs
     drivers use there."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int | None, path: str | None = None):
         self.pid = pid
-        self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        self.fd = os.open(path or f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.path = f"/proc/self/fd/{self.fd}"
         self._ipr = None
-        with entered(self.path):
-            self.rtnl = rtnl.Channel()
+        try:
+            with entered(self.path):  # EINVAL when `path` is not a network namespace
+                self.rtnl = rtnl.Channel()
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     @property
     def ipr(self):
@@ -143,6 +147,12 @@ class Kernel:
             if ns is None:
                 ns = self._sandboxes[pid] = SandboxNs(pid)
             return ns
+
+    @verb
+    def netns(self, path: str) -> SandboxNs:
+        """A handle on the network namespace at `path` (a CNI runtime's), not kept: the caller closes it."""
+        self._on_owner()
+        return SandboxNs(None, path)
 
     def forget(self, pid: int | None) -> None:
         with self._lock:

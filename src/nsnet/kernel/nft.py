@@ -64,3 +64,19 @@ def run_first(text: str) -> str:
         except NsnetError:
             pass
     return run(last)
+
+
+def run_first_in(netns_path: str, text: str) -> None:
+    """run_first() inside another network namespace (a CNI runtime's), by the `nft` command under nsenter: a
+    context of this process's libnftables would need a socket made in there, and the daemon's fds run past
+    the 1023 that libnftables' select() takes."""
+    import subprocess
+
+    *preferred, last = text.split(OR)
+    for ruleset in preferred + [last]:
+        p = subprocess.run(["nsenter", f"--net={netns_path}", "nft", "-j", "-f", "-"], input=ruleset, text=True,
+                           capture_output=True, timeout=30)
+        if p.returncode == 0:
+            return
+    lines = dict.fromkeys(" ".join(line.split()) for line in p.stderr.splitlines() if line.strip())
+    raise NsnetError("nftables refused the ruleset: " + " ".join(lines)[:400])

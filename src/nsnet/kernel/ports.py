@@ -11,11 +11,16 @@ from ..errors import Conflict
 from ..model import PortMapping
 
 
-def hold(p: PortMapping) -> socket.socket:
+def hold(p: PortMapping, shared: bool = False) -> socket.socket:
+    """`shared`: with SO_REUSEADDR, for a CNI runtime that binds the port itself to reserve it (Podman): its
+    socket and ours may both hold it (ours never listens). So may any other program that sets SO_REUSEADDR;
+    the DNAT rules still send the port's traffic to the container."""
     ip = ipaddress.ip_address(p.host_ip)
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(family, kind)
+    if shared:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
