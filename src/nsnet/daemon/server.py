@@ -47,6 +47,7 @@ class Daemon:
 
     def start(self) -> None:
         self.engine.start()
+        self.engine.docker_nets.mend()   # Docker replays nothing: its endpoints are mended from the records
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
                 self.watcher.watch(sb.id, sb.pid, sb.pid_start)

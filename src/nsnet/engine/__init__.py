@@ -28,6 +28,7 @@ from . import endpoints, fwinput, plans, reconcile as reconciling, views
 from .views import Started
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .dnsfeed import DnsFeed
+from .dockernet import DockerNets
 from .dockerpools import DockerPools
 from .files import SandboxFiles
 from .state import State
@@ -56,6 +57,7 @@ class Engine:
         self.drivers = {name: cls(kernel, self._driver_context(name)) for name, cls in registered().items()}
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
+        self.docker_nets = DockerNets(self)     # Docker's networks and endpoints (`-d nsnet`)
 
     @classmethod
     def open(cls, root: str) -> "Engine":
@@ -94,7 +96,9 @@ class Engine:
         self.alloc.release(net, given_up)
 
     def _apply_firewall(self) -> None:
-        self._apply(fwinput.ruleset(self.state, self.driver))
+        rs = fwinput.ruleset(self.state, self.driver)
+        rs.ports += self.docker_nets.published()
+        self._apply(rs)
 
     # ---- reads (API threads) ---------------------------------------------------------------------
 
@@ -149,9 +153,10 @@ class Engine:
     # ---- networks --------------------------------------------------------------------------------
 
     @on_kernel_thread
-    def create_network(self, req: dict) -> Network:
+    def create_network(self, req: dict, ask_docker: bool = True) -> Network:
+        """`ask_docker`: False when Docker waits on this call (its plugin protocol): it would not answer."""
         with self.lock:
-            net = plans.network(self.state, self.drivers, self._evidence, self.config.pools, req)
+            net = plans.network(self.state, self.drivers, lambda: self._evidence(ask_docker), self.config.pools, req)
             driver = self.driver(net)
             applied = False
             try:
