@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
-debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static)
+# docker.io and busybox-static: the Docker plugin's tests run real dockerd (in a throwaway namespace) on a busybox
+# image; docker-compose (v1, a Docker client only) brings a Compose file up on it.
+debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static
+      docker-compose)
 # A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
 command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()

@@ -44,12 +44,12 @@ class Docker:
             f.write(START.format(w=self.w))
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         log = open(os.path.join(self.w, "dockerd.log"), "a")
         self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m",
                                       "--propagation", "private", "sh", os.path.join(self.w, "start.sh")],
                                      stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while self.docker("version", check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = open(os.path.join(self.w, "dockerd.log")).read()[-1500:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from conftest import changes, wait_for
 from dockerd import IMAGE, docker  # noqa: F401 (a fixture)
@@ -135,3 +136,29 @@ def test_dockerd_restarted_brings_its_networks_and_containers_back(host, docker)
     assert len(records(host, ENDPOINT)) == 2
     host_links = host.sh("ip -o link show").stdout
     assert sum(1 for line in host_links.splitlines() if ": nsd" in line) == 2   # no veth left behind
+
+
+def test_nsnet_not_running_when_dockerd_starts(host, docker):
+    """Docker waits 15 s on each plugin lookup and then leaves the containers exited, restart policy or not;
+    nsnet's daemon, once started, starts those Docker would have started (dockerkick.py)."""
+    docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "app")
+    run(docker, "keep", "app", "--restart", "always")
+    run(docker, "once", "app")                              # no restart policy: Docker would not start it
+    run(docker, "stopped", "app", "--restart", "unless-stopped")
+    docker.docker("stop", "-t", "0", "stopped")             # a user stopped it: Docker would not start it
+    os.kill(docker.proc.pid, signal.SIGTERM)
+    docker.proc.wait(timeout=30)
+    os.kill(host.daemon_pid(), signal.SIGKILL)              # its socket is left behind, refusing
+    docker.start(timeout=120)
+    state = docker.inspect("container", "keep")["State"]
+    assert not state["Running"] and "docker-plugin.sock" in state["Error"]
+    assert records(host, ENDPOINT) == []
+    # nsnet's daemon starts, knowing where Docker answers (as Docker's clients do: DOCKER_HOST).
+    host.sh(f"env DOCKER_HOST=unix://{docker.w}/docker.sock {sys.executable} -m nsnet --root {host.root} info")
+    assert wait_for(lambda: docker.inspect("container", "keep")["State"]["Running"], timeout=30), \
+        open(os.path.join(host.root, "daemon.log")).read()[-2000:]
+    assert len(records(host, ENDPOINT)) == 1
+    run(docker, "probe", "app")
+    assert ping(docker, "probe", "keep")
+    for name in ("once", "stopped"):
+        assert not docker.inspect("container", name)["State"]["Running"]

@@ -15,7 +15,9 @@ from ..cluster import Cluster
 from ..dns.server import DnsServer
 from ..engine import Engine
 from ..errors import NsnetError
+from ..kernel.probe import docker_socket
 from ..kernel.procs import Launch, alive
+from . import dockerkick
 from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
 from .httpd import Handler, Server
 from .watcher import Watcher
@@ -121,6 +123,9 @@ def serve(root: str) -> int:
     plugin_sock = os.path.join(root, PLUGIN_SOCKET)
     plugin = _listen(plugin_sock, PluginHandler, daemon, 0o600)
     threading.Thread(target=plugin.serve_forever, kwargs={"poll_interval": 0.5}, name="docker-plugin",
+                     daemon=True).start()
+    # Containers dockerd left exited because this daemon was not running when it started: started now.
+    threading.Thread(target=dockerkick.start_stranded, args=(docker_socket(), plugin_sock), name="docker-kick",
                      daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("nsnet daemon %s serving %s and Docker's plugin protocol on %s", os.getpid(), sock, plugin_sock)
