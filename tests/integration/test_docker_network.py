@@ -113,9 +113,12 @@ def test_nsnet_killed_and_restarted_under_running_containers(host, docker):
     run(docker, "web", "app", "-p", "8080:80", "--hostname", "web-1", cmd=HTTPD)
     run(docker, "c1", "app")
     assert wait_for(lambda: http_get(host, 8080) == "web-1")
+    bridge = nsnet_network(host, docker, "app")["Options"]["com.docker.network.bridge.name"]
     os.kill(host.daemon_pid(), signal.SIGKILL)
     assert ping(docker, "c1", "web") and http_get(host, 8080) == "web-1"   # the kernel keeps it all
-    host.nsnet("info")                                                     # a new daemon
+    host.sh(f"ip link del {bridge}")                       # ...until someone deletes the bridge meanwhile
+    assert not ping(docker, "c1", "web")
+    host.nsnet("info")                                     # a new daemon: the bridge again, the veths on it
     assert ping(docker, "c1", "web") and http_get(host, 8080) == "web-1"   # its firewall has the port too
     run(docker, "c2", "app")                                               # Docker's next calls work
     assert ping(docker, "c2", "web") and ping(docker, "web", "c2")
