@@ -58,6 +58,17 @@ def test_containers_on_an_nsnet_network_reach_each_other_by_name_and_alias(host,
     # No docker_gwbridge: nsnet gave the gateway.
     assert "docker_gwbridge" not in docker.docker("network", "ls", "--format", "{{.Name}}").stdout
     assert len(records(host, ENDPOINT)) == 2
+    db = docker.inspect("container", "db")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+    # Docker's network is removed through Docker only, never by nsnet's rm or prune.
+    before = host.state()
+    p = host.nsnet("network", "rm", net["Name"], check=False)
+    assert p.returncode != 0 and "is Docker's (docker network create -d nsnet): remove it with docker network rm" in p.stderr
+    host.nsnet("network", "prune", "-f")
+    assert changes(before, host.state()) == {}
+    web = docker.inspect("container", "web")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+    doctor = host.nsnet("doctor", "--client", web).stdout      # nsnet's doctor knows the bridge and the container
+    assert f"interface: bridge {net['Options']['com.docker.network.bridge.name']} of nsnet network '{net['Name']}'" in doctor
+    assert {c["IPv4Address"].split("/")[0] for c in net["Containers"].values()} == {web, db}
 
     docker.docker("rm", "-f", "web", "db")
     assert records(host, ENDPOINT) == []

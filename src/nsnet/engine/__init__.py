@@ -112,7 +112,9 @@ class Engine:
     def inspect_network(self, ref: str) -> dict:
         with self.lock:
             net = self.state.network(ref)
-            return views.network_doc(self.state, self.driver(net), net)
+            doc = views.network_doc(self.state, self.driver(net), net)
+            doc["Containers"].update(self.docker_nets.members(net))
+            return doc
 
     def list_sandboxes(self, all_: bool = False) -> list[Sandbox]:
         with self.lock:
@@ -182,10 +184,12 @@ class Engine:
             return net
 
     @on_kernel_thread
-    def remove_network(self, ref: str) -> Network:
+    def remove_network(self, ref: str, by_docker: bool = False) -> Network:
         with self.lock:
             net = self.state.network(ref)
             plans.removable(self.state, net)
+            if not by_docker:
+                self.docker_nets.refuse_removal(net)
             self.driver(net).delete_network(net)
             crashpoint("network-rm.after-unbuild")
             self.kernel.forget_flows([ipaddress.ip_address(s.gateway) for s in net.subnets if s.gateway])

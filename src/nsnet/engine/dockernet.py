@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 from ..drivers.bridge import ICC_KEY, IPV6_KEY, MASQ_KEY
 from ..drivers.base import MTU_KEY
-from ..errors import NotFound, NsnetError
+from ..errors import Conflict, NotFound, NsnetError
 from ..kernel import ports as host_ports
 from ..model import Network, PortMapping, now_rfc3339, owner_alias
 from .thread import on_kernel_thread
@@ -99,7 +99,13 @@ class DockerNets:
                 return   # gone already: Docker's `network rm` must still work
             for ep in [d for d in self.eps.values() if d["network"] == net.id]:
                 self._drop(ep)
-            self.e.remove_network(net.id)
+            self.e.remove_network(net.id, by_docker=True)
+
+    def refuse_removal(self, net: Network) -> None:
+        """Docker's networks are removed through Docker (it keeps them too): never by nsnet's rm or prune."""
+        if NETWORK_LABEL in net.labels:
+            raise Conflict(f"network {net.name} is Docker's (docker network create -d nsnet): remove it with "
+                           f"docker network rm")
 
     # ---- endpoints -------------------------------------------------------------------------------
 
@@ -166,6 +172,13 @@ class DockerNets:
             self.e.kernel.delete_link(ep["host_ifname"])
             self._save(dict(ep, joined=False, ports=[]))
             self.e._apply_firewall()
+
+    def members(self, net: Network) -> dict:
+        """Docker's endpoints on `net`, as `network inspect` lists containers (Docker never tells a driver
+        its containers' names or IDs: keyed by endpoint)."""
+        return {ep["id"]: {"Name": f"docker-endpoint-{ep['id'][:12]}", "EndpointID": ep["id"], "MacAddress": "",
+                           "IPv4Address": ep["ipv4"], "IPv6Address": ep["ipv6"] or "", "DNSNames": None}
+                for ep in list(self.eps.values()) if ep["network"] == net.id}
 
     def info(self, eid: str) -> dict:
         ep, net = self._endpoint(eid)
