@@ -103,6 +103,16 @@ def test_an_internal_network_has_no_way_out(host, docker):
     assert "docker_gwbridge" not in docker.docker("network", "ls", "--format", "{{.Name}}").stdout
 
 
+def test_icc_off_and_an_mtu_from_dockers_options(host, docker):
+    docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "-o", "icc=false",
+                  "-o", "com.docker.network.driver.mtu=1400", "app")
+    run(docker, "c1", "app")
+    run(docker, "c2", "app")
+    assert "mtu 1400" in docker.docker("exec", "c1", "ip", "link", "show", "eth0").stdout
+    assert ping(docker, "c1", docker.inspect("network", "app")["IPAM"]["Config"][0]["Gateway"])
+    assert not ping(docker, "c1", "c2")
+
+
 def test_bad_input_gets_one_line_and_changes_nothing(host, machines, docker):
     office(host, machines)
     before = host.state()
