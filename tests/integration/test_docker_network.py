@@ -64,6 +64,13 @@ def test_containers_on_an_nsnet_network_reach_each_other_by_name_and_alias(host,
     p = host.nsnet("network", "rm", net["Name"], check=False)
     assert p.returncode != 0 and "is Docker's (docker network create -d nsnet): remove it with docker network rm" in p.stderr
     host.nsnet("network", "prune", "-f")
+    # nsnet's sandboxes stay off it: Docker hands out its addresses.
+    p = host.nsnet("run", "-d", "--network", net["Name"], "--", "sleep", "60", check=False)
+    assert p.returncode != 0 and "nsnet's sandboxes cannot join it" in p.stderr, p.stderr
+    host.nsnet("run", "-d", "--name", "own", "--", "sleep", "60")
+    p = host.nsnet("network", "connect", net["Name"], "own", check=False)
+    assert p.returncode != 0 and "nsnet's sandboxes cannot join it" in p.stderr, p.stderr
+    host.nsnet("rm", "-f", "own")
     assert changes(before, host.state()) == {}
     web = docker.inspect("container", "web")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
     doctor = host.nsnet("doctor", "--client", web).stdout      # nsnet's doctor knows the bridge and the container

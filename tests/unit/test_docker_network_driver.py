@@ -88,3 +88,18 @@ def test_the_network_driver_answers_and_refuses_with_err():
     assert set(post(daemon, "/NetworkDriver.Nope", {})[1]) == {"Err"}
     assert post(daemon, "/NetworkDriver.ProgramExternalConnectivity",
                 {"Options": {"com.docker.network.portmap": {"a": 1}}})[1]["Err"].endswith("must be a list of port bindings")
+
+
+def test_nsnet_starts_only_what_docker_would_have_started():
+    from nsnet.daemon.dockerkick import should_start
+    sock = "/var/lib/nsnet/docker-plugin.sock"
+    failed = {"Running": False, "Error": f'legacy plugin: Post "http://x/Plugin.Activate": dial unix {sock}: connect: connection refused'}
+
+    def doc(policy, state):
+        return {"HostConfig": {"RestartPolicy": {"Name": policy}}, "State": state}
+    assert should_start(doc("always", failed), sock) and should_start(doc("unless-stopped", failed), sock)
+    assert not should_start(doc("no", failed), sock)                          # Docker would not either
+    assert not should_start(doc("on-failure", failed), sock)
+    assert not should_start(doc("always", {"Running": False, "Error": ""}), sock)   # a user stopped it
+    assert not should_start(doc("always", dict(failed, Error="legacy plugin: … /other.sock …")), sock)
+    assert not should_start({}, sock)

@@ -60,10 +60,16 @@ def stranded(sock: str, plugin_sock: str) -> list[dict]:
         status, doc = _call(sock, "GET", f"/containers/{c['Id']}/json")
         if status != 200:
             continue
-        policy = ((doc.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
-        if policy in POLICIES and plugin_sock in ((doc.get("State") or {}).get("Error") or ""):
+        if should_start(doc, plugin_sock):
             out.append(doc)
     return out
+
+
+def should_start(doc: dict, plugin_sock: str) -> bool:
+    """Would Docker have started this container (its inspect document) had nsnet's plugin answered?"""
+    policy = ((doc.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
+    state = doc.get("State") or {}
+    return policy in POLICIES and not state.get("Running") and plugin_sock in (state.get("Error") or "")
 
 
 def start_stranded(sock: str | None, plugin_sock: str, wait: float = WAIT) -> list[str]:

@@ -223,6 +223,7 @@ class Engine:
         undoes a run that got no further, its process and files too (reconcile's undo_unstarted_runs)."""
         with self.lock:
             sb, reqs = plans.sandbox(self.state, self.drivers, self.alloc, spec)
+            self.docker_nets.refuse_sandbox([self.state.nets[r.network_id] for r in reqs])
             files = self.files.make(sb)
             sockets = []
             launch, went, fw_applied = None, False, False
@@ -352,6 +353,7 @@ class Engine:
             net, sb = self.state.network(net_ref), self.state.sandbox(sb_ref)
             req = plans.connection(self.state, self.drivers, self.alloc, net, sb,
                                    {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
+            self.docker_nets.refuse_sandbox([net])
             ep = None
             if sb.state == "running":
                 ep = endpoints.join(self, sb, net, req)

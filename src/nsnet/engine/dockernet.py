@@ -107,6 +107,14 @@ class DockerNets:
             raise Conflict(f"network {net.name} is Docker's (docker network create -d nsnet): remove it with "
                            f"docker network rm")
 
+    def refuse_sandbox(self, nets: list[Network]) -> None:
+        """nsnet's sandboxes stay off Docker's networks: Docker hands out their addresses, and nsnet's
+        allocator would give a sandbox one of them."""
+        for net in nets:
+            if NETWORK_LABEL in net.labels:
+                raise Conflict(f"network {net.name} is Docker's (docker network create -d nsnet): nsnet's "
+                               f"sandboxes cannot join it; use one of nsnet's networks")
+
     # ---- endpoints -------------------------------------------------------------------------------
 
     @on_kernel_thread
@@ -171,7 +179,8 @@ class DockerNets:
             self._unpublish(ep)
             self.e.kernel.delete_link(ep["host_ifname"])
             self._save(dict(ep, joined=False, ports=[]))
-            self.e._apply_firewall()
+            if ep["ports"]:
+                self.e._apply_firewall()
 
     def members(self, net: Network) -> dict:
         """Docker's endpoints on `net`, as `network inspect` lists containers (Docker never tells a driver
