@@ -152,8 +152,8 @@ class DockerNets:
             if bridge is None:                       # deleted behind nsnet's back: built again
                 driver.create_network(net)
                 bridge = kernel.index(net.bridge)
-            host, _ = kernel.veth_pair(ep["host_ifname"], ep["peer"], mtu=driver.mtu(net), alias=owner_alias(net.id))
-            try:
+            try:   # a veth cut off midway (made, not yet marked) goes too: deleting one end deletes both
+                host, _ = kernel.veth_pair(ep["host_ifname"], ep["peer"], mtu=driver.mtu(net), alias=owner_alias(net.id))
                 kernel.plug_in(host, bridge, isolated=not net.flag(ICC_KEY, True))
                 self._save(dict(ep, joined=True))
             except BaseException:
