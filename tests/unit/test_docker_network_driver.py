@@ -10,7 +10,7 @@ import pytest
 
 from nsnet.daemon.dockerplugin import dispatch
 from nsnet.drivers.base import MTU_KEY
-from nsnet.drivers.bridge import ICC_KEY
+from nsnet.drivers.bridge import ICC_KEY, NAME_KEY
 from nsnet.engine.dockernet import NETWORK_LABEL, DockerNets, _mapping
 from nsnet.errors import NsnetError
 
@@ -35,10 +35,11 @@ def create(engine, options, ipv4=({"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/2
 
 
 def test_docker_options_become_the_bridge_drivers():
-    req, ask_docker = create(FakeEngine(), {"com.docker.network.generic": {"mtu": "1400", ICC_KEY: "false"},
+    req, ask_docker = create(FakeEngine(), {"com.docker.network.generic": {"mtu": "1400", ICC_KEY: "false",
+                                                                           NAME_KEY: "br-app"},
                                             "com.docker.network.internal": True})
     assert ask_docker is False          # Docker waits on this call: it would not answer
-    assert req["Options"] == {MTU_KEY: "1400", ICC_KEY: "false"} and req["Internal"] is True
+    assert req["Options"] == {MTU_KEY: "1400", ICC_KEY: "false", NAME_KEY: "br-app"} and req["Internal"] is True
     assert req["Subnets"] == ["10.9.0.0/24"] and req["Gateways"] == ["10.9.0.1"]
     assert req["Labels"] == {NETWORK_LABEL: DOCKER_ID} and req["Name"] == "docker-" + DOCKER_ID[:12]
     assert req["AllowOverlap"] is False  # Docker's own IPAM: nsnet's evidence decides

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 from types import SimpleNamespace
 
-from ..drivers.bridge import ICC_KEY, IPV6_KEY, MASQ_KEY
+from ..drivers.bridge import HOST_IP_KEY, ICC_KEY, IPV6_KEY, MASQ_KEY, NAME_KEY
 from ..drivers.base import MTU_KEY
 from ..errors import Conflict, NotFound, NsnetError
 from ..kernel import ports as host_ports
@@ -33,7 +33,7 @@ PORTMAP = "com.docker.network.portmap"
 # `-o` keys Docker users know from its bridge driver (and the short ones of `docker network create -o`),
 # as nsnet's bridge driver names them.
 OPTION_KEYS = {MTU_KEY: MTU_KEY, "mtu": MTU_KEY, ICC_KEY: ICC_KEY, "icc": ICC_KEY,
-               MASQ_KEY: MASQ_KEY, "masquerade": MASQ_KEY}
+               MASQ_KEY: MASQ_KEY, "masquerade": MASQ_KEY, NAME_KEY: NAME_KEY, HOST_IP_KEY: HOST_IP_KEY}
 PROTOCOLS = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}   # Docker sends IANA numbers (types.Protocol)
 HOST_PREFIX, PEER_PREFIX = "nsd", "nsdc"   # the veth's ends: nsd + 12 hex digits, nsdc + 11
 
