@@ -96,9 +96,7 @@ class Engine:
         self.alloc.release(net, given_up)
 
     def _apply_firewall(self) -> None:
-        rs = fwinput.ruleset(self.state, self.driver)
-        rs.ports += self.docker_nets.published()
-        self._apply(rs)
+        self._apply(fwinput.ruleset(self.state, self.driver, self.docker_nets.published()))
 
     # ---- reads (API threads) ---------------------------------------------------------------------
 
