@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# docker.io and busybox-static: the IPAM driver's tests run real dockerd (in a throwaway namespace) on a busybox image.
+# docker.io and busybox-static: the Docker plugin's tests run real dockerd (in a throwaway namespace) on a busybox
+# image; docker-compose (v1, a Docker client only) brings a Compose file up on it.
 # containernetworking-plugins: the CNI reference plugins the CNI plugin's tests chain nsnet with (portmap, bandwidth, …).
 debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static
-      containernetworking-plugins)
+      docker-compose containernetworking-plugins)
 # A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
 command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()

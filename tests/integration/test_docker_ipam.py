@@ -7,118 +7,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import sqlite3
-import subprocess
-import tempfile
-import time
 
-import pytest
-
-from conftest import sh
+from dockerd import IMAGE, docker  # noqa: F401 (a fixture)
 from test_lockout import PC, SSH, office
 
 from nsnet.engine.dockerpools import ADDRESS, POOL
-
-BUSYBOX = "/bin/busybox"
-IMAGE = "local/busybox:1"
-if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
-    pytest.skip("needs dockerd and busybox (Debian's docker.io and busybox-static: scripts/setup.sh installs them)",
-                allow_module_level=True)
-
-START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
-mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
-exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
-  --bridge=none --storage-driver vfs
-"""
-
-
-class Docker:
-    """dockerd in the host's namespace, its state under a temp folder; `docker -H` talks to it."""
-
-    def __init__(self, host):
-        self.host = host
-        self.w = tempfile.mkdtemp(prefix="nsnt-docker-")
-        self.plugins = os.path.join(self.w, "etc-docker", "plugins")
-        for d in ("data", "exec", "plugins", "etc-docker/plugins", "rootfs/bin"):
-            os.makedirs(os.path.join(self.w, d))
-        with open(os.path.join(self.w, "start.sh"), "w") as f:
-            f.write(START.format(w=self.w))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(os.path.join(self.w, "dockerd.log"), "w")
-        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m",
-                                      "--propagation", "private", "sh", os.path.join(self.w, "start.sh")],
-                                     stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while self.docker("version", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = open(os.path.join(self.w, "dockerd.log")).read()[-1500:]
-                self.stop()
-                pytest.skip(f"dockerd did not start here: {tail}")
-            time.sleep(0.2)
-        rootfs = os.path.join(self.w, "rootfs")
-        shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
-        for app in ("sh", "ping", "sleep", "ip"):
-            os.symlink("busybox", os.path.join(rootfs, "bin", app))
-        sh(f"tar -C {rootfs} -c . | docker -H unix://{self.w}/docker.sock import - {IMAGE}")
-
-    def docker(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        p = subprocess.run(["docker", "-H", f"unix://{self.w}/docker.sock", *args], capture_output=True,
-                           text=True, timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        return p
-
-    def inspect(self, kind: str, name: str) -> dict:
-        return json.loads(self.docker(kind, "inspect", name).stdout)[0]
-
-    def stop(self) -> None:
-        """Containers first (their init, by PID: that ends their PID namespace), then dockerd and what it
-        started (containerd, the shims: all in the host's namespace, which the host fixture then empties)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            ids = self.docker("ps", "-q", check=False, timeout=20).stdout.split()
-            for cid in ids:
-                pid = self.docker("inspect", "-f", "{{.State.Pid}}", cid, check=False, timeout=20).stdout.strip()
-                if pid.isdigit() and int(pid) > 0:
-                    _kill(int(pid))
-            _kill(self.proc.pid, signal.SIGTERM)   # dockerd (unshare exec'd sh, which exec'd it)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _kill(self.proc.pid)
-                self.proc.wait()
-        for pid in sh(f"ip netns pids {self.host.ns}", check=False).stdout.split():
-            if int(pid) != self.host.daemon_pid():
-                _kill(int(pid))
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.w, ignore_errors=True)
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-@pytest.fixture
-def docker(host):
-    d = Docker(host)
-    try:
-        host.nsnet("docker-plugin", "enable", "--dir", d.plugins)   # starts nsnet's daemon too
-        d.start()
-        yield d
-    finally:
-        d.cleanup()
-
 
 def records(host, kind: str) -> list[dict]:
     con = sqlite3.connect(os.path.join(host.root, "state.db"))
@@ -148,7 +43,7 @@ def test_the_plugin_spec_and_info(host, tmp_path):
     assert (d / "nsnet.spec").read_text() == f"unix://{sock}\n"
     assert os.stat(sock).st_mode & 0o777 == 0o600
     info = host.json("info")["DockerPlugin"]
-    assert info["Socket"] == sock and info["Implements"] == ["IpamDriver"]
+    assert info["Socket"] == sock and info["Implements"] == ["NetworkDriver", "IpamDriver"]
     assert info["Enabled"] is False    # only Docker's own folders count, and the test never writes there
     host.nsnet("docker-plugin", "disable", "--dir", str(d))
     assert not (d / "nsnet.spec").exists()

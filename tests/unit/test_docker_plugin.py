@@ -28,7 +28,7 @@ def post(daemon, path, body):
 
 
 def test_handshake_and_a_network_lifecycle(daemon):
-    assert post(daemon, "/Plugin.Activate", None) == (200, {"Implements": ["IpamDriver"]})
+    assert post(daemon, "/Plugin.Activate", None) == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
     assert post(daemon, "/IpamDriver.GetCapabilities", None)[1]["RequiresRequestReplay"] is False
     spaces = post(daemon, "/IpamDriver.GetDefaultAddressSpaces", None)[1]
     pool = post(daemon, "/IpamDriver.RequestPool", {"AddressSpace": spaces["LocalDefaultAddressSpace"],
@@ -52,7 +52,7 @@ def test_handshake_and_a_network_lifecycle(daemon):
     ("/IpamDriver.RequestPool", {"Pool": "10.0.0.0/33"}, "invalid subnet"),
     ("/IpamDriver.RequestAddress", {"PoolID": "nope"}, "not one of nsnet's IPAM pools"),
     ("/IpamDriver.RequestPool", [], "must be a JSON object"),
-    ("/NetworkDriver.CreateNetwork", {}, "does not implement"),
+    ("/IpamDriver.Nope", {}, "does not implement"),
 ])
 def test_refusals_are_one_line_errors(daemon, path, body, why):
     status, reply = post(daemon, path, body)

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("names", nargs="+")
     lg = sub.add_parser("logs")
     lg.add_argument("sandbox")
-    dp = sub.add_parser("docker-plugin", help="let Docker use nsnet as its IPAM driver (--ipam-driver nsnet)")
+    dp = sub.add_parser("docker-plugin", help="let Docker use nsnet as its network and IPAM driver (-d nsnet, --ipam-driver nsnet)")
     dpv = dp.add_subparsers(dest="dpcmd", required=True)
     for verb, what in (("enable", "write DIR/nsnet.spec pointing Docker at the daemon's plugin socket"),
                        ("disable", "remove DIR/nsnet.spec")):
@@ -184,7 +184,7 @@ def _spec_points_here(path: str) -> bool:
 def cmd_info(client: Client, args) -> int:
     doc = client.get("/info")
     enabled = [d for d in PLUGIN_DIRS if _spec_points_here(os.path.join(d, PLUGIN_SPEC))]
-    doc["DockerPlugin"] = {"Socket": _plugin_url()[len("unix://"):], "Implements": ["IpamDriver"],
+    doc["DockerPlugin"] = {"Socket": _plugin_url()[len("unix://"):], "Implements": ["NetworkDriver", "IpamDriver"],
                            "Enabled": bool(enabled), "SpecFiles": [os.path.join(d, PLUGIN_SPEC) for d in enabled]}
     print(json.dumps(doc, indent=2))
     return 0

@@ -16,7 +16,9 @@ from ..dns.server import DnsServer
 from ..engine import Engine
 from ..engine.swarm import Member
 from ..errors import NsnetError
+from ..kernel.probe import docker_socket
 from ..kernel.procs import Launch, alive
+from . import dockerkick
 from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
 from .httpd import Handler, Server
 from .watcher import Watcher
@@ -51,6 +53,7 @@ class Daemon:
 
     def start(self) -> None:
         self.engine.start()
+        self.engine.docker_nets.mend()   # Docker replays nothing: its endpoints are mended from the records
         for sb in self.engine.list_sandboxes():
             if alive(sb.pid, sb.pid_start):
                 self.watcher.watch(sb.id, sb.pid, sb.pid_start)
@@ -124,6 +127,9 @@ def serve(root: str) -> int:
     plugin_sock = os.path.join(root, PLUGIN_SOCKET)
     plugin = _listen(plugin_sock, PluginHandler, daemon, 0o600)
     threading.Thread(target=plugin.serve_forever, kwargs={"poll_interval": 0.5}, name="docker-plugin",
+                     daemon=True).start()
+    # Containers dockerd left exited because this daemon was not running when it started: started now.
+    threading.Thread(target=dockerkick.start_stranded, args=(docker_socket(), plugin_sock), name="docker-kick",
                      daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("nsnet daemon %s serving %s and Docker's plugin protocol on %s", os.getpid(), sock, plugin_sock)

@@ -29,6 +29,7 @@ from .views import Started
 from .addresses import Allocator, LocalAllocator, endpoint_addresses
 from .cni import Cni
 from .dnsfeed import DnsFeed
+from .dockernet import DockerNets
 from .dockerpools import DockerPools
 from .files import SandboxFiles
 from .state import State
@@ -61,6 +62,7 @@ class Engine:
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
         self.cni = Cni(self)                    # the CNI plugin's calls (engine/cni.py)
+        self.docker_nets = DockerNets(self)     # Docker's networks and endpoints (`-d nsnet`)
 
     @classmethod
     def open(cls, root: str) -> "Engine":
@@ -113,7 +115,7 @@ class Engine:
         self.alloc.release(net, given_up)
 
     def _apply_firewall(self) -> None:
-        self._apply(fwinput.ruleset(self.state, self.driver))
+        self._apply(fwinput.ruleset(self.state, self.driver, self.docker_nets.published()))
 
     # ---- reads (API threads) ---------------------------------------------------------------------
 
@@ -127,7 +129,9 @@ class Engine:
     def inspect_network(self, ref: str) -> dict:
         with self.lock:
             net = self.state.network(ref)
-            return views.network_doc(self.state, self.driver(net), net)
+            doc = views.network_doc(self.state, self.driver(net), net)
+            doc["Containers"].update(self.docker_nets.members(net))
+            return doc
 
     def list_sandboxes(self, all_: bool = False) -> list[Sandbox]:
         with self.lock:
@@ -168,10 +172,11 @@ class Engine:
     # ---- networks --------------------------------------------------------------------------------
 
     @on_kernel_thread
-    def create_network(self, req: dict) -> Network:
+    def create_network(self, req: dict, ask_docker: bool = True) -> Network:
+        """`ask_docker`: False when Docker waits on this call (its plugin protocol): it would not answer."""
         with self.lock:
-            return self._build_network(plans.network(self.state, self.drivers, self._evidence, self.config.pools,
-                                                     req, self.swarm))
+            return self._build_network(plans.network(self.state, self.drivers, lambda: self._evidence(ask_docker),
+                                                     self.config.pools, req, self.swarm))
 
     def _build_network(self, net: Network) -> Network:
         with self.lock:
@@ -200,10 +205,12 @@ class Engine:
             return net
 
     @on_kernel_thread
-    def remove_network(self, ref: str) -> Network:
+    def remove_network(self, ref: str, by_docker: bool = False) -> Network:
         with self.lock:
             net = self.state.network(ref)
             plans.removable(self.state, net)
+            if not by_docker:
+                self.docker_nets.refuse_removal(net)
             self.driver(net).delete_network(net)
             crashpoint("network-rm.after-unbuild")
             self.kernel.forget_flows([ipaddress.ip_address(s.gateway) for s in net.subnets if s.gateway])
@@ -237,6 +244,7 @@ class Engine:
         undoes a run that got no further, its process and files too (reconcile's undo_unstarted_runs)."""
         with self.lock:
             sb, reqs = plans.sandbox(self.state, self.drivers, self.alloc, spec)
+            self.docker_nets.refuse_sandbox([self.state.nets[r.network_id] for r in reqs])
             if plans.needs_gateway_bridge(self.state, self.drivers, reqs):
                 reqs.append(NetworkRequest(self._gateway_bridge().id))
             files = self.files.make(sb)
@@ -373,6 +381,7 @@ class Engine:
             net, sb = self.state.network(net_ref), self.state.sandbox(sb_ref)
             req = plans.connection(self.state, self.drivers, self.alloc, net, sb,
                                    {"IP": ip, "IP6": ip6, "Aliases": aliases or []})
+            self.docker_nets.refuse_sandbox([net])
             ep = None
             if sb.state == "running":
                 ep = endpoints.join(self, sb, net, req)
