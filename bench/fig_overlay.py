@@ -15,8 +15,10 @@ etcd (Debian's etcd-server); `swarm init` / `join`; one attachable overlay.
 - Scale: 10 hosts (4 in a quick run) with 50 sandboxes each (10) on one overlay: attach and convergence
   (from the first host to a prober on the last) over the first and the last 10 sandboxes, and the
   daemons' memory per sandbox.
-Docker Swarm is not measured: its overlay needs swarm mode across engines, which this harness does not run
-in namespaces (see the issue note).
+- Docker Swarm, the peer, in the same run and the same shape: two dockerd (Debian's docker.io) in two host
+  namespaces on the same kind of switch, `swarm init` / `join`, one attachable overlay; the same iperf3
+  pair (in the containers' namespaces), the same attach (`network connect` of a running container) and
+  the same prober in a container on B (Docker's own resolver at 127.0.0.11 answers there).
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ import subprocess
 import time
 import urllib.request
 
+from types import SimpleNamespace
+
 from common import PY, Figure, Skip, have, ms_since, sh, share, verdict
 from fig_dataplane import _client
+from peer_docker import Docker, DockerError
 from peer_nsnet import NsnetEngine
 
 NET = "192.168.218"
@@ -84,11 +89,60 @@ def _bare_vxlan(h, a: NsnetEngine, b: NsnetEngine) -> str:
     return "10.99.0.1"
 
 
+def _docker_swarm(ctx, n: int) -> dict:
+    """Docker Swarm's figures, measured as nsnet's are below: throughput, attach, convergence."""
+    h = ctx.h
+    sw = h.netns("f8dsw")
+    hosts = [SimpleNamespace(ns=h.netns(f"f8d{x}")) for x in "ab"]
+    _wire(h, sw, hosts)
+    a, b = Docker(h, hosts[0].ns), Docker(h, hosts[1].ns)
+    a.post("/swarm/init", {"ListenAddr": f"{NET}.2:2377", "AdvertiseAddr": f"{NET}.2"})
+    token = a.get("/swarm")["JoinTokens"]["Worker"]
+    b.post("/swarm/join", {"ListenAddr": f"{NET}.3:2377", "AdvertiseAddr": f"{NET}.3",
+                           "RemoteAddrs": [f"{NET}.2:2377"], "JoinToken": token})
+    a.post("/networks/create", {"Name": "ov", "Driver": "overlay", "Attachable": True})
+
+    def pid_ip(d: Docker, name: str) -> tuple[int, str]:
+        doc = d.get(f"/containers/{name}/json")
+        return doc["State"]["Pid"], doc["NetworkSettings"]["Networks"]["ov"]["IPAddress"]
+    a.run("srv", "ov")
+    b.run("cli", "ov")
+    srv_pid, srv_ip = pid_ip(a, "srv")
+    cli_pid, _ = pid_ip(b, "cli")
+    h.spawn(["iperf3", "-s", "-p", "5201"], srv_pid)
+    gbps = [_client(cli_pid, srv_ip, 5201, ctx.iperf_seconds) for _ in range(ctx.iperf_reps)]
+    prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], cli_pid, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True)
+    attach, ping, dns = [], [], []
+    for i in range(n):
+        a.run(f"c{i}", "bridge")
+        t0 = time.perf_counter()
+        a.connect("ov", f"c{i}")
+        attach.append(ms_since(t0))
+        prober.stdin.write(f"{pid_ip(a, f'c{i}')[1]} c{i}\n")
+        prober.stdin.flush()
+        p_ms, d_ms = map(float, prober.stdout.readline().split())
+        ping.append(p_ms)
+        dns.append(d_ms)
+    prober.stdin.close()
+    for d in (b, a):
+        try:
+            d.post("/swarm/leave?force=1")
+        except DockerError:
+            pass
+    return {"gbps": gbps, "attach": attach, "ping": ping, "dns": dns, "version": a.version}
+
+
 def run(ctx) -> Figure:
     h, q = ctx.h, ctx.quick
     fig = Figure("8", "Overlay across two hosts (VXLAN, etcd)")
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
+    n = 10 if q else 40
+    peer: dict = {}
+    with h.scope(fig, "Docker Swarm", catch=(Skip, DockerError, RuntimeError, OSError)):
+        peer = _docker_swarm(ctx, n)
+        fig.notes.append(f"Docker Swarm: dockerd {peer['version']} x 2, swarm mode, an attachable overlay")
     mark = h.mark()
     sw = h.netns("f8sw")
     a, b = NsnetEngine(h, "f8a"), NsnetEngine(h, "f8b")
@@ -126,7 +180,6 @@ def run(ctx) -> Figure:
     prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], client, stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, text=True)
     attach, ping, dns = [], [], []
-    n = 10 if q else 40
     a.create_network("base")   # each probe runs on a local network first; attach = connecting it to the overlay
     for i in range(n):
         a.run(f"c{i}", "base")
@@ -139,18 +192,27 @@ def run(ctx) -> Figure:
         ping.append(p_ms)
         dns.append(d_ms)
     prober.stdin.close()
+    def med(values):
+        ok = [v for v in values if v >= 0]
+        return (statistics.median(ok), _pct(ok, 0.99), len(ok)) if ok else (None, None, 0)
+    pa = med(peer.get("attach", []))
     fig.row(measure="overlay attach through the API (p50)", value=statistics.median(attach), unit="ms",
-            p95=_pct(attach, 0.95), reps=str(n), target="<= 10 ms", verdict=verdict(statistics.median(attach) <= 10))
-    ok = [v for v in ping if v >= 0]
-    fig.row(measure="attach on A -> ping from B answers (p50)", value=statistics.median(ok) if ok else None, unit="ms",
-            p95=_pct(ok, 0.99) if ok else None, reps=f"{len(ok)}/{n}", note="p95 column: p99",
-            target="p50 <= 50, p99 <= 200 ms", verdict=verdict(bool(ok) and len(ok) == n and statistics.median(ok) <= 50
-                                                                and _pct(ok, 0.99) <= 200))
-    ok = [v for v in dns if v >= 0]
-    fig.row(measure="attach on A -> name resolves on B (p50)", value=statistics.median(ok) if ok else None, unit="ms",
-            p95=_pct(ok, 0.99) if ok else None, reps=f"{len(ok)}/{n}", note="p95 column: p99",
-            target="p50 <= 50, p99 <= 200 ms", verdict=verdict(bool(ok) and len(ok) == n and statistics.median(ok) <= 50
-                                                                and _pct(ok, 0.99) <= 200))
+            p95=_pct(attach, 0.95), reps=str(n), peer="Docker Swarm" if peer else "", peer_value=pa[0],
+            target="<= 10 ms", verdict=verdict(statistics.median(attach) <= 10))
+    for what, mine, theirs in (("ping from B answers", ping, peer.get("ping", [])),
+                               ("name resolves on B", dns, peer.get("dns", []))):
+        m, t = med(mine), med(theirs)
+        fig.row(measure=f"attach on A -> {what} (p50)", value=m[0], unit="ms", p95=m[1], reps=f"{m[2]}/{n}",
+                peer="Docker Swarm" if peer else "", peer_value=t[0], peer_p95=t[1],
+                note=f"p95 column: p99{'; Docker answered ' + str(t[2]) + '/' + str(n) if peer else ''}",
+                target="p50 <= 50, p99 <= 200 ms",
+                verdict=verdict(m[2] == n and m[0] <= 50 and m[1] <= 200))
+    if peer:
+        g = statistics.median(peer["gbps"])
+        r, text = share(o_med, g)
+        fig.row(measure="cross-host TCP beside Docker Swarm's overlay", value=o_med, unit="Gbit/s",
+                reps=f"{len(ov)}x{ctx.iperf_seconds}s", peer="Docker Swarm", peer_value=g, ratio=r, ratio_text=text)
+        fig.data.update(swarm=peer)
     fig.data.update(overlay_gbps=ov, bare_gbps=bare, attach_ms=attach, ping_ms=ping, dns_ms=dns)
 
     # a dead host: B's daemon killed; A's forwarding entries for B's sandboxes gone after...

@@ -44,7 +44,8 @@ class DockerError(Exception):
 
 
 class Docker:
-    def __init__(self, h: Harness):
+    def __init__(self, h: Harness, ns: str | None = None):
+        """`ns`: a namespace of the caller's to run in (a swarm's host), else a fresh one."""
         self.h = h
         self.cli_bin = "/usr/bin/docker" if have("/usr/bin/docker") else have("docker")
         if not have(DOCKERD) or not self.cli_bin:
@@ -52,7 +53,7 @@ class Docker:
         for tool in ("containerd", "runc"):
             if not have(tool):
                 raise Skip(f"{tool} is missing, dockerd cannot run containers (apt-get install docker.io)")
-        self.ns = h.netns("dockerd")
+        self.ns = ns or h.netns("dockerd")
         self.dir = h.tempdir("docker")
         self.sock = os.path.join(self.dir, "docker.sock")
         self.pid = None
@@ -60,9 +61,13 @@ class Docker:
         h.defer(self.stop)
         self.log_path = os.path.join(self.dir, "dockerd.log")
         log = open(self.log_path, "wb")
-        self.proc = h.spawn([DOCKERD, "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
-                             "--pidfile", f"{self.dir}/dockerd.pid", "-H", f"unix://{self.sock}",
-                             "--storage-driver", "vfs", "--shutdown-timeout", "1", "--log-level", "warn"],
+        # A private mount namespace with a tmpfs over /run: dockerd and its containerd keep sockets there
+        # (/run/docker/plugins, /run/containerd/s) whatever their roots are, and the machine's /run is not ours.
+        dockerd = [DOCKERD, "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
+                   "--pidfile", f"{self.dir}/dockerd.pid", "-H", f"unix://{self.sock}",
+                   "--storage-driver", "vfs", "--shutdown-timeout", "1", "--log-level", "warn"]
+        self.proc = h.spawn(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             'mount -t tmpfs tmpfs /run && exec "$@"', "dockerd", *dockerd],
                             self.ns, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 45
