@@ -247,7 +247,8 @@ def _scale(ctx, fig: Figure) -> None:
                        check=attempt == 4).returncode == 0:
                 break
             time.sleep(0.5)
-    hosts[0].create_network("ov", Driver="overlay", Attachable=True)
+    # 500 sandboxes need more than the pool's /24
+    hosts[0].create_network("ov", subnet="10.128.0.0/20", Driver="overlay", Attachable=True)
     for eng in hosts:
         eng.create_network("base")
     time.sleep(0.2)

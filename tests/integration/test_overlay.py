@@ -303,3 +303,37 @@ def test_a_node_down_past_the_grace_period_gives_its_addresses_back(tag):
         a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
         assert net_of(a, "s3", "ov")["IPAddress"] == ip2     # freed after it
         assert "host-b" in a.nsnet("node", "ls").stdout      # B stays listed, Down
+
+
+def test_a_host_cut_off_leaves_the_others_and_comes_back(two):
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    assert wait_for(lambda: len(peers(a, vni)) == 1, timeout=3)
+    b.sh("ip link set up0 down")                   # B's daemon runs on, but reaches nothing
+    cut = time.monotonic()
+    assert wait_for(lambda: not peers(a, vni), timeout=12, interval=0.05)
+    assert time.monotonic() - cut <= 11
+    assert getent(a, "s1", "s2") == []
+    b.sh("ip link set up0 up")
+    # B's lease is taken anew and its watch reconnects: its sandbox is back on A, and traffic flows
+    assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=20, interval=0.2)
+    assert wait_for(lambda: b.exec("s2", "ping -c1 -W1 s1", check=False).returncode == 0, timeout=10)
+
+
+def test_a_node_removed_by_force_leaves_for_good(two):
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    a.nsnet("node", "rm", "--force", "host-b")
+    # B notices at its next lease renewal (every TTL/3): out of the swarm, its sandbox off the overlay
+    assert wait_for(lambda: b.json("info")["Swarm"]["LocalNodeState"] == "inactive", timeout=6, interval=0.2)
+    assert "ov" not in b.json("inspect", "s2")[0]["NetworkSettings"]["Networks"]
+    assert "nsov" not in b.sh("ip link").stdout
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    b.nsnet("ps")                                  # a restarted B stays out
+    time.sleep(1)
+    assert "host-b" not in a.nsnet("node", "ls").stdout

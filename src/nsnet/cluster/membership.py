@@ -36,12 +36,14 @@ def _now() -> str:
 
 class Cluster:
     """`on_join(kv, settings)`: this host is a member now (at start too), the engine shares its networks;
-    `on_leave()`: it is about to leave: the engine lets go of the swarm's networks, or raises to refuse."""
+    `on_leave()`: it is about to leave: the engine lets go of the swarm's networks, or raises to refuse;
+    `on_removed()`: another node removed it: the engine lets go, whatever runs on those networks."""
 
-    def __init__(self, root: str, node_id: str, ttl: int = TTL, on_join=None, on_leave=None):
+    def __init__(self, root: str, node_id: str, ttl: int = TTL, on_join=None, on_leave=None, on_removed=None):
         self.root, self.node_id, self.ttl = root, node_id, ttl
         self._on_join = on_join or (lambda kv, s: None)
         self._on_leave = on_leave or (lambda: None)
+        self._on_removed = on_removed or (lambda: None)
         self.settings = swarmfile.load(root)
         self.kv = None
         self._lease: int | None = None
@@ -177,6 +179,9 @@ class Cluster:
         failing = False
         while not stop.is_set():
             try:
+                if kv.get(f"nodes/{self.node_id}") is None and kv.get("cluster") is not None:
+                    self._removed(kv)   # `node rm --force` from another node: out of the swarm, as it says
+                    return
                 if self._lease is None or kv.keepalive(self._lease) == 0:
                     self._lease = None
                     self._lease = self._register(kv, s)
@@ -188,6 +193,22 @@ class Cluster:
                     log.warning("swarm: %s; local networks keep working; retrying every %.0f s", e, RETRY)
                 failing = True
             stop.wait(RETRY if failing else self.ttl / 3)
+
+    def _removed(self, kv) -> None:
+        """This node's record is gone (another node removed it): leave for good, locally. A restarted daemon
+        must not bring it back; a new `swarm join` does."""
+        log.warning("swarm: this node was removed from its swarm (node rm on another node); leaving it: its "
+                    "sandboxes lose their swarm networks")
+        with self._lock:
+            self._on_removed()
+            try:
+                if self._lease is not None:
+                    kv.revoke(self._lease)
+            except NsnetError:
+                pass   # it expires by itself
+            kv.close()
+            swarmfile.remove(self.root)
+            self.settings, self.kv, self._broken, self._lease = None, None, "", None
 
     # ---- nodes -------------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ class Daemon:
         self.engine = Engine.open(root)
         self.watcher = Watcher(self.engine.sandbox_exited)
         self.engine.on_sandbox_running = self._watch
-        self.cluster = Cluster(root, self.engine.state.node, on_join=self._joined, on_leave=self.engine.unshare)
+        self.cluster = Cluster(root, self.engine.state.node, on_join=self._joined, on_leave=self.engine.unshare,
+                               on_removed=lambda: self.engine.unshare(force=True))
 
     def _joined(self, kv, s) -> None:
         self.engine.share(kv, Member(s.advertise_addr, s.data_path_port, s.pools, s.mask))

@@ -431,10 +431,12 @@ class Engine:
         self.swarm.start()
 
     @on_kernel_thread
-    def unshare(self) -> None:
-        """This host left its swarm: refused while a sandbox here is on a swarm network; the swarm's
-        networks leave this host (not the store)."""
+    def unshare(self, force: bool = False) -> None:
+        """This host left its swarm: refused while a sandbox here is on a swarm network (`force`: it was
+        removed, and its sandboxes lose those networks); the swarm's networks leave this host (not the store)."""
         with self.lock:
+            if force:
+                swarm.drop_local_endpoints(self)
             swarm.check_can_leave(self.state)
             link, self.swarm = self.swarm, None
         if link is not None:

@@ -256,6 +256,27 @@ def check_can_leave(st) -> None:
                        f"or disconnect them first")
 
 
+def drop_local_endpoints(e) -> None:
+    """This host's sandboxes leave every swarm network (the host was removed from the swarm): their links
+    go, their records and requests too (a record etcd no longer has is dropped here all the same)."""
+    st = e.state
+    for sb in list(st.sbs.values()):
+        shared = {n.id for n in st.requested_networks(sb) if st.shared(n)}
+        if not shared:
+            continue
+        for ep in [ep for ep in st.endpoints_of_sandbox(sb) if ep.network_id in shared]:
+            net = st.nets[ep.network_id]
+            try:
+                e.driver(net).leave(net, ep, e.kernel.sandbox(sb.pid) if sb.state == "running" else None)
+                st.drop_endpoint(ep)
+            except NsnetError as err:
+                log.warning("swarm: sandbox %s leaving %s: %s (reconcile retries)", sb.name, net.name, err)
+        sb.requests = [r for r in sb.requests if r.network_id not in shared]
+        with st.transaction():
+            st.save_sandbox(sb)
+        log.warning("swarm: sandbox %s is off the swarm's networks", sb.name)
+
+
 def forget_all(e) -> None:
     """This host left: the swarm's networks leave its view (none of its sandboxes is on them)."""
     st = e.state
