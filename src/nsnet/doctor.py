@@ -33,6 +33,7 @@ class NsnetNetwork:
     bridge: str | None
     subnets: tuple = ()
     members: tuple = ()              # sandbox addresses on it
+    who: tuple = ()                  # (address, what it is: a sandbox's name, a CNI container's ID and netns)
     scope: str = "local"             # swarm: an overlay across hosts (no route on the host; one in each sandbox)
 
 
@@ -358,12 +359,14 @@ def client_path(view: HostView, client, kernel: KernelAnswer | None = None) -> C
                 f"answer (SSH hangs, ping fails). Without {culprit} they would go {_fallback_text(view, ip, dev)}")
         return ClientPath(ip, route, kernel, dev, o, False, text, fix_for(view, culprit, str(ip)), known)
     home, member = _home(view, ip, dev), _member(view, ip, dev)
+    what = (dict(member.who).get(ip) or "a sandbox") if member is not None else None
     if gateway is not None:
         text = f"yes: replies leave {dev} for the gateway {gateway}, which forwards them (beyond it this host cannot see)"
     elif home is not None:
-        text = f"yes: {ip} is a neighbour on {dev} ({home.state})"
+        text = f"yes: {ip} is a neighbour on {dev} ({home.state})" + \
+            (f": {what} on nsnet network '{member.name}'" if member is not None else "")
     elif member is not None:
-        text = f"yes: {ip} is a sandbox on nsnet network '{member.name}'"
+        text = f"yes: {ip} is {what} on nsnet network '{member.name}'"
     else:
         text = f"probably: {dev} leads to other machines and {ip} is on its link (no neighbour entry yet)"
     return ClientPath(ip, route, kernel, dev, o, True, text, None, known)

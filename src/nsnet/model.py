@@ -162,6 +162,8 @@ def network_json(net: Network, members: list[tuple[Sandbox, Endpoint]]) -> dict:
             "IPv6Address": ep.ipv6 or "",
             "DNSNames": dns_names(net, sb, ep) if net.dns else None,
         }
+        if sb.cni:   # a CNI runtime's container: who it is there
+            containers[sb.id]["Cni"] = {"ContainerID": sb.cni["container_id"], "Netns": sb.cni["netns"]}
     config = []
     for s in net.subnets:
         c = {"Subnet": s.subnet}

@@ -99,6 +99,7 @@ def test_add_check_del_two_containers_that_ping_each_other(host, machines, cni):
     assert host.json("network", "inspect", "cninet")[0]["Labels"] == {"nsnet.cni": "true"}
     doctor = host.nsnet("doctor", "--client", address(r2), check=False).stdout   # the attachments as doctor sees them
     assert "of nsnet network 'cninet'" in doctor and f"reachable: yes: {address(r2)}" in doctor, doctor
+    assert f"CNI container c2 (netns /run/netns/{c2}" in doctor, doctor    # which runtime container it is
 
     assert cni.ok("CHECK", dict(cni.conf(), prevResult=r1), netns=f"/run/netns/{c1}") is None
     assert cni.ok("STATUS", cni.conf(), cid=None, ifname=None) is None

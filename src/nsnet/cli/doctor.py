@@ -99,9 +99,18 @@ def _nsnet_networks(root: str) -> list:
         subnets = tuple(ipaddress.ip_network(c["Subnet"]) for c in (d.get("IPAM") or {}).get("Config") or [])
         members = tuple(ipaddress.ip_interface(m[k]).ip for m in (d.get("Containers") or {}).values()
                         for k in ("IPv4Address", "IPv6Address") if m.get(k))
+        who = tuple((ipaddress.ip_interface(m[k]).ip, _who(m)) for m in (d.get("Containers") or {}).values()
+                    for k in ("IPv4Address", "IPv6Address") if m.get(k))
         bridge = (d.get("Options") or {}).get("com.docker.network.bridge.name")
-        out.append(NsnetNetwork(d["Id"], d["Name"], bridge, subnets, members, d.get("Scope", "local")))
+        out.append(NsnetNetwork(d["Id"], d["Name"], bridge, subnets, members, who=who, scope=d.get("Scope", "local")))
     return out
+
+
+def _who(member: dict) -> str:
+    cni = member.get("Cni")
+    if cni:
+        return f"CNI container {cni['ContainerID']} (netns {cni['Netns']}, sandbox {member['Name']})"
+    return f"sandbox {member['Name']}"
 
 
 # -- printing ------------------------------------------------------------------------------------
