@@ -94,12 +94,10 @@ class Engine:
 
     def _peers_changed(self, net_ids: set[str]) -> None:
         for net in [self.state.nets[i] for i in net_ids if i in self.state.nets]:
-            self.alloc.forget(net)   # its addresses are read again at the next attach
             try:
                 self.driver(net).peers_changed(net)
             except Exception:
                 log.exception("network %s: programming its peers failed; retried at the next change", net.name)
-        self.feed.refresh()
 
     def _evidence(self, ask_docker: bool = True) -> list[Evidence]:
         """The host's, nsnet's own networks' subnets and its Docker IPAM pools'."""

@@ -27,6 +27,10 @@ class DnsFeed:
     def _network_saved(self, net: Network) -> None:
         self._whole = False  # its name joins the resolver's domains at the next change
 
+    def peer_changed(self, ep: Endpoint, live: bool) -> None:
+        """Another node's endpoint came, changed (`live`) or went: the resolver's next change has it."""
+        self._pending[(ep.sandbox_id, ep.network_id)] = self._record(ep) if live else None
+
     def refresh(self) -> None:
         """Other nodes' endpoints changed: the resolver gets every record again at the next notify."""
         self._whole = False

@@ -26,6 +26,7 @@ from ..model import Endpoint, Network, from_dict
 from ..cluster.membership import drop_endpoints
 from ..store import Compacted, CompareFailed, Event, Op
 from ..store.records import local_key
+from .addresses import endpoint_addresses
 
 log = logging.getLogger("nsnet.swarm")
 
@@ -225,28 +226,29 @@ def apply(e, view: View, gone: set[str] | None) -> bool:
                 ep.host_ifname = own.value.get("host_ifname")
             st.learn_endpoint(ep)
     remote = {i: ep for i, ep in view.endpoints.items() if ep.node != st.node}
-    # Addresses taken or freed anywhere (a dead node's too, by node rm): the allocator reads them again.
-    came_or_went = remote.keys() ^ st.remote.keys()
-    for net_id in {(remote.get(i) or st.remote[i]).network_id for i in came_or_went}:
-        if net_id in st.nets:
-            e.alloc.forget(st.nets[net_id])
+    # Addresses taken or freed on another node (a dead node's too, by node rm), told to the allocator.
+    for i in remote.keys() ^ st.remote.keys():
+        ep = remote.get(i) or st.remote[i]
+        net = st.nets.get(ep.network_id)
+        if net is not None:
+            (e.alloc.mark_taken if i in remote else e.alloc.release)(net, endpoint_addresses(ep))
     st.remote = remote
     st.alive, st.vteps = set(view.alive), dict(view.vteps)
     after = _live_peers(st)
-    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    moved = [i for i in before.keys() | after.keys() if before.get(i) != after.get(i)]
+    for i in moved:   # the resolver gets these records only, not all of them again
+        e.feed.peer_changed(after[i][0] if i in after else before[i][0], i in after)
+    changed = {(after.get(i) or before[i])[0].network_id for i in moved}
     if changed:
         for fn in st.peers_changed:
             fn(changed)
     return nets_changed
 
 
-def _live_peers(st) -> dict[str, frozenset]:
-    """network id -> what its live peers are, to tell which networks changed."""
-    out: dict[str, set] = {}
-    for ep in st.remote.values():
-        if ep.node in st.alive:
-            out.setdefault(ep.network_id, set()).add((ep.id, ep.mac, ep.ipv4, tuple(ep.names), st.vteps.get(ep.node)))
-    return {k: frozenset(v) for k, v in out.items()}
+def _live_peers(st) -> dict[str, tuple]:
+    """endpoint id -> (endpoint, its node's address) of the other nodes' live endpoints: what changed, by
+    comparing two of them."""
+    return {ep.id: (ep, st.vteps.get(ep.node)) for ep in st.remote.values() if ep.node in st.alive}
 
 
 def check_can_leave(st) -> None:
