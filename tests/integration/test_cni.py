@@ -49,6 +49,8 @@ class Runtime:
              ifname: str | None = "eth0", args: str | None = None):
         """(exit code, the JSON printed or None)."""
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_PATH": self.bin,
+               # hermetic: a daemon the plugin starts must not ask the machine's own Docker anything
+               "DOCKER_HOST": f"unix://{self.host.root}/no-docker.sock",
                "DOCKER_HOST": f"unix://{self.host.root}/no-docker.sock"}  # the daemon it starts asks no Docker
         for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname),
                            ("CNI_ARGS", args)):
@@ -60,8 +62,15 @@ class Runtime:
 
     def ok(self, command: str, conf: dict, **kw):
         rc, out = self.call(command, conf, **kw)
-        assert rc == 0, out
+        assert rc == 0, f"{out}\n{self.daemon_log()}"
         return out
+
+    def daemon_log(self) -> str:
+        try:
+            with open(os.path.join(self.host.root, "daemon.log")) as f:
+                return "the daemon's log ends:\n" + "".join(f.readlines()[-15:])
+        except OSError:
+            return "(no daemon log)"
 
     def add(self, netns: str, cid: str, conf: dict | None = None, **kw) -> dict:
         return self.ok("ADD", conf or self.conf(), cid=cid, netns=f"/run/netns/{netns}", **kw)
