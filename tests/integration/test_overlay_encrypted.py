@@ -15,6 +15,7 @@ import pytest
 
 from conftest import changes, wait_for
 from swarmnet import NET, form, needs_etcd, swarm_hosts, switch_port
+from test_overlay import etcd_text
 
 HERE = os.path.dirname(__file__)
 CAPTURE = os.path.join(HERE, "capture.py")
@@ -113,6 +114,11 @@ def test_an_encrypted_overlay_never_shows_a_payload_on_the_wire(two):
     assert f"local {NET}" not in a.sh(f"ip -d link show nsovx{vni}").stdout
     notes = " ".join(a.json("network", "inspect", "sec")[0]["Notes"])
     assert notes.count("wireguard-go") == 2, notes
+    # the private key: in NSNET_ROOT, 0600, never in etcd
+    key = os.path.join(a.root, "wireguard", "private.key")
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    with open(key) as f:
+        assert f.read().strip() not in etcd_text(etcd, "")
 
 
 def test_a_node_whose_tunnel_is_down_sends_nothing_in_clear(two):

@@ -82,9 +82,14 @@ class Tunnel:
         key = self._key_path()
         with self._lock:
             public = self.kernel.wireguard_public_key(key) if os.path.exists(key) else self.kernel.wireguard_key(key)
-            self.kernel.ensure_wireguard(self.name, key=key, port=PORT, address=f"{address}/{subnet.prefixlen}",
-                                         mtu=underlay_mtu - OVERHEAD)
-            self._publish(store, public, swarm.member.advertise_addr, address)
+            made = self.kernel.ensure_wireguard(self.name, key=key, port=PORT, address=f"{address}/{subnet.prefixlen}",
+                                                mtu=underlay_mtu - OVERHEAD)
+            try:
+                self._publish(store, public, swarm.member.advertise_addr, address)
+            except BaseException:
+                if made:
+                    self.kernel.delete_link(self.name)
+                raise
             self.address = address
         self.sync()
         self._stop = threading.Event()
