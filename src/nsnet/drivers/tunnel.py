@@ -128,7 +128,8 @@ class Tunnel:
     def _claim(self, store, subnet) -> str:
         """This node's tunnel address: the one it holds, else the lowest free one (a claim of a node no
         longer in the swarm counts as free), claimed with a compare."""
-        listed = set(self.ctx.nodes())
+        # Read from etcd, not the watch's view: a claim is taken over only from a node surely gone.
+        listed = {e.key.split("/", 1)[1] for e in self.ctx.swarm().kv.list("nodes/")}
         for _ in range(5):
             claims = {e.key.rsplit("/", 1)[1]: e for e in store.list("wg/address/")}
             for ip, e in claims.items():
