@@ -217,3 +217,24 @@ def test_bad_input_changes_nothing(two, monkeypatch, tmp_path):
     p = b.nsnet("network", "create", "-d", "overlay", "--opt", "encrypted", "y", check=False)
     assert p.returncode != 0 and "wireguard-go" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert changes(before, b.state()) == {}
+
+
+def test_a_killed_daemon_leaves_its_tunnel_up_and_a_restart_keeps_its_key(two):
+    etcd, a, b = two
+    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "sec", "--", "sleep", "300")
+    assert wait_for(lambda: "sec" in b.nsnet("network", "ls").stdout, timeout=2)
+    b.nsnet("run", "-d", "--name", "s2", "--network", "sec", "--", "sleep", "300")
+    ip2 = net_of(b, "s2", "sec")["IPAddress"]
+    assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=5)
+    wg_b = tunnel_of(b)
+    key = b.sh(f"wg show {wg_b} public-key").stdout.strip()
+
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    ping(a, "s1", ip2)                                  # the data plane stays, encrypted
+    b.nsnet("ps")                                       # B's daemon again: it adopts its tunnel and key
+    assert wait_for(lambda: "Down" not in a.nsnet("node", "ls").stdout, timeout=5)
+    seen = captured(etcd, 1, 4789, lambda: ping(a, "s1", ip2))   # and it never stopped
+    assert seen == {"udp": 0, "marker": 0}, seen
+    assert b.sh(f"wg show {wg_b} public-key").stdout.strip() == key
+    assert len(b.sh(f"wg show {wg_b} peers").stdout.split()) == 1

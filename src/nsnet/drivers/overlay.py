@@ -164,11 +164,12 @@ class OverlayDriver(Driver):
         if created or self._vxlans.get(net.id) != vx:
             self._vxlans[net.id] = vx
             self._programmed.pop(net.id, None)   # read back from the kernel
-            try:
-                self.peers_changed(net)
-            except BaseException:
-                self._vxlans.pop(net.id, None)   # the next join programs them again
-                raise
+        try:
+            # Also when the link was found (mend, after a restart): an encrypted one's entries waited for the tunnel.
+            self.peers_changed(net)
+        except BaseException:
+            self._vxlans.pop(net.id, None)   # the next join programs them again
+            raise
         self._bridges[net.id] = bridge
         return bridge
 
@@ -213,6 +214,8 @@ class OverlayDriver(Driver):
         return {(mac, ip, tunnels[node_of[vtep]]) for mac, ip, vtep in peers if node_of.get(vtep) in tunnels}
 
     def nodes_changed(self) -> None:
+        if self._sealed and not self.tunnel.up and self.ctx.swarm() is not None:
+            self.tunnel.ensure(self._underlay_mtu())   # after a restart: the tunnel (and its key) adopted
         self.tunnel.sync()
 
     # ---- endpoints ----------------------------------------------------------------------------------
@@ -240,6 +243,10 @@ class OverlayDriver(Driver):
     def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
         if vxlan_name(net) in linkmap:
             self._vxlans[net.id] = linkmap[vxlan_name(net)]["index"]
+            if encrypted(net):
+                self._sealed.add(net.id)
+                if not self.tunnel.up:
+                    return []   # its entries stay as they were until the swarm's view adopts the tunnel
             self.peers_changed(net)
         return []
 
