@@ -159,6 +159,11 @@ def test_a_removed_node_loses_its_peers_at_once(two):
     assert time.monotonic() - t < 1
     vni = a.json("network", "inspect", "sec")[0]["Options"][VNI_KEY]
     assert "self permanent" not in a.sh(f"bridge fdb show dev nsovx{vni}").stdout
+    # A's last sandbox on an encrypted network goes: its tunnel goes (wireguard-go with it), and its record
+    a.nsnet("rm", "-f", "s1")
+    assert wait_for(lambda: wg_a not in a.sh("ip link").stdout, timeout=2)
+    assert wait_for(lambda: subprocess.run(["pgrep", "-f", f"wireguard-go {wg_a}$"]).returncode == 1, timeout=2)
+    assert "public_key" not in etcd_text(etcd, "drivers/overlay/node/")
 
 
 def test_keys_rotate_under_a_running_tcp_stream(tag):
