@@ -29,11 +29,11 @@ from common import Figure, Harness, Skip, sweep_leftovers, write_json  # noqa: E
 
 FIGURES = {
     "1": "fig_attach", "2": "fig_scaling", "3": "fig_netcreate", "4": "fig_cli",
-    "5": "fig_ipam", "6": "fig_dns", "7": "fig_dataplane", "8": "fig_overlay",
+    "5": "fig_ipam", "6": "fig_dns", "7": "fig_dataplane", "8": "fig_overlay", "9": "fig_encrypted",
 }
 # The data plane first, on a machine not yet busy tearing down earlier figures' namespaces; then the cheap
 # ones; the long scaling run last.
-RUN_ORDER = ["7", "8", "5", "1", "3", "4", "6", "2"]
+RUN_ORDER = ["7", "8", "9", "5", "1", "3", "4", "6", "2"]
 DOCKER_FIGS = {"1", "2", "3", "4", "7"}
 
 
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     wanted = [f for f in (args.only.split(",") if args.only else RUN_ORDER)]
     bad = [f for f in wanted if f not in FIGURES]
     if bad:
-        log(f"bench: no figure {', '.join(bad)}: pick from 1-7")
+        log(f"bench: no figure {', '.join(bad)}: pick from 1-{len(FIGURES)}")
         return 2
     order = [f for f in RUN_ORDER if f in wanted]
     os.makedirs(args.out, exist_ok=True)

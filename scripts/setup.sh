@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # docker.io and busybox-static: the Docker plugin's tests run real dockerd (in a throwaway namespace) on a busybox
 # image; docker-compose (v1, a Docker client only) brings a Compose file up on it.
 # containernetworking-plugins: the CNI reference plugins the CNI plugin's tests chain nsnet with (portmap, bandwidth, …).
+# wireguard-tools (wg) and wireguard-go: encrypted overlays' tunnels, wireguard-go where the kernel has no module.
 debs=(nftables iproute2 iputils-ping dnsutils procps util-linux python3 python3-venv etcd-server busybox-static
-      docker-compose containernetworking-plugins)
+      docker-compose containernetworking-plugins wireguard-tools wireguard-go)
 # A Docker the machine has already (docker-ce, say, which conflicts with docker.io) serves the tests as it is.
 command -v dockerd >/dev/null || debs+=(docker.io)
 missing=()

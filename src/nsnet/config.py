@@ -3,6 +3,7 @@
     default-address-pools = [{base = "10.10.0.0/16", size = 24}]   # replaces Docker's defaults
     reserved = ["172.22.0.0/16", "10.8.0.0/24"]                      # office, VPN: never allocate
     swarm-address-grace = 86400    # s a swarm node may stay Down before its overlay addresses are freed
+    swarm-key-rotation = 43200     # s between two WireGuard key rotations of an encrypted overlay's tunnel
 
 Unknown keys are refused rather than ignored: a typo in `reserved` silently dropping the office
 range is exactly the lockout this file exists to prevent.
@@ -19,8 +20,9 @@ from nsnet.ipam.evidence import Network
 from nsnet.ipam.pools import DEFAULT_POOLS, Pool, parse_network, parse_pools
 
 FILENAME = "config.toml"
-KEYS = ("default-address-pools", "reserved", "swarm-address-grace")
+KEYS = ("default-address-pools", "reserved", "swarm-address-grace", "swarm-key-rotation")
 ADDRESS_GRACE = 86400.0   # s: a day, as long as an outage of a host is likely to be fixed by its return
+KEY_ROTATION = 43200.0    # s: 12 h, Docker's rotation of its encrypted overlays' keys
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Config:
     path: str | None = None          # the file read; None when there was none
     pools_from_file: bool = False    # False: Docker's default pools are in force
     address_grace: float = ADDRESS_GRACE   # s: a Down swarm node keeps its overlay addresses this long
+    key_rotation: float = KEY_ROTATION     # s: between two WireGuard key rotations (encrypted overlays)
 
     def as_dict(self) -> dict:
         """What `nsnet info` shows."""
@@ -39,6 +42,7 @@ class Config:
             "DefaultAddressPoolsSource": "config" if self.pools_from_file else "default",
             "Reserved": [str(n) for n in self.reserved],
             "SwarmAddressGrace": self.address_grace,
+            "SwarmKeyRotation": self.key_rotation,
         }
 
 
@@ -84,5 +88,9 @@ def from_dict(data: dict, path: str = FILENAME) -> Config:
     grace = data.get("swarm-address-grace", ADDRESS_GRACE)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
         raise NsnetError(f"{path}: swarm-address-grace must be a number of seconds, e.g. swarm-address-grace = 86400")
+    rotation = data.get("swarm-key-rotation", KEY_ROTATION)
+    if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or rotation < 1:
+        raise NsnetError(f"{path}: swarm-key-rotation must be a number of seconds, at least 1, "
+                         f"e.g. swarm-key-rotation = 43200")
     return Config(pools=pools, reserved=tuple(reserved), path=path, pools_from_file=from_file,
-                  address_grace=float(grace))
+                  address_grace=float(grace), key_rotation=float(rotation))

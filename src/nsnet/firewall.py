@@ -33,6 +33,9 @@ class FwNetwork:
     masquerade: bool = True
     gateways: list[str] = field(default_factory=list)
     leaves: str | None = None   # interface-name pattern of its leaf bridges (see drivers/fabric.py)
+    # (UDP port, VNI, tunnel link): its VXLAN datagrams may leave and arrive by that link only (an
+    # encrypted overlay: drivers/overlay.py); any other way they are dropped
+    sealed: tuple[int, int, str] | None = None
 
 
 @dataclass
@@ -169,6 +172,16 @@ def render(rs: Ruleset) -> str:
             for s in subnets:
                 postrouting.append([_match(_field(_family(s), "saddr"), _prefix(s)), _match(OIF, b, "!="), MASQUERADE])
     t.chain("postrouting", postrouting, hook=("nat", "postrouting", PRIO_SRCNAT))
+    sealed = [n.sealed for n in rs.networks if n.sealed]
+    if sealed:
+        # Matched on the VXLAN header itself (the VNI: 24 bits, 32 bits into it), whatever route or device
+        # the kernel picked: the second guard behind the forwarding entries (design notes, "Encrypted").
+        def rules(way) -> list[list[dict]]:
+            return [[_match(_field("udp", "dport"), port),
+                     _match({"payload": {"base": "th", "offset": 64 + 32, "len": 24}}, vni),
+                     _match(way, _ifname(tunnel), "!="), DROP] for port, vni, tunnel in sealed]
+        t.chain("sealed-out", rules(OIF), hook=("filter", "postrouting", PRIO_FILTER))
+        t.chain("sealed-in", rules(IIF), hook=("filter", "input", PRIO_FILTER))
     return t.text()
 
 

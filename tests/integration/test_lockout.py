@@ -124,7 +124,8 @@ def test_doctor_reports_a_hand_made_bridge_over_a_reserved_range(host):
 
     assert host.json("info")["Config"] == {
         "ConfigFile": config, "DefaultAddressPools": [{"base": "10.200.0.0/16", "size": 24}],
-        "DefaultAddressPoolsSource": "config", "Reserved": ["10.99.0.0/16"], "SwarmAddressGrace": 86400.0}
+        "DefaultAddressPoolsSource": "config", "Reserved": ["10.99.0.0/16"], "SwarmAddressGrace": 86400.0,
+        "SwarmKeyRotation": 43200.0}
     host.nsnet("network", "create", "small")
     assert subnet_of(host, "small") == "10.200.0.0/24"
     host.nsnet("network", "create", "-o", "size=26", "tiny")  # no need to burn a whole pool subnet

@@ -402,6 +402,47 @@ class FakeKernel:
     def mtu_of_address(self, address):
         return 1500
 
+    # WireGuard: a link holding its key, address and peers (public key -> (endpoint, allowed ips)).
+    def wireguard_missing(self):
+        return None
+
+    def wireguard_kind(self):
+        return "wireguard-go"
+
+    def wireguard_key(self, path):
+        with open(path, "w") as f:
+            f.write(f"private-{len(self.ns.links)}-{id(path)}")
+        return self.wireguard_public_key(path)
+
+    def wireguard_public_key(self, path):
+        with open(path) as f:
+            return "public-" + f.read()
+
+    def ensure_wireguard(self, name, *, key, port, address, mtu):
+        link = self.ns.links.get(name)
+        made = link is None
+        if made:
+            self.faults.step(f"add wireguard {name}")
+            link = self.ns.add(name, "wireguard", mtu=mtu, attrs={"peers": {}})
+        link.attrs.update(key=key, port=port)
+        _add_address(link, address)
+        link.up = True
+        return made
+
+    def wireguard_set_key(self, name, key):
+        self.ns.links[name].attrs["key"] = key
+
+    def wireguard_peers(self, name):
+        return dict(self.ns.links[name].attrs["peers"])
+
+    def wireguard_set_peers(self, name, add, remove):
+        link = self.ns.links[name]
+        self.faults.step(f"peers of {name}")
+        for pub in remove:
+            link.attrs["peers"].pop(pub, None)
+        for pub, endpoint, allowed in add:
+            link.attrs["peers"][pub] = (endpoint, allowed)
+
     def route_to(self, ifname, cidr):
         if ifname not in self.ns.links:
             return

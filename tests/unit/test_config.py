@@ -47,6 +47,8 @@ def test_reserved_alone_keeps_default_pools(tmp_path):
     ('default-address-pools = [{base = "10.10.0.0/16"}]', "default-address-pools[0] needs both base and size"),
     ('default-address-pools = []', "default-address-pools is empty"),
     ('reserved = [', "cannot parse"),
+    ('swarm-key-rotation = 0', "swarm-key-rotation must be a number of seconds, at least 1"),
+    ('swarm-key-rotation = "12h"', "swarm-key-rotation must be a number of seconds"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, fragment):
     root = write(tmp_path, text + "\n")
@@ -54,3 +56,8 @@ def test_bad_config_names_file_and_key(tmp_path, text, fragment):
         load(root)
     msg = str(e.value)
     assert fragment in msg and str(tmp_path / "config.toml") in msg and "\n" not in msg
+
+
+def test_key_rotation_defaults_to_docker_s_12_hours_and_takes_seconds(tmp_path):
+    assert load(str(tmp_path)).key_rotation == 43200
+    assert load(write(tmp_path, "swarm-key-rotation = 2\n")).key_rotation == 2

@@ -251,3 +251,88 @@ def test_overlay_peers_follow_the_swarm_with_replace(tmp_path):
     assert kernel.peers(vx) == moved
     d.leave(net, ep)
     assert "nsovx4097" not in kernel.links() and "nsovb4097" not in kernel.links()
+
+
+# ---- overlay, encrypted (drivers/tunnel.py) ----------------------------------------------------------
+
+def encrypted_world(tmp_path, local_ports: list[str], records: dict):
+    """An encrypted overlay on node A (192.0.2.1) of a swarm with B (192.0.2.2) and C (192.0.2.3), each with
+    one sandbox on the network; `records` plays the WireGuard records the swarm's watch brought."""
+    from types import SimpleNamespace
+
+    from nsnet.drivers.base import DriverContext
+    from nsnet.drivers.overlay import ENCRYPTED, VNI_KEY, OverlayDriver
+    from nsnet.engine.swarm import Member
+    from nsnet.store.sqlite import SqliteKV
+
+    kernel = fresh_kernel()
+    root = tmp_path / f"root{len(list(tmp_path.iterdir()))}"
+    root.mkdir()
+    swarm = SimpleNamespace(kv=SqliteKV(str(root / "swarm.db")), member=Member("192.0.2.1", 4789, ["10.0.0.0/8"], 24),
+                            free_subnet=lambda: "10.0.9.0/24")
+    nodes = {"a" * 64: "192.0.2.1", "b" * 64: "192.0.2.2", "c" * 64: "192.0.2.3"}
+    peers = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.2"), ("02:42:0a:07:00:11", "10.7.0.17", "192.0.2.3")}
+    ctx = DriverContext(ports_of=lambda net: list(local_ports), swarm=lambda: swarm, peers=lambda net: peers,
+                        node="a" * 64, nodes=lambda: dict(nodes), root=str(root),
+                        node_records=lambda: {n: r for n, r in records.items() if n in nodes})
+    d = OverlayDriver(kernel, ctx)
+    net = network("overlay", **{VNI_KEY: "4097", ENCRYPTED: ""})
+    d.create_network(net)
+    return kernel, d, net, nodes
+
+
+def wg_record(i: int) -> dict:
+    return {"public_key": f"key-{i}", "endpoint": f"192.0.2.{i}:51820", "address": f"10.0.9.{i}", "kind": "kernel"}
+
+
+def test_an_encrypted_overlay_programs_only_nodes_whose_tunnel_is_configured(tmp_path):
+    records = {"b" * 64: wg_record(2)}                      # C has published nothing yet
+    ports: list[str] = []
+    kernel, d, net, nodes = encrypted_world(tmp_path, ports, records)
+    ep = endpoint(net, 1)
+    d.plan_endpoint(net, ep)
+    ports.append(ep.host_ifname)
+    d.join(net, ep, kernel.sandbox(2000), True)
+    vx, wg = kernel.index("nsovx4097"), kernel.ns.links["nswgaaaaaaaa"]
+    assert kernel.ns.by_index(vx).attrs["local"] == "10.0.9.1" and wg.addresses == {"10.0.9.1/24"}
+    assert kernel.peers(vx) == {("02:42:0a:07:00:10", "10.7.0.16", "10.0.9.2")}   # to B's tunnel address only
+    assert wg.attrs["peers"] == {"key-2": ("192.0.2.2:51820", "10.0.9.2/32")}
+    assert kernel.ns.by_index(vx).mtu == 1500 - 50 - 60
+
+    records["c" * 64] = wg_record(3)                        # C's record arrives
+    d.nodes_changed()
+    d.peers_changed(net)
+    assert len(kernel.peers(vx)) == 2 and set(wg.attrs["peers"]) == {"key-2", "key-3"}
+    records["c" * 64] = {**wg_record(3), "public_key": "key-3b"}   # C rotated its key: swapped in, entries kept
+    d.nodes_changed()
+    d.peers_changed(net)
+    assert set(wg.attrs["peers"]) == {"key-2", "key-3b"} and len(kernel.peers(vx)) == 2
+    del nodes["b" * 64]                                     # B removed from the swarm: its peer goes at once
+    d.nodes_changed()
+    d.peers_changed(net)
+    assert set(wg.attrs["peers"]) == {"key-3b"}
+    assert kernel.peers(vx) == {("02:42:0a:07:00:11", "10.7.0.17", "10.0.9.3")}
+
+    records["c" * 64] = {**wg_record(3), "public_key": "key-3c"}
+    kernel.fail_at = 1                                      # WireGuard refuses: nothing towards anyone
+    with pytest.raises(NsnetError):
+        d.nodes_changed()
+    kernel.fail_at = None
+    d.peers_changed(net)
+    assert kernel.peers(vx) == set()
+
+    d.leave(net, ep)                                        # its last encrypted network here: the tunnel goes
+    assert "nswgaaaaaaaa" not in kernel.links()
+    swarm = d.ctx.swarm()
+    assert [e.key for e in swarm.kv.list("drivers/overlay/")] == ["drivers/overlay/vni/4097", "drivers/overlay/wg/range"]
+
+
+def test_encrypted_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp_path):
+    def scenario():
+        ports: list[str] = []
+        kernel, d, net, _ = encrypted_world(tmp_path, ports, {"b" * 64: wg_record(2)})
+        ep, sandbox = endpoint(net, 1), kernel.sandbox(2000)
+        d.plan_endpoint(net, ep)
+        ports.append(ep.host_ifname)
+        return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
+    assert each_failure(scenario) >= 10

@@ -14,11 +14,12 @@ from ..client import ApiError, Client, api_path
 from . import doctor, output
 
 
-def _kv(items: list[str], what: str) -> dict[str, str]:
+def _kv(items: list[str], what: str, bare: bool = False) -> dict[str, str]:
+    """KEY=VALUE items as a dict; `bare`: a KEY alone means KEY="" (Docker's `--opt encrypted`)."""
     out = {}
     for item in items or []:
         k, sep, v = item.partition("=")
-        if not sep or not k:
+        if not k or not (sep or bare):
             raise SystemExit(f"nsnet: invalid {what} {item!r}: use KEY=VALUE")
         out[k] = v
     return out
@@ -213,7 +214,7 @@ def cmd_network(client: Client, args) -> int:
     if verb == "create":
         body = {"Name": args.name, "Driver": args.driver, "Subnets": args.subnet, "Gateways": args.gateway,
                 "IPRanges": args.ip_range, "AuxAddresses": _kv(args.aux_address, "--aux-address"),
-                "Options": _kv(args.opt, "option"), "Labels": _kv(args.label, "label"),
+                "Options": _kv(args.opt, "option", bare=True), "Labels": _kv(args.label, "label"),
                 "Internal": args.internal, "Attachable": args.attachable, "EnableIPv6": args.ipv6,
                 "AllowOverlap": args.allow_overlap}
         print(client.post("/networks", body)["Id"])

@@ -104,7 +104,7 @@ class Cluster:
                 if self.kv is None:
                     raise NsnetError(self._broken)
                 others = [e for e in self.kv.list("nodes/") if e.key != f"nodes/{self.node_id}"]
-                ops = [Op(f"{kind}/{self.node_id}", None) for kind in ("nodes", "alive", "evidence", "down")]
+                ops = _node_keys(self.kv, self.node_id)
                 self.kv.commit(ops + ([] if others else [Op("cluster", None)]))
             except NsnetError as e:
                 if not force:
@@ -236,7 +236,7 @@ class Cluster:
         if n["Status"]["State"] == "ready" and not force:
             raise Conflict(f"node {name} is not down and can't be removed: use --force")
         drop_endpoints(self.kv, n["ID"])
-        self.kv.commit([Op(f"{kind}/{n['ID']}", None) for kind in ("nodes", "alive", "evidence", "down")])
+        self.kv.commit(_node_keys(self.kv, n["ID"]))
         return n["ID"]
 
     def _doc(self, rec: dict, ready: bool) -> dict:
@@ -268,6 +268,13 @@ class Cluster:
         except NsnetError as e:
             doc["Error"] = str(e)
         return doc
+
+
+def _node_keys(kv, node_id: str) -> list[Op]:
+    """The deletes of a node's own keys: its record, lease key, evidence, Down mark, and what it publishes
+    for a driver (`drivers/<driver>/node/<node id>`, e.g. its tunnel's public key)."""
+    return ([Op(f"{kind}/{node_id}", None) for kind in ("nodes", "alive", "evidence", "down")] +
+            [Op(e.key, None) for e in kv.list("drivers/") if e.key.endswith(f"/node/{node_id}")])
 
 
 def drop_endpoints(kv, node_id: str) -> int:

@@ -31,6 +31,15 @@ class DriverContext:
     swarm: Callable[[], object | None] = field(default=lambda: None)
     # A swarm network's endpoints on the other nodes that are alive, as (mac, ip, that node's address).
     peers: Callable[[Network], set[tuple[str, str, str]]] = field(default=lambda net: set())
+    # The swarm's nodes (this one too) -> their advertise addresses; a node removed (node rm, swarm leave)
+    # is gone from it at once.
+    nodes: Callable[[], dict[str, str]] = field(default=lambda: {})
+    # What each of those nodes publishes for this driver under drivers/<its name>/node/<node id>.
+    node_records: Callable[[], dict[str, dict]] = field(default=lambda: {})
+    # The engine's root ($NSNET_ROOT): a driver's files (e.g. a private key) go under it.
+    root: str = ""
+    # s between two WireGuard key rotations (config `swarm-key-rotation`).
+    key_rotation: float = 43200.0
 
 
 class Driver:
@@ -113,6 +122,10 @@ class Driver:
 
     def peers_changed(self, net: Network) -> None:
         """A swarm network's endpoints on other nodes changed (ctx.peers says what they are now)."""
+
+    def nodes_changed(self) -> None:
+        """The swarm's nodes or their records for this driver changed (ctx.nodes, ctx.node_records); the
+        engine then tells each of its networks peers_changed."""
 
     def firewall(self, net: Network) -> FwNetwork | None:
         return None

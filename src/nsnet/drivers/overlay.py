@@ -13,6 +13,12 @@ The VNI is chosen at create (the lowest from 4097 that no swarm network has, or
 `drivers/overlay/vni/<n>`, so two hosts creating at once never share one. MTU: the underlay link's minus
 VXLAN's 50 bytes, unless given. A sandbox reaches the outside through the engine's gateway bridge
 (`needs_gateway_bridge`), not through the overlay.
+
+Encrypted (`-o encrypted`, Docker's option): the VXLAN link sends from the node's WireGuard tunnel address
+and its forwarding entries point at the other nodes' tunnel addresses (drivers/tunnel.py), so its frames
+travel only inside WireGuard. It fails closed: a node whose WireGuard peer is not configured here gets no
+forwarding entry, and the firewall drops any datagram of the network's VNI to the data path port that would
+leave (or arrive) by any link but the tunnel. There is no plaintext fallback. MTU: minus WireGuard's 60 too.
 """
 from __future__ import annotations
 
@@ -22,8 +28,10 @@ from ..model import Endpoint, Network, owner_alias
 from ..store import CompareFailed, Op
 from ..store.scoped import Scoped
 from .base import MTU_KEY, Driver, DriverContext
+from .tunnel import OVERHEAD as WIREGUARD_OVERHEAD, Tunnel
 
 VNI_KEY = "com.docker.network.driver.overlay.vxlanid_list"
+ENCRYPTED = "encrypted"   # Docker's: `--opt encrypted`, shown as {"encrypted": ""}
 FIRST_VNI = 4097          # as Docker's overlay (4096 and below are left to the user)
 MAX_VNI = (1 << 24) - 1
 VXLAN_OVERHEAD = 50       # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
@@ -33,6 +41,10 @@ ENODEV = 19
 
 def vni_of(net: Network) -> int:
     return int(net.options[VNI_KEY])
+
+
+def encrypted(net: Network) -> bool:
+    return ENCRYPTED in net.options
 
 
 def bridge_name(net: Network) -> str:
@@ -46,7 +58,7 @@ def vxlan_name(net: Network) -> str:
 class OverlayDriver(Driver):
     name = "overlay"
     scope = "cluster"
-    options = frozenset({MTU_KEY, VNI_KEY})
+    options = frozenset({MTU_KEY, VNI_KEY, ENCRYPTED})
     link_prefix = PREFIX
     needs_gateway_bridge = True
 
@@ -55,6 +67,8 @@ class OverlayDriver(Driver):
         self._bridges: dict[str, int] = {}                        # network id -> its bridge's index, once built
         self._vxlans: dict[str, int] = {}                         # network id -> its VXLAN link's index
         self._programmed: dict[str, set[tuple[str, str, str]]] = {}  # network id -> (mac, ip, vtep) set
+        self._sealed: set[str] = set()                            # encrypted networks built here
+        self.tunnel = Tunnel(kernel, self.ctx, self.name)         # this node's WireGuard link, while any is
 
     def _member(self):
         swarm = self.ctx.swarm()
@@ -67,6 +81,14 @@ class OverlayDriver(Driver):
         vni = net.options.get(VNI_KEY)
         if vni is not None and not (vni.isdigit() and 1 <= int(vni) <= MAX_VNI):
             raise NsnetError(f"invalid {VNI_KEY} {vni!r}: give one VXLAN ID from 1 to {MAX_VNI}")
+        if encrypted(net):
+            if net.options[ENCRYPTED] not in ("", "true"):
+                raise NsnetError(f"invalid {ENCRYPTED} value {net.options[ENCRYPTED]!r}: use --opt encrypted "
+                                 f"(or -o encrypted=true)")
+            missing = self.kernel.wireguard_missing()
+            if missing:
+                raise NsnetError(f"cannot create an encrypted overlay network: {missing}")
+            net.options[ENCRYPTED] = ""
 
     def plan(self, net: Network, others: list[Network]) -> None:
         taken = {vni_of(n) for n in others if n.driver == self.name and VNI_KEY in n.options}
@@ -118,28 +140,36 @@ class OverlayDriver(Driver):
         given = self.mtu(net)
         if given:
             return given
-        underlay = self.kernel.mtu_of_address(self._member().member.advertise_addr)
-        return (underlay or 1500) - VXLAN_OVERHEAD
+        return self._underlay_mtu() - VXLAN_OVERHEAD - (WIREGUARD_OVERHEAD if encrypted(net) else 0)
+
+    def _underlay_mtu(self) -> int:
+        return self.kernel.mtu_of_address(self._member().member.advertise_addr) or 1500
 
     def _ensure(self, net: Network) -> int:
         """The network's bridge and VXLAN link on this host, built if missing, with its peers; the bridge's index."""
         if net.id in self._bridges:
             return self._bridges[net.id]
         member = self._member().member
+        local = member.advertise_addr
+        if encrypted(net):
+            self.tunnel.ensure(self._underlay_mtu())
+            local = self.tunnel.address   # VXLAN between tunnel addresses: only inside WireGuard
+            self._sealed.add(net.id)
         mtu = self._mtu(net)
         alias = owner_alias(net.id)
         bridge, _ = self.kernel.ensure_bridge(bridge_name(net), mtu=mtu, addresses=[], alias=alias)
         self.kernel.no_ipv6(bridge_name(net))
-        vx, created = self.kernel.ensure_vxlan(vxlan_name(net), vni=vni_of(net), local=member.advertise_addr,
+        vx, created = self.kernel.ensure_vxlan(vxlan_name(net), vni=vni_of(net), local=local,
                                                port=member.data_path_port, mtu=mtu, master=bridge, alias=alias)
         if created or self._vxlans.get(net.id) != vx:
             self._vxlans[net.id] = vx
             self._programmed.pop(net.id, None)   # read back from the kernel
-            try:
-                self.peers_changed(net)
-            except BaseException:
-                self._vxlans.pop(net.id, None)   # the next join programs them again
-                raise
+        try:
+            # Also when the link was found (mend, after a restart): an encrypted one's entries waited for the tunnel.
+            self.peers_changed(net)
+        except BaseException:
+            self._vxlans.pop(net.id, None)   # the next join programs them again
+            raise
         self._bridges[net.id] = bridge
         return bridge
 
@@ -149,6 +179,9 @@ class OverlayDriver(Driver):
         self._programmed.pop(net.id, None)
         for name in (vxlan_name(net), bridge_name(net)):
             self.kernel.delete_if_alias(name, owner_alias(net.id))
+        self._sealed.discard(net.id)
+        if encrypted(net) and not self._sealed and self.tunnel.up:
+            self.tunnel.remove()   # this host's last encrypted network: no tunnel left behind
 
     def peers_changed(self, net: Network) -> None:
         """Program the other nodes' live sandboxes on `net` (if it is built here): add and replace what is
@@ -156,7 +189,7 @@ class OverlayDriver(Driver):
         index = self._vxlans.get(net.id)
         if index is None:
             return
-        want = self.ctx.peers(net)
+        want = self._wanted(net)
         have = self._programmed.get(net.id)
         if have is None:
             have = self.kernel.peers(index)
@@ -169,6 +202,21 @@ class OverlayDriver(Driver):
             self._programmed.pop(net.id, None)   # read back from the kernel next time
             raise
         self._programmed[net.id] = set(want)
+
+    def _wanted(self, net: Network) -> set[tuple[str, str, str]]:
+        """(mac, ip, vtep) of the peers to program. Encrypted: the vtep is the node's tunnel address, and a
+        node whose WireGuard peer is not configured here gets nothing (fails closed)."""
+        peers = self.ctx.peers(net)
+        if not encrypted(net):
+            return peers
+        node_of = {addr: node for node, addr in self.ctx.nodes().items()}
+        tunnels = self.tunnel.peered if self.tunnel.up else {}
+        return {(mac, ip, tunnels[node_of[vtep]]) for mac, ip, vtep in peers if node_of.get(vtep) in tunnels}
+
+    def nodes_changed(self) -> None:
+        if self._sealed and not self.tunnel.up and self.ctx.swarm() is not None:
+            self.tunnel.ensure(self._underlay_mtu())   # after a restart: the tunnel (and its key) adopted
+        self.tunnel.sync()
 
     # ---- endpoints ----------------------------------------------------------------------------------
 
@@ -195,6 +243,10 @@ class OverlayDriver(Driver):
     def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
         if vxlan_name(net) in linkmap:
             self._vxlans[net.id] = linkmap[vxlan_name(net)]["index"]
+            if encrypted(net):
+                self._sealed.add(net.id)
+                if not self.tunnel.up:
+                    return []   # its entries stay as they were until the swarm's view adopts the tunnel
             self.peers_changed(net)
         return []
 
@@ -202,11 +254,25 @@ class OverlayDriver(Driver):
         """Its bridge among the networks (isolated from the others) and, under br_netfilter, the frames it
         bridges accepted at once and never tracked (design notes, "The data path tracks only what NAT
         needs"); no NAT: it has no way out of its own (the gateway bridge is the way out)."""
+        sealed = None
+        if encrypted(net):   # its VXLAN leaves and arrives only through the tunnel
+            swarm = self.ctx.swarm()
+            port = swarm.member.data_path_port if swarm is not None else 4789
+            sealed = (port, vni_of(net), self.tunnel.name)
         return FwNetwork(bridge=bridge_name(net), subnets=[s.subnet for s in net.subnets], internal=net.internal,
-                         icc=True, masquerade=False, gateways=[])
+                         icc=True, masquerade=False, gateways=[], sealed=sealed)
 
     def kernel_names(self, net: Network) -> set[str]:
         return {bridge_name(net), vxlan_name(net)} if self.ctx.ports_of(net) else set()
+
+    def notes(self, net: Network) -> list[str]:
+        """Encrypted: each node's tunnel, and its kind (kernel WireGuard or wireguard-go)."""
+        if not encrypted(net):
+            return []
+        nodes = self.ctx.nodes()
+        return [f"encrypted: VXLAN inside WireGuard between nodes; node {node[:12]} ({nodes.get(node)}): "
+                f"{rec.get('kind')}, tunnel address {rec.get('address')}"
+                for node, rec in sorted(self.ctx.node_records().items())]
 
     def shown_options(self, net: Network) -> dict[str, str]:
         return {VNI_KEY: net.options[VNI_KEY]}

@@ -58,6 +58,7 @@ class Engine:
         self.state.endpoint_dropped.append(self._addresses_given_up)
         self.state.network_dropped.append(self.alloc.forget)
         self.state.peers_changed.append(self._peers_changed)
+        self.state.nodes_changed.append(self._nodes_changed)
         self.drivers = {name: cls(kernel, self._driver_context(name)) for name, cls in registered().items()}
         self.port_sockets: dict[str, list] = {}  # sandbox id -> sockets holding its published ports
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
@@ -83,7 +84,9 @@ class Engine:
         return DriverContext(ports_of=lambda net: [e.host_ifname for e in self.state.endpoints_of_network(net)
                                                    if e.host_ifname], crashpoint=crashpoint,
                              store=Scoped(self.store.kv, f"drivers/{name}/"), node=self.state.node,
-                             swarm=lambda: self.swarm, peers=self._peers)
+                             swarm=lambda: self.swarm, peers=self._peers, nodes=lambda: dict(self.state.vteps),
+                             node_records=lambda: self._node_records(name), root=self.root,
+                             key_rotation=self.config.key_rotation)
 
     def driver(self, net: Network):
         return self.drivers[net.driver]
@@ -91,6 +94,28 @@ class Engine:
     def _peers(self, net: Network) -> set[tuple[str, str, str]]:
         return {(e.mac, e.ipv4.split("/")[0], self.state.vteps[e.node]) for e in self.state.peers_of(net)
                 if e.mac and e.ipv4 and e.node in self.state.vteps}
+
+    def _node_records(self, driver: str) -> dict[str, dict]:
+        """What the swarm's listed nodes publish for `driver` (a removed node's record is no one's)."""
+        out = {}
+        for key, record in self.state.records.items():
+            name, _, node = key.partition("/")
+            if name == driver and node in self.state.vteps:
+                out[node] = record
+        return out
+
+    def _nodes_changed(self) -> None:
+        """The swarm's nodes or their records changed: each cluster driver follows (e.g. its tunnels to
+        them), then programs its networks' peers again."""
+        for name, driver in self.drivers.items():
+            if driver.scope != "cluster":
+                continue
+            try:
+                driver.nodes_changed()
+                for net in [n for n in self.state.nets.values() if n.driver == name]:
+                    driver.peers_changed(net)
+            except Exception:
+                log.exception("driver %s: following the swarm's nodes failed; retried at the next change", name)
 
     def _peers_changed(self, net_ids: set[str]) -> None:
         for net in [self.state.nets[i] for i in net_ids if i in self.state.nets]:
@@ -459,6 +484,10 @@ class Engine:
                     if sb.state == "running":
                         self.feed.attach(sb)
             self.feed.notify()
+
+    def swarm_evidence(self) -> list[Evidence]:
+        """What a range the swarm takes must avoid: this host's evidence, its networks and every node's."""
+        return self._evidence(ask_docker=False) + (self.swarm.evidence() if self.swarm else [])
 
     @on_kernel_thread
     def host_evidence(self) -> list[Evidence]:

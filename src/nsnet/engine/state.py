@@ -36,6 +36,7 @@ class State:
         self.remote: dict[str, Endpoint] = {}
         self.alive: set[str] = set()
         self.vteps: dict[str, str] = {}
+        self.records: dict[str, dict] = {}   # "<driver>/<node id>" -> what that node publishes for the driver
         # Listeners, called after each change: (endpoint) saved, (endpoint, its network or None) dropped,
         # (network) saved, (network) dropped.
         self.endpoint_saved: list[Callable[[Endpoint], None]] = []
@@ -44,6 +45,7 @@ class State:
         self.network_dropped: list[Callable[[Network], None]] = []
         # (network ids) whose other nodes' live endpoints changed: a peer came, went, or its node died.
         self.peers_changed: list[Callable[[set[str]], None]] = []
+        self.nodes_changed: list[Callable[[], None]] = []   # the nodes or their drivers' records changed
 
     def transaction(self):
         return self.store.transaction()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Conflict, NsnetError
 from ..facts import Evidence, as_network
-from ..ipam.pools import Pool
+from ..ipam.pools import Pool, pick_subnet
 from ..model import Endpoint, Network, from_dict
 from ..cluster.membership import drop_endpoints
 from ..store import Compacted, CompareFailed, Event, Op
@@ -41,6 +41,7 @@ class View:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)   # every node's, this one's too
     alive: set[str] = field(default_factory=set)
     vteps: dict[str, str] = field(default_factory=dict)            # node id -> its advertise address
+    records: dict[str, dict] = field(default_factory=dict)         # "<driver>/<node id>" -> its node record
 
     def apply(self, events: list[Event]) -> None:
         for ev in events:
@@ -54,6 +55,10 @@ class View:
                 (self.alive.add if ev.value is not None else self.alive.discard)(id_)
             elif kind == "nodes":
                 _put(self.vteps, id_, ev.value and ev.value["addr"])
+            elif kind == "drivers":
+                driver, _, rest = id_.partition("/")
+                if rest.startswith("node/"):   # drivers/<driver>/node/<node id>: what a node publishes for it
+                    _put(self.records, f"{driver}/{rest[5:]}", ev.value)
 
 
 def _put(table: dict, key: str, value) -> None:
@@ -68,7 +73,7 @@ def read(kv) -> tuple[int, View]:
     the watch replays them, and applying a fact twice changes nothing)."""
     revision = kv.revision()
     view = View()
-    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/")
+    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/", "drivers/")
                 for e in kv.list(prefix)])
     return revision, view
 
@@ -177,21 +182,28 @@ class SwarmLink:
         return [Pool(ipaddress.ip_network(p), self.member.mask) for p in self.member.pools]
 
     def evidence(self) -> list[Evidence]:
-        """The ranges the other nodes find in use (a swarm network's subnet must avoid them on every node)."""
+        """The ranges the other nodes find in use (a swarm network's subnet must avoid them on every node),
+        and those the swarm holds itself (`evidence/swarm-*`, e.g. a driver's tunnel range)."""
         out = []
         names = {e.key.split("/", 1)[1]: e.value.get("name") for e in self.kv.list("nodes/")}
         for entry in self.kv.list("evidence/"):
             node = entry.key.split("/", 1)[1]
             if node == self.node:
                 continue
-            name = names.get(node) or node[:12]
-            out += [Evidence(kind, as_network(cidr), f"{detail} on node {name}")
+            where = "in the swarm" if node.startswith("swarm-") else f"on node {names.get(node) or node[:12]}"
+            out += [Evidence(kind, as_network(cidr), f"{detail} {where}")
                     for cidr, kind, detail in entry.value.get("ranges", [])]
         return out
 
+    def free_subnet(self) -> str:
+        """A subnet of the swarm's pools clear of every node's evidence and every network, for a range the
+        swarm holds (publish it as `evidence/swarm-<what>` with its claim, so no network takes it later)."""
+        subnet, _ = pick_subnet(self.pools(), self.engine.swarm_evidence())
+        return str(subnet)
+
 
 def _copy(view: View) -> View:
-    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps))
+    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps), dict(view.records))
 
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
@@ -233,7 +245,11 @@ def apply(e, view: View, gone: set[str] | None) -> bool:
         if net is not None:
             (e.alloc.mark_taken if i in remote else e.alloc.release)(net, endpoint_addresses(ep))
     st.remote = remote
-    st.alive, st.vteps = set(view.alive), dict(view.vteps)
+    nodes_before = (st.vteps, st.records)
+    st.alive, st.vteps, st.records = set(view.alive), dict(view.vteps), dict(view.records)
+    if (st.vteps, st.records) != nodes_before:
+        for fn in st.nodes_changed:
+            fn()
     after = _live_peers(st)
     moved = [i for i in before.keys() | after.keys() if before.get(i) != after.get(i)]
     for i in moved:   # the resolver gets these records only, not all of them again
@@ -284,5 +300,7 @@ def forget_all(e) -> None:
     st = e.state
     for net in [n for n in st.nets.values() if st.shared(n)]:
         st.forget_network(net)
-    st.remote, st.alive, st.vteps = {}, set(), {}
+    st.remote, st.alive, st.vteps, st.records = {}, set(), {}, {}
+    for fn in st.nodes_changed:
+        fn()
     e.feed.refresh()

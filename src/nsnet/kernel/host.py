@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
-from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl, vxlan
+from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl, vxlan, wireguard
 from .netns import entered
 
 log = logging.getLogger("nsnet.kernel")
@@ -286,6 +286,44 @@ class Kernel:
     @verb
     def mtu_of_address(self, address: str) -> int | None:
         return vxlan.mtu_of_address(self.ipr, address)
+
+    # ---- WireGuard (kernel/wireguard.py: `wg`, and wireguard-go where the kernel has no module) ----
+
+    @verb
+    def wireguard_missing(self) -> str | None:
+        """What keeps WireGuard from this host (one sentence), or None."""
+        return wireguard.missing()
+
+    @verb
+    def wireguard_kind(self) -> str | None:
+        return wireguard.kind()
+
+    @verb
+    def wireguard_key(self, path: str) -> str:
+        """A new private key in file `path` (0600); its public key."""
+        return wireguard.generate_key(path)
+
+    @verb
+    def wireguard_public_key(self, path: str) -> str:
+        return wireguard.public_key(path)
+
+    @verb
+    def ensure_wireguard(self, name: str, *, key: str, port: int, address: str, mtu: int) -> bool:
+        """WireGuard link `name` (the probed kind), keyed from file `key`, on UDP `port`, holding `address`, up;
+        True when made."""
+        return wireguard.ensure(name, wireguard.kind(), key=key, port=port, address=address, mtu=mtu)
+
+    @verb
+    def wireguard_set_key(self, name: str, key: str) -> None:
+        wireguard.set_key(name, key)
+
+    @verb
+    def wireguard_peers(self, name: str) -> dict[str, tuple[str, str]]:
+        return wireguard.peers(name)
+
+    @verb
+    def wireguard_set_peers(self, name: str, add: list[tuple[str, str, str]], remove: list[str]) -> None:
+        wireguard.set_peers(name, add, remove)
 
     @verb
     def route_to(self, ifname: str, cidr: str) -> None:
