@@ -200,6 +200,36 @@ def node_remove(d, ref, query, body, peer):
     return {"ID": d.cluster.remove_node(ref, query.get("force", False))}
 
 
+@route("GET", "/services")
+def services(d, query, body, peer):
+    return d.engine.services.list()
+
+
+@route("POST", "/services")
+def service_create(d, query, body, peer):
+    return {"ID": d.engine.services.create(body)["id"]}
+
+
+@route("GET", "/services/{ref}")
+def service_inspect(d, ref, query, body, peer):
+    return d.engine.services.inspect(ref)
+
+
+@route("DELETE", "/services/{ref}")
+def service_remove(d, ref, query, body, peer):
+    return {"ID": d.engine.services.remove(ref)}
+
+
+@route("POST", "/services/{ref}/scale")
+def service_scale(d, ref, query, body, peer):
+    return {"ID": d.engine.services.scale(ref, body["Replicas"])["id"]}
+
+
+@route("GET", "/services/{ref}/tasks")
+def service_tasks(d, ref, query, body, peer):
+    return d.engine.services.ps(ref)
+
+
 def _check_owned(pid: int, peer) -> None:
     """A client may hand over only a process of its own: itself or one of its descendants. Otherwise any
     PID, in any namespace (PID 1: the machine's own), would get plumbed. Start times guard against a PID

@@ -32,6 +32,7 @@ from .dnsfeed import DnsFeed
 from .dockernet import DockerNets
 from .dockerpools import DockerPools
 from .files import SandboxFiles
+from .services import Services
 from .state import State
 from .thread import KernelThread, on_kernel_thread
 
@@ -63,6 +64,7 @@ class Engine:
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
         self.cni = Cni(self)                    # the CNI plugin's calls (engine/cni.py)
         self.docker_nets = DockerNets(self)     # Docker's networks and endpoints (`-d nsnet`)
+        self.services = Services(self)          # the swarm's services and tasks (engine/services.py)
 
     @classmethod
     def open(cls, root: str) -> "Engine":

@@ -40,6 +40,8 @@ class View:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)   # every node's, this one's too
     alive: set[str] = field(default_factory=set)
     vteps: dict[str, str] = field(default_factory=dict)            # node id -> its advertise address
+    services: dict[str, dict] = field(default_factory=dict)        # engine/services.py's records, as stored
+    tasks: dict[str, dict] = field(default_factory=dict)
 
     def apply(self, events: list[Event]) -> None:
         for ev in events:
@@ -53,6 +55,8 @@ class View:
                 (self.alive.add if ev.value is not None else self.alive.discard)(id_)
             elif kind == "nodes":
                 _put(self.vteps, id_, ev.value and ev.value["addr"])
+            elif kind in ("services", "tasks"):
+                _put(getattr(self, kind), id_, ev.value)
 
 
 def _put(table: dict, key: str, value) -> None:
@@ -67,7 +71,7 @@ def read(kv) -> tuple[int, View]:
     the watch replays them, and applying a fact twice changes nothing)."""
     revision = kv.revision()
     view = View()
-    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/")
+    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/", "services/", "tasks/")
                 for e in kv.list(prefix)])
     return revision, view
 
@@ -190,7 +194,8 @@ class SwarmLink:
 
 
 def _copy(view: View) -> View:
-    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps))
+    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps), dict(view.services),
+                dict(view.tasks))
 
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
@@ -237,6 +242,7 @@ def apply(e, view: View, gone: set[str] | None) -> bool:
     if changed:
         for fn in st.peers_changed:
             fn(changed)
+    e.services.learn(dict(view.services), dict(view.tasks))
     return nets_changed
 
 
@@ -262,4 +268,5 @@ def forget_all(e) -> None:
     for net in [n for n in st.nets.values() if st.shared(n)]:
         st.forget_network(net)
     st.remote, st.alive, st.vteps = {}, set(), {}
+    e.services.forget()
     e.feed.refresh()

@@ -1,0 +1,145 @@
+"""Services across the hosts of a swarm (issue 17): hosts are namespaces with their own daemons wired to etcd's
+namespace (swarmnet.py). Real packets: each task answers with its own host name (netcheck.py whoami), the
+service's name resolves to its VIP, connections to the VIP reach every task, `tasks.NAME` lists them, scaling
+and removal follow on every host, and a dead node's tasks run again elsewhere."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import changes, wait_for
+from swarmnet import form, needs_etcd, swarm_hosts
+
+pytestmark = needs_etcd
+HERE = os.path.dirname(__file__)
+NETCHECK = os.path.join(HERE, "netcheck.py")
+PORT = 8080
+TTL = 10   # cluster/membership.py
+
+
+@pytest.fixture
+def two(tag):
+    with swarm_hosts(tag) as (etcd, (a, b)):
+        form([a, b])
+        yield etcd, a, b
+
+
+def etcd_keys(etcd, prefix: str) -> dict:
+    from nsnet.kernel import netns
+    from nsnet.store.etcd import EtcdKV
+    with netns.entered(f"/run/netns/{etcd.ns}"):
+        kv = EtcdKV(etcd.endpoints)
+        try:
+            return {e.key: e.value for e in kv.list(prefix)}
+        finally:
+            kv.close()
+
+
+def overlay(a, b, *args):
+    a.nsnet("network", "create", "-d", "overlay", *args)
+    assert wait_for(lambda: args[-1] in b.nsnet("network", "ls").stdout, timeout=2)
+    return a.json("network", "inspect", args[-1])[0]
+
+
+def create(host, name, *args, replicas=3):
+    return host.nsnet("service", "create", "--name", name, "--replicas", str(replicas), *args, "--",
+                      sys.executable, NETCHECK, "whoami", str(PORT)).stdout.strip()
+
+
+def replicas(host, name) -> str:
+    rows = [line.split() for line in host.nsnet("service", "ls").stdout.splitlines()[1:]]
+    return next((r[3] for r in rows if r[1] == name), "")
+
+
+def running_tasks(host, name) -> list[dict]:
+    return [t for t in host.json("service", "ps", name, "--format", "json")
+            if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+
+def task_ips(host, name, net_id) -> list[str]:
+    return sorted(a["Addresses"][0] for t in running_tasks(host, name) for a in t["NetworksAttachments"]
+                  if a["Network"]["ID"] == net_id)
+
+
+def getent(host, sandbox, name):
+    out = host.exec(sandbox, f"getent ahostsv4 {name}", check=False).stdout
+    return sorted({line.split()[0] for line in out.splitlines()})
+
+
+def ask_many(host, sandbox, target, n) -> list[str]:
+    """n connections from `sandbox` to target:PORT; each answer (host=...,env=...) or 'fail'."""
+    script = (f"import socket\nfor i in range({n}):\n"
+              f"    try:\n        c = socket.create_connection(({target!r}, {PORT}), timeout=2)\n"
+              f"        print(c.recv(100).decode().strip()); c.close()\n"
+              f"    except OSError as e:\n        print('fail', e)\n")
+    return host.exec(sandbox, f"{sys.executable} -c \"{script}\"", timeout=120).stdout.splitlines()
+
+
+def hosts_of(answers) -> set[str]:
+    return {a.split(",")[0].removeprefix("host=") for a in answers}
+
+
+def test_a_service_across_two_hosts_vip_names_scale_rm(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    sid = create(a, "web", "--network", "ov", "-e", "NETCHECK_ENV=blue")
+    assert wait_for(lambda: replicas(b, "web") == "3/3", timeout=10), b.nsnet("service", "ps", "web").stdout
+    tasks = running_tasks(b, "web")
+    nodes = sorted(t["Node"] for t in tasks)
+    assert nodes in (["host-a", "host-a", "host-b"], ["host-a", "host-b", "host-b"]), nodes   # fewest first
+
+    doc = b.json("service", "inspect", "web")[0]
+    assert doc["ID"] == sid and doc["Spec"]["Name"] == "web"
+    assert doc["Spec"]["TaskTemplate"]["Networks"] == [{"Target": ov["Id"]}]
+    assert doc["Spec"]["Mode"]["Replicated"]["Replicas"] == 3 and doc["Endpoint"]["Spec"]["Mode"] == "vip"
+    [vip] = doc["Endpoint"]["VirtualIPs"]
+    assert vip["NetworkID"] == ov["Id"] and vip["Addr"].startswith("10.0.0.") and vip["Addr"].endswith("/24")
+    vip_ip = vip["Addr"].split("/")[0]
+    ips = task_ips(b, "web", ov["Id"])
+    assert len(set(ips)) == 3 and vip_ip not in ips
+
+    # a standalone client on each host: the name is the VIP, tasks.web the tasks; the VIP reaches every task
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "cb", "--network", "ov", "--", "sleep", "300")
+    for h, c in ((a, "ca"), (b, "cb")):
+        assert wait_for(lambda: getent(h, c, "web") == [vip_ip], timeout=3), getent(h, c, "web")
+        assert getent(h, c, "tasks.web") == ips
+        assert wait_for(lambda: hosts_of(ask_many(h, c, vip_ip, 30)) == {"web-1", "web-2", "web-3"}, timeout=5)
+    answers = ask_many(a, "ca", "web", 20)
+    assert all(x.endswith(",env=blue") for x in answers), answers
+
+    # scale up: two more tasks, in rotation everywhere
+    a.nsnet("service", "scale", "web=5")
+    assert wait_for(lambda: replicas(a, "web") == "5/5", timeout=10)
+    assert wait_for(lambda: len(getent(b, "cb", "tasks.web")) == 5, timeout=3)
+    assert wait_for(lambda: hosts_of(ask_many(b, "cb", vip_ip, 60)) == {f"web-{i}" for i in range(1, 6)}, timeout=5)
+
+    # scale down while a client keeps connecting through the VIP: no connection fails
+    loop = subprocess.Popen(["ip", "netns", "exec", a.ns, sys.executable, "-m", "nsnet", "--root", a.root, "exec", "ca",
+                             "--", sys.executable, "-c",
+                             f"import socket,time\nend=time.time()+6\nwhile time.time()<end:\n"
+                             f"    try:\n        c=socket.create_connection(('{vip_ip}',{PORT}),timeout=2); print(c.recv(100).decode().strip(), flush=True); c.close()\n"
+                             f"    except OSError as e:\n        print('fail', e, flush=True)\n    time.sleep(0.01)\n"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    b.nsnet("service", "scale", "web=2")
+    out = loop.communicate(timeout=30)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and len(b.json("service", "ps", "web", "--format", "json")) == 2,
+                    timeout=10)
+    assert hosts_of(ask_many(a, "ca", vip_ip, 30)) == {"web-1", "web-2"}
+    assert len(getent(a, "ca", "tasks.web")) == 2
+
+    # rm: gone everywhere, its tasks' sandboxes, names and VIP too
+    a.nsnet("service", "rm", "web")
+    for h in (a, b):
+        assert wait_for(lambda: [s["Name"] for s in h.json("ps", "-a", "--format", "json")] in (["/ca"], ["/cb"], ["ca"], ["cb"]),
+                        timeout=10), h.nsnet("ps", "-a").stdout
+        assert "web" not in h.nsnet("service", "ls").stdout
+    assert etcd_keys(etcd, "tasks/") == {} and etcd_keys(etcd, "services/") == {}
+    assert f"addresses/{ov['Id']}/{vip_ip}" not in etcd_keys(etcd, "addresses/")
+    assert wait_for(lambda: getent(a, "ca", "web") == [] and getent(b, "cb", "tasks.web") == [], timeout=3)
