@@ -143,3 +143,92 @@ def test_a_service_across_two_hosts_vip_names_scale_rm(two):
     assert etcd_keys(etcd, "tasks/") == {} and etcd_keys(etcd, "services/") == {}
     assert f"addresses/{ov['Id']}/{vip_ip}" not in etcd_keys(etcd, "addresses/")
     assert wait_for(lambda: getent(a, "ca", "web") == [] and getent(b, "cb", "tasks.web") == [], timeout=3)
+
+
+def test_a_dead_nodes_tasks_run_again_elsewhere(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    create(a, "web", "--network", "ov", replicas=2)
+    assert wait_for(lambda: replicas(a, "web") == "2/2", timeout=10)
+    assert sorted(t["Node"] for t in running_tasks(a, "web")) == ["host-a", "host-b"]
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    vip = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    b.sh("ip link set up0 down")                  # and cut off: its sandboxes keep running, unreachable
+    killed = time.monotonic()
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and
+                    [t["Node"] for t in running_tasks(a, "web")] == ["host-a", "host-a"], timeout=TTL + 10, interval=0.2)
+    took = time.monotonic() - killed
+    print(f"B's task ran again on A after {took:.1f} s")
+    assert took <= TTL + 5, f"B's task ran again on A only after {took:.1f} s"
+    # in rotation: the VIP reaches both tasks, now both on A; the dead one is no longer in tasks.web
+    assert wait_for(lambda: hosts_of(ask_many(a, "ca", vip, 20)) == {"web-1", "web-2"}, timeout=3)
+    assert getent(a, "ca", "tasks.web") == task_ips(a, "web", ov["Id"])
+
+
+def test_dnsrr_restart_conditions_and_a_killed_task(two):
+    etcd, a, b = two
+    overlay(a, b, "--attachable", "ov")
+    create(a, "rr", "--network", "ov", "--endpoint-mode", "dnsrr", replicas=2)
+    assert wait_for(lambda: replicas(a, "rr") == "2/2", timeout=10)
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    ips = task_ips(a, "rr", a.json("network", "inspect", "ov")[0]["Id"])
+    assert wait_for(lambda: getent(a, "ca", "rr") == ips, timeout=3)   # dnsrr: the name is the tasks
+    assert a.json("service", "inspect", "rr")[0]["Endpoint"]["VirtualIPs"] == []
+    assert hosts_of(ask_many(a, "ca", "rr", 10)) <= {"rr-1", "rr-2"}
+
+    # a task whose process is killed runs again (restart condition any, the default)
+    [mine] = [t for t in running_tasks(a, "rr") if t["Node"] == "host-a"]
+    pid = a.json("inspect", f"rr.{mine['Slot']}.{mine['ID']}")[0]["State"]["Pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: any(s["Name"].lstrip("/") == f"rr.{mine['Slot']}.{mine['ID']}" and s["State"]["Running"]
+                                and s["State"]["Pid"] != pid for s in a.json("ps", "--format", "json")), timeout=8)
+    assert wait_for(lambda: replicas(a, "rr") == "2/2", timeout=5)
+
+    # exits 0 with --restart-condition on-failure: complete, not started again; exits 3: restarted
+    for name, code, cond, want in (("ok", 0, "on-failure", "complete"), ("once", 0, "none", "complete"),
+                                   ("bad", 3, "none", "failed")):
+        a.nsnet("service", "create", "--name", name, "--replicas", "1", "--network", "ov", "--restart-condition", cond,
+                "--", "sh", "-c", f"sleep 0.5; exit {code}")
+        assert wait_for(lambda: [t["Status"]["State"] for t in a.json("service", "ps", name, "--format", "json")] == [want],
+                        timeout=10), a.nsnet("service", "ps", name).stdout
+        time.sleep(1.5)   # longer than the runner's restart delay: still not started again
+        assert [t["Status"]["State"] for t in a.json("service", "ps", name, "--format", "json")] == [want]
+    a.nsnet("service", "create", "--name", "flaky", "--replicas", "1", "--network", "ov", "--restart-condition",
+            "on-failure", "--", "sh", "-c", "sleep 0.3; exit 3")
+    [flaky] = a.json("service", "ps", "flaky", "--format", "json")
+    assert wait_for(lambda: etcd_keys(etcd, f"tasks/{flaky['ID']}")[f"tasks/{flaky['ID']}"]["restarts"] >= 2, timeout=10)
+
+
+def test_bad_input_one_line_nothing_changed(two, host):
+    etcd, a, b = two
+    overlay(a, b, "ov")                        # not attachable: fine for services
+    a.nsnet("network", "create", "loc")        # a bridge network
+    create(a, "web", "--network", "ov", replicas=1)
+    assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=10)
+    for args, says in (
+            (["service", "create", "--name", "x", "--network", "loc", "--", "sleep", "1"], "not an overlay network"),
+            (["service", "create", "--name", "x", "--replicas", "-1", "--network", "ov", "--", "sleep", "1"], "invalid replicas -1"),
+            (["service", "create", "--name", "x", "--network", "nope", "--", "sleep", "1"], "nope"),
+            (["service", "create", "--name", "web", "--network", "ov", "--", "sleep", "1"], "service web already exists"),
+            (["service", "create", "--name", "x", "--network", "ov"], "no command given"),
+            (["service", "scale", "web=-1"], "invalid replicas -1"),
+            (["service", "scale", "nosuch=2"], "no such service: nosuch"),
+            (["service", "ps", "nosuch"], "no such service: nosuch"),
+            (["service", "inspect", "nosuch"], "no such service: nosuch"),
+            (["service", "rm", "nosuch"], "no such service: nosuch")):
+        before, keys = a.state(), etcd_keys(etcd, "")
+        p = a.nsnet(*args, check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {}
+        assert {k: v for k, v in etcd_keys(etcd, "").items() if not k.startswith(("alive/", "evidence/"))} == \
+               {k: v for k, v in keys.items() if not k.startswith(("alive/", "evidence/"))}, args
+    # not in a swarm: every service command says so in one line
+    host.nsnet("info")   # its daemon runs (and has made its default bridge) before the first look
+    for args in (["service", "ls"], ["service", "ps", "web"], ["service", "inspect", "web"], ["service", "scale", "web=2"],
+                 ["service", "rm", "web"], ["service", "create", "--name", "x", "--", "sleep", "1"]):
+        before = host.state()
+        p = host.nsnet(*args, check=False)
+        assert p.returncode != 0 and "not part of a swarm" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert changes(before, host.state()) == {}
