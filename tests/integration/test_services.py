@@ -232,3 +232,61 @@ def test_bad_input_one_line_nothing_changed(two, host):
         p = host.nsnet(*args, check=False)
         assert p.returncode != 0 and "not part of a swarm" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert changes(before, host.state()) == {}
+
+
+def loop_over(host, sandbox, target, seconds):
+    """A client connecting to target:PORT over and over for `seconds`, printing each answer or 'fail'."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, sys.executable, "-m", "nsnet", "--root", host.root, "exec", sandbox, "--",
+         sys.executable, "-c",
+         f"import socket,time\nend=time.time()+{seconds}\nwhile time.time()<end:\n"
+         f"    try:\n        c=socket.create_connection(('{target}',{PORT}),timeout=2); print(c.recv(100).decode().strip(), flush=True); c.close()\n"
+         f"    except OSError as e:\n        print('fail', e, flush=True)\n    time.sleep(0.01)\n"],
+        stdout=subprocess.PIPE, text=True)
+
+
+def test_update_moves_a_service_to_another_network_without_downtime(two):
+    etcd, a, b = two
+    ov1, ov2 = overlay(a, b, "--attachable", "ov1"), overlay(a, b, "--attachable", "ov2")
+    create(a, "web", "--network", "ov1")
+    assert wait_for(lambda: replicas(a, "web") == "3/3", timeout=10)
+    a.nsnet("run", "-d", "--name", "c1", "--network", "ov1", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "c2", "--network", "ov2", "--", "sleep", "300")
+    vip1 = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    assert wait_for(lambda: getent(a, "c1", "web") == [vip1], timeout=3)
+
+    loop = loop_over(a, "c1", vip1, 8)
+    time.sleep(0.5)
+    a.nsnet("service", "update", "--network-add", "ov2", "--update-parallelism", "2", "web")
+    out = loop.communicate(timeout=60)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    doc = b.json("service", "inspect", "web")[0]
+    assert [n["Target"] for n in doc["Spec"]["TaskTemplate"]["Networks"]] == [ov1["Id"], ov2["Id"]]
+    vips = {v["NetworkID"]: v["Addr"].split("/")[0] for v in doc["Endpoint"]["VirtualIPs"]}
+    assert vips[ov1["Id"]] == vip1 and set(vips) == {ov1["Id"], ov2["Id"]}
+    assert wait_for(lambda: replicas(a, "web") == "3/3" and len(a.json("service", "ps", "web", "--format", "json")) == 3,
+                    timeout=10)
+    assert all(len(t["NetworksAttachments"]) == 2 for t in running_tasks(a, "web"))     # every task replaced
+    # on the new network: its own VIP, reaching every task; tasks.web its addresses there
+    assert wait_for(lambda: getent(b, "c2", "web") == [vips[ov2["Id"]]], timeout=3)
+    assert getent(b, "c2", "tasks.web") == task_ips(b, "web", ov2["Id"])
+    assert wait_for(lambda: hosts_of(ask_many(b, "c2", "web", 30)) == {"web-1", "web-2", "web-3"}, timeout=5)
+
+    # and off the first one, again without a failed request on the network that stays
+    loop = loop_over(b, "c2", vips[ov2["Id"]], 8)
+    time.sleep(0.5)
+    b.nsnet("service", "update", "--network-rm", "ov1", "web")
+    out = loop.communicate(timeout=60)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    assert wait_for(lambda: getent(a, "c1", "web") == [] and getent(a, "c1", "tasks.web") == [], timeout=5)
+    assert [v["NetworkID"] for v in a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"]] == [ov2["Id"]]
+    assert f"addresses/{ov1['Id']}/{vip1}" not in etcd_keys(etcd, "addresses/")
+
+    # bad updates: one line, nothing changed
+    a.nsnet("network", "create", "loc")
+    for args, says in ((["--network-add", "loc"], "not an overlay network"), (["--network-rm", "ov1"], "is not on network ov1"),
+                       (["--network-add", "ov2"], "on network ov2 already"), (["--replicas", "-1"], "invalid replicas -1")):
+        before, keys = a.state(), etcd_keys(etcd, "services/")
+        p = a.nsnet("service", "update", *args, "web", check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {} and etcd_keys(etcd, "services/") == keys

@@ -167,6 +167,23 @@ def _service_parsers(sub) -> None:
     sc.add_argument("pairs", nargs="+", metavar="SERVICE=REPLICAS")
     r = sv.add_parser("rm", aliases=["remove"])
     r.add_argument("names", nargs="+")
+    u = sv.add_parser("update")
+    u.add_argument("service")
+    u.add_argument("--replicas", type=int)
+    u.add_argument("--network-add", action="append", default=[])
+    u.add_argument("--network-rm", action="append", default=[])
+    u.add_argument("--update-parallelism", type=int)
+    u.add_argument("--update-delay", type=_duration_ms, metavar="DURATION", help="e.g. 2s, 500ms (default 0s)")
+
+
+def _duration_ms(text: str) -> int:
+    """Docker's durations as far as an update's delay needs them: 500ms, 2s, 1m, or plain seconds."""
+    for unit, factor in (("ms", 1), ("s", 1000), ("m", 60000)):
+        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
+            return int(float(text[:-len(unit)]) * factor)
+    if text.replace(".", "", 1).isdigit():
+        return int(float(text) * 1000)
+    raise argparse.ArgumentTypeError(f"invalid duration {text!r}: e.g. 2s or 500ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +340,11 @@ def cmd_service(client: Client, args) -> int:
         output.tasks(client.get(api_path("services", args.service, "tasks")), fmt=args.format)
     elif verb == "inspect":
         return _inspect_many(client, "services", args.names)
+    elif verb == "update":
+        client.post(api_path("services", args.service, "update"),
+                    {"Replicas": args.replicas, "NetworkAdd": args.network_add, "NetworkRm": args.network_rm,
+                     "Parallelism": args.update_parallelism, "DelayMs": args.update_delay})
+        print(args.service)
     elif verb == "scale":
         pairs = []
         for pair in args.pairs:

@@ -225,6 +225,11 @@ def service_scale(d, ref, query, body, peer):
     return {"ID": d.engine.services.scale(ref, body["Replicas"])["id"]}
 
 
+@route("POST", "/services/{ref}/update")
+def service_update(d, ref, query, body, peer):
+    return {"ID": d.engine.services.update(ref, body)["id"]}
+
+
 @route("GET", "/services/{ref}/tasks")
 def service_tasks(d, ref, query, body, peer):
     return d.engine.services.ps(ref)

@@ -2,13 +2,16 @@
 networks. One thread, woken by the swarm watch (services, tasks, nodes alive or not), by a sandbox's exit,
 and once a second; each step makes the node match etcd:
 - a task of ours that wants to run and has no running sandbox gets one (again, per its restart condition,
-  no sooner than RESTART_DELAY after its last start); its state (running, addresses) goes to etcd;
+  no sooner than RESTART_DELAY after its last start); its state goes to etcd: starting, then running (in
+  rotation) once its namespace holds a listening TCP socket, or READY_GRACE after its start if none ever does;
 - a task told to shut down is stopped DRAIN after this node first saw it so (every node takes it out of
   rotation as soon as it sees that), and its key deleted;
 - a task sandbox whose task is not ours any more (moved while this node was Down, or gone) is stopped;
 - the tasks of Down nodes are moved to Ready ones (engine/services.move_orphans; etcd's compare picks one
   mover);
-- the VIP tables of the local sandboxes follow the rotation (Services.sync_lb).
+- the VIP tables of the local sandboxes follow the rotation (Services.sync_lb), on a thread of their own
+  (`swarm-lb`): a step that starts or stops sandboxes takes longer than DRAIN, and a table must not wait
+  for it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ TICK = 1.0            # s: a step at least this often
 DRAIN = 0.5           # s: from a task leaving the rotation (desired shutdown) to its sandbox being stopped
 RESTART_DELAY = 1.0   # s: a task that keeps exiting is started again at most this often
 STOP_TIMEOUT = 2.0    # s: SIGTERM, then SIGKILL
+READY_GRACE = 2.0     # s: a task that never listens on TCP counts as running after this long
 
 TASK_SANDBOX = re.compile(r"^[^.]+\.\d+\.([0-9a-f]{25})$")   # task_name(): NAME.SLOT.TASKID
 
@@ -34,6 +38,21 @@ TASK_SANDBOX = re.compile(r"^[^.]+\.\d+\.([0-9a-f]{25})$")   # task_name(): NAME
 def should_restart(condition: str, code: int | None) -> bool:
     """Docker's restart conditions; a task killed (no exit code) counts as failed."""
     return condition == "any" or (condition == "on-failure" and code != 0)
+
+
+def listening(pid: int, ignore: set[int]) -> bool:
+    """Does the process's network namespace hold a listening TCP socket on a port not in `ignore` (the
+    resolver's own, which the daemon opens in there)?"""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                for line in f.readlines()[1:]:
+                    local, state = line.split()[1:4:2]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) not in ignore:   # 0A: TCP_LISTEN
+                        return True
+        except (OSError, IndexError):
+            pass
+    return False
 
 
 def command(spec: dict) -> list[str]:
@@ -45,17 +64,30 @@ class TaskRunner:
     def __init__(self, daemon):
         self.d, self.engine = daemon, daemon.engine
         self._wake = threading.Event()
+        self._lb_wake = threading.Event()
         self._shutdown_seen: dict[str, float] = {}   # task id -> when this node first saw it told to stop
         self._last_start: dict[str, float] = {}
         self._exits: dict[str, int | None] = {}      # task id -> exit code of its sandbox this node reaped
         self.engine.services.listeners.append(self.poke)
         self._thread = threading.Thread(target=self._run, name="swarm-tasks", daemon=True)
+        self._lb_thread = threading.Thread(target=self._run_lb, name="swarm-lb", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._lb_thread.start()
 
     def poke(self) -> None:
         self._wake.set()
+        self._lb_wake.set()
+
+    def _run_lb(self) -> None:
+        while True:
+            self._lb_wake.wait(TICK)
+            self._lb_wake.clear()
+            try:
+                self.engine.services.sync_lb()
+            except Exception:
+                log.exception("tasks: writing the VIP tables failed; trying again")
 
     def _run(self) -> None:
         while True:
@@ -91,13 +123,17 @@ class TaskRunner:
         for sb in local.values():   # its task is not this node's any more, or gone
             log.info("tasks: sandbox %s runs no task of this node: stopping it", sb.name)
             self._remove(sb)
-        self.engine.services.sync_lb()
 
     # ---- one task ------------------------------------------------------------------------------------
 
     def _keep_running(self, kv, svc: dict, t: dict, sb) -> None:
         tid, ours = t["id"], (lambda doc: doc["node"] == self.engine.state.node)
         if sb is not None and sb.state == "running":
+            # In rotation ("running") once its server listens, so that no one is sent to a port not yet open.
+            started = self._last_start.get(tid)
+            if t["state"] != "running" and not listening(sb.pid, set(sb.dns_ports or ())) and started and time.monotonic() - started < READY_GRACE:
+                threading.Timer(0.02, self.poke).start()
+                return
             addrs = self._addresses(sb, svc)
             if t["state"] != "running" or t["addresses"] != addrs or t.get("sandbox") != sb.id:
                 update_task(kv, tid, {"state": "running", "addresses": addrs, "sandbox": sb.id, "error": ""}, ours)
@@ -134,9 +170,10 @@ class TaskRunner:
             update_task(kv, tid, {"state": "failed", "error": str(e), "addresses": {}}, ours)
             return
         restarts = t.get("restarts", 0) + (0 if t["state"] == "assigned" else 1)
-        update_task(kv, tid, {"state": "running", "addresses": self._addresses(sb, svc), "sandbox": sb.id,
+        update_task(kv, tid, {"state": "starting", "addresses": self._addresses(sb, svc), "sandbox": sb.id,
                               "error": "", "exit_code": None, "restarts": restarts}, ours)
-        log.info("tasks: %s running", sb.name)
+        log.info("tasks: %s started", sb.name)
+        self.poke()   # running (in rotation) once it listens: the next step looks
 
     def _shut(self, kv, t: dict, sb) -> None:
         """Stopped once every node had DRAIN to take it out of rotation; then its key goes."""

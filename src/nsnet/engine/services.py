@@ -39,6 +39,7 @@ log = logging.getLogger("nsnet.services")
 NOT_IN_SWARM = "this node is not part of a swarm: use nsnet swarm init or nsnet swarm join first"
 MODES = ("vip", "dnsrr")
 MAX_REPLICAS = 100     # tasks created in one etcd transaction (etcd takes 128 writes)
+BATCH_WAIT = 30.0      # s: a rolling update waits this long for a batch's new tasks to run, then pauses
 RACES = 5              # commits retried when another node wrote the same keys at the same moment
 
 
@@ -252,6 +253,81 @@ class Services:
                 continue
         raise Conflict(f"service {ref} kept changing under this scale; try again")
 
+    def update(self, ref: str, body: dict) -> dict:
+        """`--replicas` alone scales. `--network-add/--network-rm` make a new version of the spec (the VIPs of
+        added networks claimed, those of removed ones let go, in the same commit) and roll the tasks over to
+        it, `Parallelism` at a time: new tasks first, each batch's old tasks told to shut down (out of
+        rotation everywhere, then stopped: the runner's DRAIN) only once its new ones run, `DelayMs` between
+        batches. A batch whose new task fails or does not run within BATCH_WAIT pauses the update (one
+        line); the tasks already replaced stay so."""
+        kv = self._kv()
+        parallelism = body.get("Parallelism") or 1
+        if parallelism < 1:
+            raise NsnetError(f"invalid update parallelism {parallelism}: 1 or more")
+        delay = (body.get("DelayMs") or 0) / 1000
+        replicas = body.get("Replicas")
+        if replicas is not None:
+            check_replicas(replicas)
+        entry = self._entry(kv, ref)
+        doc = entry.value
+        nets = list(doc["spec"]["networks"])
+        with self.e.lock:
+            added = [self._network(r) for r in body.get("NetworkAdd") or []]
+            removed = [self.e.state.network(r) for r in body.get("NetworkRm") or []]
+        for net in added:
+            if net.id in nets:
+                raise Conflict(f"service {doc['name']} is on network {net.name} already")
+        for net in removed:
+            if net.id not in nets:
+                raise NsnetError(f"service {doc['name']} is not on network {net.name}")
+        if len({n.id for n in added}) != len(added) or len({n.id for n in removed}) != len(removed):
+            raise Conflict("a network is given twice")
+        if not added and not removed:
+            return self.scale(doc["id"], replicas) if replicas is not None else doc
+        vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
+        gone = {n.id for n in removed}
+        new = {**doc, "version": doc["version"] + 1, "updated": _now(),
+               "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added]},
+               "vips": {**{n: v for n, v in doc["vips"].items() if n not in gone}, **vips}}
+        ops = ([Op(entry.key, new, expect=entry.mod_revision)]
+               + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{doc['id']}"}, expect=0) for n, v in vips.items()]
+               + [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items() if n in gone])
+        try:
+            kv.commit(ops)
+        except CompareFailed:
+            self._give_back(vips)
+            raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses were taken); try again") from None
+        self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
+        self._roll(kv, new, parallelism, delay)
+        return self.scale(doc["id"], replicas) if replicas is not None else new
+
+    def _roll(self, kv, svc: dict, parallelism: int, delay: float) -> None:
+        while True:
+            entries = [t for t in kv.list("tasks/") if t.value["service_id"] == svc["id"]]
+            old = sorted((t.value for t in entries if t.value["desired"] == "running"
+                          and t.value.get("version", 1) < svc["version"]), key=lambda t: t["slot"])
+            if not old:
+                return
+            if kv.get(f"services/{svc['id']}") is None:
+                raise NotFound(f"service {svc['name']} was removed during its update")
+            batch = old[:parallelism]
+            nodes = spread(len(batch), self._ready(kv), [t.value for t in kv.list("tasks/")])
+            fresh = [self._task(svc, t["slot"], node) for t, node in zip(batch, nodes)]
+            kv.commit([Op(f"tasks/{t['id']}", t, expect=0) for t in fresh])
+            deadline = time.monotonic() + BATCH_WAIT
+            while True:
+                now = [kv.get(f"tasks/{t['id']}") for t in fresh]
+                bad = next((e.value for e in now if e is not None and e.value["state"] == "failed"), None)
+                if bad is not None or time.monotonic() > deadline or any(e is None for e in now):
+                    why = bad["error"] if bad else "did not run within %.0f s" % BATCH_WAIT
+                    raise NsnetError(f"update of service {svc['name']} paused: a new task {why}", 500)
+                if all(e.value["state"] == "running" for e in now):
+                    break
+                time.sleep(0.05)
+            for t in batch:
+                update_task(kv, t["id"], {"desired": "shutdown"}, lambda doc: doc["desired"] == "running")
+            time.sleep(delay)
+
     def remove(self, ref: str) -> str:
         """The service, its name and VIPs go at once; its tasks are told to shut down (each node stops its
         own and deletes the task), those of Down nodes are deleted here."""
@@ -333,7 +409,8 @@ class Services:
 
     @staticmethod
     def _task(svc: dict, slot: int, node: str) -> dict:
-        return {"id": new_id(), "service_id": svc["id"], "slot": slot, "node": node, "desired": "running",
+        return {"id": new_id(), "service_id": svc["id"], "version": svc["version"], "slot": slot, "node": node,
+                "desired": "running",
                 "state": "assigned", "error": "", "exit_code": None, "addresses": {}, "restarts": 0, "updated": _now()}
 
     @staticmethod
