@@ -217,7 +217,8 @@ def test_bad_input_one_line_nothing_changed(two, host):
             (["service", "scale", "nosuch=2"], "no such service: nosuch"),
             (["service", "ps", "nosuch"], "no such service: nosuch"),
             (["service", "inspect", "nosuch"], "no such service: nosuch"),
-            (["service", "rm", "nosuch"], "no such service: nosuch")):
+            (["service", "rm", "nosuch"], "no such service: nosuch"),
+            (["network", "rm", "ov"], "network ov is in use by service web")):
         before, keys = a.state(), etcd_keys(etcd, "")
         p = a.nsnet(*args, check=False)
         assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)

@@ -210,6 +210,7 @@ class Engine:
     def remove_network(self, ref: str, by_docker: bool = False) -> Network:
         with self.lock:
             net = self.state.network(ref)
+            self.services.check_unused(net)   # first: its tasks would be named below, the service is the why
             plans.removable(self.state, net)
             if not by_docker:
                 self.docker_nets.refuse_removal(net)

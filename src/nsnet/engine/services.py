@@ -146,6 +146,13 @@ class Services:
     def forget(self) -> None:
         self.learn({}, {})
 
+    def check_unused(self, net) -> None:
+        """A network a service is on is not removed (its VIP and its tasks' requests name it), as Docker."""
+        users = sorted(s["name"] for s in self.services.values() if net.id in s["spec"]["networks"])
+        if users:
+            raise Conflict(f"network {net.name} is in use by service {', '.join(users)}: remove the service "
+                           f"or update it with --network-rm first")
+
     def records(self) -> list[Record]:
         """The resolver's records: `tasks.NAME` for every running task (and `NAME` with dnsrr), `NAME` for
         the VIP on each of the service's networks."""
