@@ -166,6 +166,12 @@ def test_a_dead_nodes_tasks_run_again_elsewhere(two):
     assert wait_for(lambda: hosts_of(ask_many(a, "ca", vip, 20)) == {"web-1", "web-2"}, timeout=3)
     assert getent(a, "ca", "tasks.web") == task_ips(a, "web", ov["Id"])
 
+    # B comes back: its daemon (started again by any call) finds its old task moved and stops that sandbox
+    b.sh("ip link set up0 up")
+    b.nsnet("ps")
+    assert wait_for(lambda: b.json("ps", "-a", "--format", "json") == [], timeout=10), b.nsnet("ps", "-a").stdout
+    assert replicas(b, "web") == "2/2" and [t["Node"] for t in running_tasks(b, "web")] == ["host-a", "host-a"]
+
 
 def test_dnsrr_restart_conditions_and_a_killed_task(two):
     etcd, a, b = two

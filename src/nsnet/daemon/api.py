@@ -99,7 +99,13 @@ def network_disconnect(d, ref, query, body, peer):
 
 @route("GET", "/sandboxes")
 def sandboxes(d, query, body, peer):
-    return [d.engine.inspect_sandbox(s.id) for s in d.engine.list_sandboxes(query.get("all", False))]
+    docs = []
+    for s in d.engine.list_sandboxes(query.get("all", False)):
+        try:
+            docs.append(d.engine.inspect_sandbox(s.id))
+        except NotFound:
+            pass   # removed between the list and its inspect (a service's task, stopped by its node)
+    return docs
 
 
 @route("POST", "/sandboxes")
