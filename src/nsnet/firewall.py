@@ -265,3 +265,38 @@ def render_dns_redirect(address: str, udp_port: int, tcp_port: int) -> str:
     on_output = _Table("ip", "nsnet_dns")
     on_output.chain("output", rewrites, hook=("filter", "output", PRIO_FILTER))
     return on_loopback.text() + OR + on_output.text()
+
+
+# ---- a service's virtual IPs, inside a sandbox (engine/services.py) --------------------------------------
+
+VIP_TABLE = "nsnet_vip"
+
+
+def render_vips(vips: dict[str, list[str]]) -> str:
+    """Inside a sandbox: a connection to a service's virtual IP goes to one of its running tasks, picked at
+    random (kube-proxy's nftables mode: a verdict map from the VIP to a chain per service, `numgen random`
+    into a map of the tasks' addresses). DNAT on the output hook, in the sandbox's own namespace: before
+    routing, so the packet leaves towards a task's address (which the overlay's neighbour entries answer)
+    and never asks who has the VIP, which nobody holds. A VIP with no running task refuses at once.
+    `vips`: VIP -> the tasks' addresses. Replaces the table whole."""
+    t = _Table("ip", VIP_TABLE)
+    elements = []
+    for i, (vip, backends) in enumerate(sorted(vips.items())):
+        chain = f"svc{i}"
+        elements.append([vip, {"goto": {"target": chain}}])
+        if backends:
+            pick = {"map": {"key": {"numgen": {"mode": "random", "mod": len(backends), "offset": 0}},
+                            "data": {"set": [[k, ip] for k, ip in enumerate(backends)]}}}
+            t.chain(chain, [[{"dnat": {"family": "ip", "addr": pick}}]])
+        else:
+            t.chain(chain, [[{"reject": {"type": "icmp", "expr": "port-unreachable"}}]])
+    t.chain("output", [[{"vmap": {"key": _field("ip", "daddr"), "data": "@vips"}}]],
+            hook=("nat", "output", PRIO_DSTNAT))
+    t.declare("vips", "ipv4_addr", elements, map_to="verdict")
+    return t.text()
+
+
+def render_no_vips() -> str:
+    """The VIP table gone from a sandbox (no service on its networks any more)."""
+    table = {"table": {"family": "ip", "name": VIP_TABLE}}
+    return json.dumps({"nftables": [{"add": table}, {"delete": table}]})

@@ -26,6 +26,7 @@ IFNAME_RE = re.compile(r"[a-zA-Z0-9_.-]+")
 # Names the kernel reserves in /proc/sys/net/*/conf: a link named so would get the host-wide settings.
 RESERVED_IFNAMES = frozenset({".", "..", "all", "default"})
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+RESTART_CONDITIONS = ("any", "on-failure", "none")   # a service's tasks: Docker's --restart-condition
 
 
 def check_name(name: str, what: str) -> None:

@@ -1,5 +1,6 @@
 """Tiny real peers for tests: `netcheck.py serve tcp|udp PORT` answers every connection or datagram
-with "peer=<the address it saw>", and `netcheck.py ask tcp|udp HOST PORT` prints that answer
+with "peer=<the address it saw>", `netcheck.py whoami PORT` answers every TCP connection with
+"host=<its host name>,env=<$NETCHECK_ENV>" (a service's task saying which one it is), and `netcheck.py ask tcp|udp HOST PORT` prints that answer
 (exit 1 when nothing answers within the timeout)."""
 import socket
 import sys
@@ -23,6 +24,19 @@ def serve(proto: str, port: int) -> None:
     while True:
         _, peer = s.recvfrom(2048)
         s.sendto(f"peer={_plain(peer[0])}\n".encode(), peer)
+
+
+def whoami(port: int) -> None:
+    import os
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(256)
+    answer = f"host={socket.gethostname()},env={os.environ.get('NETCHECK_ENV', '')}\n".encode()
+    while True:
+        conn, _ = s.accept()
+        conn.sendall(answer)
+        conn.close()
 
 
 def _plain(addr: str) -> str:
@@ -50,5 +64,7 @@ def ask(proto: str, host: str, port: int, timeout: float = 3.0) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "whoami":
+        whoami(int(sys.argv[2]))
     else:
         sys.exit(ask(sys.argv[2], sys.argv[3], int(sys.argv[4])))

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         v = dpv.add_parser(verb, help=what)
         v.add_argument("--dir", default=PLUGIN_DIRS[0], help=f"Docker's plugin folder (default {PLUGIN_DIRS[0]})")
     _swarm_parsers(sub)
+    _service_parsers(sub)
     doctor.add_parser(sub)
     return p
 
@@ -142,6 +143,48 @@ def _swarm_parsers(sub) -> None:
     nr = node.add_parser("rm", aliases=["remove"])
     nr.add_argument("-f", "--force", action="store_true")
     nr.add_argument("names", nargs="+")
+
+
+def _service_parsers(sub) -> None:
+    sv = sub.add_parser("service", help="replicated tasks across the swarm, behind one name").add_subparsers(
+        dest="svccmd", required=True)
+    c = sv.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--replicas", type=int)
+    c.add_argument("--network", action="append", default=[])
+    c.add_argument("--endpoint-mode", choices=["vip", "dnsrr"])
+    c.add_argument("-e", "--env", action="append", default=[])
+    c.add_argument("--restart-condition", choices=["any", "on-failure", "none"])
+    c.add_argument("command", nargs=argparse.REMAINDER)
+    ls = sv.add_parser("ls", aliases=["list"])
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("--format")
+    ps = sv.add_parser("ps")
+    ps.add_argument("service")
+    ps.add_argument("--format")
+    i = sv.add_parser("inspect")
+    i.add_argument("names", nargs="+")
+    sc = sv.add_parser("scale")
+    sc.add_argument("pairs", nargs="+", metavar="SERVICE=REPLICAS")
+    r = sv.add_parser("rm", aliases=["remove"])
+    r.add_argument("names", nargs="+")
+    u = sv.add_parser("update")
+    u.add_argument("service")
+    u.add_argument("--replicas", type=int)
+    u.add_argument("--network-add", action="append", default=[])
+    u.add_argument("--network-rm", action="append", default=[])
+    u.add_argument("--update-parallelism", type=int)
+    u.add_argument("--update-delay", type=_duration_ms, metavar="DURATION", help="e.g. 2s, 500ms (default 0s)")
+
+
+def _duration_ms(text: str) -> int:
+    """Docker's durations as far as an update's delay needs them: 500ms, 2s, 1m, or plain seconds."""
+    for unit, factor in (("ms", 1), ("s", 1000), ("m", 60000)):
+        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
+            return int(float(text[:-len(unit)]) * factor)
+    if text.replace(".", "", 1).isdigit():
+        return int(float(text) * 1000)
+    raise argparse.ArgumentTypeError(f"invalid duration {text!r}: e.g. 2s or 500ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +328,46 @@ def cmd_node(client: Client, args) -> int:
     return 0
 
 
+def cmd_service(client: Client, args) -> int:
+    verb = {"list": "ls", "remove": "rm"}.get(args.svccmd, args.svccmd)
+    if verb == "create":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        body = {"Name": args.name, "Replicas": args.replicas, "Networks": args.network, "Env": args.env,
+                "EndpointMode": args.endpoint_mode, "RestartCondition": args.restart_condition, "Cmd": command}
+        print(client.post("/services", body)["ID"])
+    elif verb == "ls":
+        output.services(client.get("/services"), quiet=args.quiet, fmt=args.format)
+    elif verb == "ps":
+        output.tasks(client.get(api_path("services", args.service, "tasks")), fmt=args.format)
+    elif verb == "inspect":
+        return _inspect_many(client, "services", args.names)
+    elif verb == "update":
+        client.post(api_path("services", args.service, "update"),
+                    {"Replicas": args.replicas, "NetworkAdd": args.network_add, "NetworkRm": args.network_rm,
+                     "Parallelism": args.update_parallelism, "DelayMs": args.update_delay})
+        print(args.service)
+    elif verb == "scale":
+        pairs = []
+        for pair in args.pairs:
+            name, sep, n = pair.partition("=")
+            if not sep or not name or not n.lstrip("-").isdigit():
+                print(f"Error: invalid scale {pair!r}: use SERVICE=REPLICAS", file=sys.stderr)
+                return 1
+            pairs.append((name, int(n)))
+        code = 0
+        for name, n in pairs:
+            try:
+                client.post(api_path("services", name, "scale"), {"Replicas": n})
+                print(f"{name} scaled to {n}")
+            except ApiError as e:
+                print(f"Error: {e}", file=sys.stderr)
+                code = 1
+        return code
+    else:
+        return _each(client, args.names, lambda n: client.delete(api_path("services", n)))
+    return 0
+
+
 def _inspect_many(client: Client, kind: str, names: list[str]) -> int:
     docs, code = [], 0
     for name in names:
@@ -405,4 +488,4 @@ def cmd_logs(client: Client, args) -> int:
 
 COMMANDS = {"info": cmd_info, "network": cmd_network, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
             "inspect": cmd_inspect, "stop": cmd_stop, "rm": cmd_rm, "logs": cmd_logs,
-            "swarm": cmd_swarm, "node": cmd_node, "doctor": doctor.cmd_doctor, "docker-plugin": cmd_docker_plugin}
+            "swarm": cmd_swarm, "node": cmd_node, "service": cmd_service, "doctor": doctor.cmd_doctor, "docker-plugin": cmd_docker_plugin}

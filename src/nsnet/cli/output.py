@@ -52,3 +52,23 @@ def nodes(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
         rows = [[d["ID"][:12] + (" *" if d["Self"] else ""), d["Description"]["Hostname"],
                  d["Status"]["State"].capitalize(), d["Status"]["Addr"]] for d in docs]
         print(table(["ID", "HOSTNAME", "STATUS", "ADVERTISE ADDRESS"], rows))
+
+
+def services(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
+    if quiet:
+        print("\n".join(d["ID"][:12] for d in docs))
+    elif fmt == "json":
+        print(json.dumps(docs, indent=2))
+    else:
+        rows = [[d["ID"][:12], d["Spec"]["Name"], "replicated",
+                 f"{d['Running']}/{d['Spec']['Mode']['Replicated']['Replicas']}", ""] for d in docs]
+        print(table(["ID", "NAME", "MODE", "REPLICAS", "PORTS"], rows))
+
+
+def tasks(docs: list[dict], *, fmt: str | None) -> None:
+    if fmt == "json":
+        print(json.dumps(docs, indent=2))
+        return
+    rows = [[d["ID"][:12], d["Name"], d["Node"], d["DesiredState"].capitalize(), d["Status"]["State"].capitalize(),
+             d["Status"]["Err"]] for d in docs]
+    print(table(["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], rows))

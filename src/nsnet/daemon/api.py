@@ -99,7 +99,13 @@ def network_disconnect(d, ref, query, body, peer):
 
 @route("GET", "/sandboxes")
 def sandboxes(d, query, body, peer):
-    return [d.engine.inspect_sandbox(s.id) for s in d.engine.list_sandboxes(query.get("all", False))]
+    docs = []
+    for s in d.engine.list_sandboxes(query.get("all", False)):
+        try:
+            docs.append(d.engine.inspect_sandbox(s.id))
+        except NotFound:
+            pass   # removed between the list and its inspect (a service's task, stopped by its node)
+    return docs
 
 
 @route("POST", "/sandboxes")
@@ -198,6 +204,41 @@ def node_inspect(d, ref, query, body, peer):
 @route("DELETE", "/nodes/{ref}")
 def node_remove(d, ref, query, body, peer):
     return {"ID": d.cluster.remove_node(ref, query.get("force", False))}
+
+
+@route("GET", "/services")
+def services(d, query, body, peer):
+    return d.engine.services.list()
+
+
+@route("POST", "/services")
+def service_create(d, query, body, peer):
+    return {"ID": d.engine.services.create(body)["id"]}
+
+
+@route("GET", "/services/{ref}")
+def service_inspect(d, ref, query, body, peer):
+    return d.engine.services.inspect(ref)
+
+
+@route("DELETE", "/services/{ref}")
+def service_remove(d, ref, query, body, peer):
+    return {"ID": d.engine.services.remove(ref)}
+
+
+@route("POST", "/services/{ref}/scale")
+def service_scale(d, ref, query, body, peer):
+    return {"ID": d.engine.services.scale(ref, body["Replicas"])["id"]}
+
+
+@route("POST", "/services/{ref}/update")
+def service_update(d, ref, query, body, peer):
+    return {"ID": d.engine.services.update(ref, body)["id"]}
+
+
+@route("GET", "/services/{ref}/tasks")
+def service_tasks(d, ref, query, body, peer):
+    return d.engine.services.ps(ref)
 
 
 def _check_owned(pid: int, peer) -> None:

@@ -69,6 +69,13 @@ SWARM_INIT = {"type": "object", "fields": {
     "SubnetSize": {"type": "int", "min": 1, "max": 128}, "DataPathPort": {"type": "int", "min": 1, "max": 65535},
 }}
 SWARM_JOIN = {"type": "object", "fields": _SWARM}
+# Replicas: any integer here; engine/services.py says in one line what it takes (0 to 100).
+REPLICAS = {"type": "int", "min": -2**31, "max": 2**31}
+SERVICE_CREATE = {"type": "object", "fields": {
+    "Name": dict(SHORT, required=True), "Replicas": REPLICAS, "Networks": {"type": "list", "items": SHORT, "max": 64},
+    "EndpointMode": SHORT, "RestartCondition": SHORT, "Env": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096},
+    "Cmd": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096, "required": True},
+}}
 
 # (method, path) -> {"query": {name: schema}, "body": schema or None (no body at all)}.
 # Paths are api.py's routes; {ref} is a network's or a sandbox's name or id.
@@ -102,6 +109,16 @@ ENDPOINTS = {
     ("GET", "/nodes"): {"query": {}, "body": None},
     ("GET", "/nodes/{ref}"): {"query": {}, "body": None},   # {ref}: a node's ID, unique ID prefix or name
     ("DELETE", "/nodes/{ref}"): {"query": {"force": FLAG}, "body": None},
+    ("GET", "/services"): {"query": {}, "body": None},
+    ("POST", "/services"): {"query": {}, "body": SERVICE_CREATE},
+    ("GET", "/services/{ref}"): {"query": {}, "body": None},   # {ref}: a service's ID, unique ID prefix or name
+    ("DELETE", "/services/{ref}"): {"query": {}, "body": None},
+    ("POST", "/services/{ref}/scale"): {"query": {}, "body": {"type": "object", "fields": {
+        "Replicas": dict(REPLICAS, required=True)}}},
+    ("GET", "/services/{ref}/tasks"): {"query": {}, "body": None},
+    ("POST", "/services/{ref}/update"): {"query": {}, "body": {"type": "object", "fields": {
+        "Replicas": REPLICAS, "NetworkAdd": SHORTS, "NetworkRm": SHORTS,
+        "Parallelism": {"type": "int", "min": -2**31, "max": 2**31}, "DelayMs": {"type": "int", "min": 0, "max": 3600_000}}}},
 }
 
 

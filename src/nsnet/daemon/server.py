@@ -21,6 +21,7 @@ from ..kernel.procs import Launch, alive
 from . import dockerkick
 from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
 from .httpd import Handler, Server
+from .tasks import TaskRunner
 from .watcher import Watcher
 
 log = logging.getLogger("nsnet.daemon")
@@ -30,10 +31,15 @@ class Daemon:
     def __init__(self, root: str):
         self.root = root
         self.engine = Engine.open(root)
-        self.watcher = Watcher(self.engine.sandbox_exited)
+        self.watcher = Watcher(self._exited)
         self.engine.on_sandbox_running = self._watch
         self.cluster = Cluster(root, self.engine.state.node, on_join=self._joined, on_leave=self.engine.unshare,
                                on_removed=lambda: self.engine.unshare(force=True))
+        self.tasks = TaskRunner(self)   # the swarm's tasks assigned to this node
+
+    def _exited(self, sid: str, code) -> None:
+        self.engine.sandbox_exited(sid, code)
+        self.tasks.poke()   # a task's sandbox may have ended: restarted per its condition
 
     def _joined(self, kv, s) -> None:
         self.engine.share(kv, Member(s.advertise_addr, s.data_path_port, s.pools, s.mask))
@@ -61,6 +67,7 @@ class Daemon:
         dns = DnsServer(log=logging.getLogger("nsnet.dns"), port=0)  # random ports, 127.0.0.11:53 redirected to them
         dns.start()
         self.engine.serve_dns(dns)
+        self.tasks.start()
         self.cluster.start()   # a swarm member rejoins in the background; local networks never wait for etcd
 
 

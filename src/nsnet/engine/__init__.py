@@ -32,6 +32,7 @@ from .dnsfeed import DnsFeed
 from .dockernet import DockerNets
 from .dockerpools import DockerPools
 from .files import SandboxFiles
+from .services import Services
 from .state import State
 from .swarmcases import SwarmCases
 from .thread import KernelThread, on_kernel_thread
@@ -65,6 +66,7 @@ class Engine(SwarmCases):
         self.on_sandbox_running = None          # watcher hook: (sandbox, popen|None)
         self.cni = Cni(self)                    # the CNI plugin's calls (engine/cni.py)
         self.docker_nets = DockerNets(self)     # Docker's networks and endpoints (`-d nsnet`)
+        self.services = Services(self)          # the swarm's services and tasks (engine/services.py)
 
     @classmethod
     def open(cls, root: str) -> "Engine":
@@ -199,6 +201,7 @@ class Engine(SwarmCases):
     def remove_network(self, ref: str, by_docker: bool = False) -> Network:
         with self.lock:
             net = self.state.network(ref)
+            self.services.check_unused(net)   # first: its tasks would be named below, the service is the why
             plans.removable(self.state, net)
             if not by_docker:
                 self.docker_nets.refuse_removal(net)

@@ -14,6 +14,7 @@ class DnsFeed:
         self.server = None        # the resolver (dns.server.DnsServer), once the daemon serves names
         self._whole = False       # the resolver has every record: from then on it gets changes only
         self._pending: dict[tuple, Record | None] = {}  # (sandbox, network) -> record, None = gone
+        self.sources: list = []   # callables giving more records (engine/services.py: tasks.NAME, VIPs); refresh() when they change
         state.endpoint_saved.append(self._saved)
         state.endpoint_dropped.append(self._dropped)
         state.network_saved.append(self._network_saved)
@@ -53,7 +54,7 @@ class DnsFeed:
             return
         if not self._whole:
             live = list(self.state.eps.values()) + [ep for ep in self.state.remote.values() if ep.node in self.state.alive]
-            records = [r for r in map(self._record, live) if r is not None]
+            records = [r for r in map(self._record, live) if r is not None] + [r for fn in self.sources for r in fn()]
             self.server.set_records(RecordSet(records, {n.id: n.name for n in self.state.nets.values() if n.dns}))
             self._whole = True
         elif pending:

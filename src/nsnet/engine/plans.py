@@ -181,7 +181,7 @@ def request(driver, alloc: Allocator, net: Network, w: dict) -> NetworkRequest:
     """A sandbox's request to be on `net` (static addresses, aliases), checked."""
     req = NetworkRequest(network_id=net.id, ip=w.get("IP") or None, ip6=w.get("IP6") or None,
                          aliases=list(w.get("Aliases") or []))
-    if driver.scope == "cluster" and not net.attachable:
+    if driver.scope == "cluster" and not net.attachable and not w.get("ServiceTask"):   # (not in the API's schema)
         raise NsnetError(f"could not attach to network {net.name}: network {net.name} not manually attachable", 403)
     if req.aliases and not net.dns:
         raise NsnetError(f"network-scoped aliases are only supported on user-defined networks, not {net.name}")

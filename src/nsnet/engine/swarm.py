@@ -42,6 +42,8 @@ class View:
     alive: set[str] = field(default_factory=set)
     vteps: dict[str, str] = field(default_factory=dict)            # node id -> its advertise address
     records: dict[str, dict] = field(default_factory=dict)         # "<driver>/<node id>" -> its node record
+    services: dict[str, dict] = field(default_factory=dict)        # engine/services.py's records, as stored
+    tasks: dict[str, dict] = field(default_factory=dict)
 
     def apply(self, events: list[Event]) -> None:
         for ev in events:
@@ -59,6 +61,8 @@ class View:
                 driver, _, rest = id_.partition("/")
                 if rest.startswith("node/"):   # drivers/<driver>/node/<node id>: what a node publishes for it
                     _put(self.records, f"{driver}/{rest[5:]}", ev.value)
+            elif kind in ("services", "tasks"):
+                _put(getattr(self, kind), id_, ev.value)
 
 
 def _put(table: dict, key: str, value) -> None:
@@ -73,7 +77,8 @@ def read(kv) -> tuple[int, View]:
     the watch replays them, and applying a fact twice changes nothing)."""
     revision = kv.revision()
     view = View()
-    view.apply([Event(revision, e.key, e.value) for prefix in ("nodes/", "alive/", "network/", "endpoint/", "drivers/")
+    view.apply([Event(revision, e.key, e.value)
+                for prefix in ("nodes/", "alive/", "network/", "endpoint/", "drivers/", "services/", "tasks/")
                 for e in kv.list(prefix)])
     return revision, view
 
@@ -203,7 +208,8 @@ class SwarmLink:
 
 
 def _copy(view: View) -> View:
-    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps), dict(view.records))
+    return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps), dict(view.records),
+                dict(view.services), dict(view.tasks))
 
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
@@ -258,6 +264,7 @@ def apply(e, view: View, gone: set[str] | None) -> bool:
     if changed:
         for fn in st.peers_changed:
             fn(changed)
+    e.services.learn(dict(view.services), dict(view.tasks))
     return nets_changed
 
 
@@ -303,4 +310,5 @@ def forget_all(e) -> None:
     st.remote, st.alive, st.vteps, st.records = {}, set(), {}, {}
     for fn in st.nodes_changed:
         fn()
+    e.services.forget()
     e.feed.refresh()

@@ -1,0 +1,511 @@
+"""Services across the hosts of a swarm (issue 17): replicated tasks, a virtual IP per network, tasks.NAME.
+
+etcd holds it all, beside the swarm's networks (keys under EtcdKV's prefix):
+- `services/<id>`: the spec (command, env, replicas, networks, endpoint mode, restart condition) and its
+  virtual IPs, one address per network, each claimed as `addresses/<network id>/<ip>` as an endpoint's is;
+- `names/service/<name>`: the name's claim;
+- `tasks/<id>`: one replica: service, slot, `node`, desired state (running | shutdown) and the current
+  state the node that runs it writes (running, its addresses per network, failed with an error, complete).
+
+Placement is decided once, by the writer of the task, in an etcd transaction: `service create` and `scale`
+create tasks with a compare (the key must not exist) in the same commit as the service's new revision
+(compared too, so two scales never both count the same tasks); a Down node's task is moved by whichever
+node commits first, with a compare on the task's revision. Fewest tasks first over the Ready nodes.
+
+Every node learns services and tasks from the engine's one swarm watch (engine/swarm.py → `learn`); its
+task runner (daemon/tasks.py) runs the tasks assigned to it. The data plane follows the same facts: the
+resolver's records (`tasks.NAME`; `NAME` → the VIP, or the tasks with dnsrr) and, in every local sandbox
+on a network with a VIP, the DNAT table that spreads the VIP over the running tasks (`sync_lb`). A task is
+in rotation only while it runs, wants to run and its node is Ready: a task told to stop leaves the
+rotation on every node before its own node stops it (DRAIN).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import time
+
+from .. import requests as rq
+from ..dns.records import Record
+from ..errors import Conflict, NotFound, NsnetError
+from ..firewall import render_no_vips, render_vips
+from ..kernel.nft import run_first_in
+from ..store import CompareFailed, Op
+from ..store.records import address_key
+
+log = logging.getLogger("nsnet.services")
+
+NOT_IN_SWARM = "this node is not part of a swarm: use nsnet swarm init or nsnet swarm join first"
+MODES = ("vip", "dnsrr")
+MAX_REPLICAS = 100     # tasks created in one etcd transaction (etcd takes 128 writes)
+BATCH_WAIT = 30.0      # s: a rolling update waits this long for a batch's new tasks to run, then pauses
+RACES = 5              # commits retried when another node wrote the same keys at the same moment
+
+
+def new_id() -> str:
+    """Docker's service and task IDs are 25 characters."""
+    return secrets.token_hex(13)[:25]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def check_replicas(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise NsnetError(f"invalid replicas {n!r}: give a number of tasks, 0 or more")
+    if n > MAX_REPLICAS:
+        raise NsnetError(f"invalid replicas {n}: at most {MAX_REPLICAS}")
+    return n
+
+
+def parse_spec(body: dict) -> dict:
+    """The API's create body, checked (everything but the networks, which need the engine's state)."""
+    name = body.get("Name") or ""
+    rq.check_name(name, "service")
+    if "." in name:
+        raise NsnetError(f"invalid service name {name!r}: no dots (tasks.{name} and {name}.SLOT are built on it)")
+    mode = body.get("EndpointMode") or "vip"
+    if mode not in MODES:
+        raise NsnetError(f"invalid endpoint mode {mode!r}: use vip or dnsrr")
+    restart = body.get("RestartCondition") or "any"
+    if restart not in rq.RESTART_CONDITIONS:
+        raise NsnetError(f"invalid restart condition {restart!r}: use any, on-failure or none")
+    for kv in body.get("Env") or []:
+        if not kv.partition("=")[0] or "=" not in kv:
+            raise NsnetError(f"invalid env {kv!r}: use KEY=VALUE")
+    if not body.get("Cmd"):
+        raise NsnetError("no command given: nsnet service create [OPTIONS] -- CMD [ARGS...]")
+    replicas = 1 if body.get("Replicas") is None else body["Replicas"]
+    return {"replicas": check_replicas(replicas), "endpoint_mode": mode, "restart": restart,
+            "env": list(body.get("Env") or []), "cmd": list(body["Cmd"]), "networks": []}
+
+
+def spread(count: int, ready: dict[str, str], tasks: list[dict]) -> list[str]:
+    """The nodes for `count` new tasks: each to the Ready node (id -> name) running the fewest tasks that
+    want to run, ties by name. Pure: the caller commits the choice with a compare."""
+    if not ready:
+        raise NsnetError("no node is Ready to run tasks", 503)
+    load = {n: 0 for n in ready}
+    for t in tasks:
+        if t["desired"] == "running" and t["node"] in load:
+            load[t["node"]] += 1
+    out = []
+    for _ in range(count):
+        node = min(ready, key=lambda n: (load[n], ready[n], n))
+        load[node] += 1
+        out.append(node)
+    return out
+
+
+def in_rotation(t: dict, alive: set[str]) -> bool:
+    return t["desired"] == "running" and t["state"] == "running" and t["node"] in alive
+
+
+def task_name(svc_name: str, t: dict) -> str:
+    """Its sandbox's name, as Docker names a task's container: NAME.SLOT.TASKID."""
+    return f"{svc_name}.{t['slot']}.{t['id']}"
+
+
+def _tail(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+class Services:
+    """The engine's services (`e.services`): the use cases (API threads; etcd is read directly, so a
+    command sees what it wrote), and what the swarm watch says, for the data plane and the task runner."""
+
+    def __init__(self, engine):
+        self.e = engine
+        self.services: dict[str, dict] = {}   # id -> record, as the watch says (applied on the kernel thread)
+        self.tasks: dict[str, dict] = {}
+        self.listeners: list = []             # called (no arguments) when services, tasks or endpoints changed
+        self._applied: dict[str, str | None] = {}   # sandbox id -> the VIP ruleset in force in it
+        engine.feed.sources.append(self.records)
+        engine.state.endpoint_saved.append(lambda ep: self._poke())
+
+    def _poke(self) -> None:
+        for fn in self.listeners:
+            fn()
+
+    def _kv(self):
+        link = self.e.swarm
+        if link is None:
+            raise NsnetError(NOT_IN_SWARM, 503)
+        return link.kv
+
+    # ---- what the watch says (kernel thread, engine's lock) ----------------------------------------------
+
+    def learn(self, services: dict[str, dict], tasks: dict[str, dict]) -> None:
+        if services != self.services or tasks != self.tasks:
+            self.services, self.tasks = services, tasks
+            self.e.feed.refresh()   # names from the new facts at the engine's next notify
+        self._poke()   # nodes alive or not change the rotation too
+
+    def forget(self) -> None:
+        self.learn({}, {})
+
+    def check_unused(self, net) -> None:
+        """A network a service is on is not removed (its VIP and its tasks' requests name it), as Docker."""
+        users = sorted(s["name"] for s in self.services.values() if net.id in s["spec"]["networks"])
+        if users:
+            raise Conflict(f"network {net.name} is in use by service {', '.join(users)}: remove the service "
+                           f"or update it with --network-rm first")
+
+    def records(self) -> list[Record]:
+        """The resolver's records: `tasks.NAME` for every running task (and `NAME` with dnsrr), `NAME` for
+        the VIP on each of the service's networks."""
+        st, out = self.e.state, []
+        for t in self.tasks.values():
+            svc = self.services.get(t["service_id"])
+            if svc is None or not in_rotation(t, st.alive):
+                continue
+            names = (f"tasks.{svc['name']}".lower(),) + ((svc["name"].lower(),) if svc["spec"]["endpoint_mode"] == "dnsrr" else ())
+            out += [Record(f"task:{t['id']}", net_id, names, ipv4=ip) for net_id, ip in t["addresses"].items()
+                    if net_id in st.nets]
+        for svc in self.services.values():
+            out += [Record(f"vip:{svc['id']}", net_id, (svc["name"].lower(),), ipv4=vip.split("/")[0])
+                    for net_id, vip in svc["vips"].items() if net_id in st.nets]
+        return out
+
+    def rotation(self) -> dict[str, dict[str, list[str]]]:
+        """network id -> VIP -> the addresses of its running tasks on that network."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for svc in self.services.values():
+            for net_id, vip in svc["vips"].items():
+                out.setdefault(net_id, {})[vip.split("/")[0]] = sorted(
+                    t["addresses"][net_id] for t in self.tasks.values()
+                    if t["service_id"] == svc["id"] and in_rotation(t, self.e.state.alive) and net_id in t["addresses"])
+        return out
+
+    def sync_lb(self) -> None:
+        """Every local running sandbox on a network with a VIP gets the DNAT table of the VIPs it can reach;
+        only those whose table changed are written (the task runner's thread calls this)."""
+        st, todo = self.e.state, []
+        with self.e.lock:
+            table = self.rotation()
+            for sb in st.sbs.values():
+                if sb.state != "running" or not sb.pid or sb.cni:
+                    continue
+                vips = {vip: be for ep in st.endpoints_of_sandbox(sb) for vip, be in table.get(ep.network_id, {}).items()}
+                want = render_vips(vips) if vips else None
+                if want != self._applied.get(sb.id):
+                    todo.append((sb.id, sb.pid, want))
+            for sid in [s for s in self._applied if s not in st.sbs or st.sbs[s].state != "running"]:
+                del self._applied[sid]
+        for sid, pid, want in todo:
+            try:
+                run_first_in(f"/proc/{pid}/ns/net", want or render_no_vips())
+                self._applied[sid] = want
+            except (NsnetError, OSError) as e:
+                log.warning("sandbox %s: its service VIPs could not be written: %s", sid[:12], e)
+
+    # ---- use cases (API threads) -------------------------------------------------------------------------
+
+    def create(self, body: dict) -> dict:
+        kv = self._kv()
+        spec = parse_spec(body)
+        name = body["Name"]
+        with self.e.lock:
+            nets = [self._network(ref) for ref in body.get("Networks") or []]
+        if len({n.id for n in nets}) != len(nets):
+            raise Conflict("a network is given twice")
+        spec["networks"] = [n.id for n in nets]
+        if kv.get(f"names/service/{name}") is not None:
+            raise Conflict(f"service {name} already exists")
+        sid = new_id()
+        for attempt in range(RACES):
+            vips = self._take_vips(kv, nets) if spec["endpoint_mode"] == "vip" else {}
+            now = _now()
+            doc = {"id": sid, "name": name, "created": now, "updated": now, "version": 1, "spec": spec, "vips": vips}
+            tasks = [self._task(doc, slot, node)
+                     for slot, node in enumerate(spread(spec["replicas"], self._ready(kv),
+                                                         [t.value for t in kv.list("tasks/")]), start=1)]
+            ops = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
+                   + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{sid}"}, expect=0) for n, v in vips.items()]
+                   + [Op(f"tasks/{t['id']}", t, expect=0) for t in tasks])
+            try:
+                kv.commit(ops)
+                log.info("service %s (%s) created: %d tasks", name, sid, len(tasks))
+                return doc
+            except CompareFailed:
+                self._give_back(vips)
+                if kv.get(f"names/service/{name}") is not None:
+                    raise Conflict(f"service {name} already exists") from None
+                # a VIP another node took at the same moment: read the claims again (in _take_vips)
+        raise Conflict(f"service {name}: its addresses kept being taken by other nodes; try again")
+
+    def scale(self, ref: str, replicas) -> dict:
+        kv = self._kv()
+        replicas = check_replicas(replicas)
+        for attempt in range(RACES):
+            entry = self._entry(kv, ref)
+            doc = entry.value
+            mine = [t for t in kv.list("tasks/") if t.value["service_id"] == doc["id"]]
+            live = sorted((t for t in mine if t.value["desired"] == "running"), key=lambda t: t.value["slot"])
+            new = {**doc, "spec": {**doc["spec"], "replicas": replicas}, "version": doc["version"] + 1, "updated": _now()}
+            ops = [Op(entry.key, new, expect=entry.mod_revision)]
+            if replicas > len(live):
+                taken = {t.value["slot"] for t in live}
+                slots = [s for s in range(1, replicas + len(taken) + 1) if s not in taken][:replicas - len(live)]
+                nodes = spread(len(slots), self._ready(kv), [t.value for t in kv.list("tasks/")])
+                ops += [Op(f"tasks/{t['id']}", t, expect=0) for t in (self._task(doc, s, n) for s, n in zip(slots, nodes))]
+            else:   # the highest slots stop: each leaves the rotation first (the runner's DRAIN)
+                ops += [Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision) for t in live[replicas:]]
+            try:
+                kv.commit(ops)
+                return new
+            except CompareFailed:
+                continue
+        raise Conflict(f"service {ref} kept changing under this scale; try again")
+
+    def update(self, ref: str, body: dict) -> dict:
+        """`--replicas` alone scales. `--network-add/--network-rm` make a new version of the spec (the VIPs of
+        added networks claimed, those of removed ones let go, in the same commit) and roll the tasks over to
+        it, `Parallelism` at a time: new tasks first, each batch's old tasks told to shut down (out of
+        rotation everywhere, then stopped: the runner's DRAIN) only once its new ones run, `DelayMs` between
+        batches. A batch whose new task fails or does not run within BATCH_WAIT pauses the update (one
+        line); the tasks already replaced stay so."""
+        kv = self._kv()
+        parallelism = body.get("Parallelism") or 1
+        if parallelism < 1:
+            raise NsnetError(f"invalid update parallelism {parallelism}: 1 or more")
+        delay = (body.get("DelayMs") or 0) / 1000
+        replicas = body.get("Replicas")
+        if replicas is not None:
+            check_replicas(replicas)
+        entry = self._entry(kv, ref)
+        doc = entry.value
+        nets = list(doc["spec"]["networks"])
+        with self.e.lock:
+            added = [self._network(r) for r in body.get("NetworkAdd") or []]
+            removed = [self.e.state.network(r) for r in body.get("NetworkRm") or []]
+        for net in added:
+            if net.id in nets:
+                raise Conflict(f"service {doc['name']} is on network {net.name} already")
+        for net in removed:
+            if net.id not in nets:
+                raise NsnetError(f"service {doc['name']} is not on network {net.name}")
+        if len({n.id for n in added}) != len(added) or len({n.id for n in removed}) != len(removed):
+            raise Conflict("a network is given twice")
+        if not added and not removed:
+            return self.scale(doc["id"], replicas) if replicas is not None else doc
+        vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
+        gone = {n.id for n in removed}
+        new = {**doc, "version": doc["version"] + 1, "updated": _now(),
+               "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added]},
+               "vips": {**{n: v for n, v in doc["vips"].items() if n not in gone}, **vips}}
+        ops = ([Op(entry.key, new, expect=entry.mod_revision)]
+               + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{doc['id']}"}, expect=0) for n, v in vips.items()]
+               + [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items() if n in gone])
+        try:
+            kv.commit(ops)
+        except CompareFailed:
+            self._give_back(vips)
+            raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses were taken); try again") from None
+        self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
+        self._roll(kv, new, parallelism, delay)
+        return self.scale(doc["id"], replicas) if replicas is not None else new
+
+    def _roll(self, kv, svc: dict, parallelism: int, delay: float) -> None:
+        while True:
+            entries = [t for t in kv.list("tasks/") if t.value["service_id"] == svc["id"]]
+            old = sorted((t.value for t in entries if t.value["desired"] == "running"
+                          and t.value.get("version", 1) < svc["version"]), key=lambda t: t["slot"])
+            if not old:
+                return
+            if kv.get(f"services/{svc['id']}") is None:
+                raise NotFound(f"service {svc['name']} was removed during its update")
+            batch = old[:parallelism]
+            nodes = spread(len(batch), self._ready(kv), [t.value for t in kv.list("tasks/")])
+            fresh = [self._task(svc, t["slot"], node) for t, node in zip(batch, nodes)]
+            kv.commit([Op(f"tasks/{t['id']}", t, expect=0) for t in fresh])
+            deadline = time.monotonic() + BATCH_WAIT
+            while True:
+                now = [kv.get(f"tasks/{t['id']}") for t in fresh]
+                bad = next((e.value for e in now if e is not None and e.value["state"] == "failed"), None)
+                if bad is not None or time.monotonic() > deadline or any(e is None for e in now):
+                    why = bad["error"] if bad else "did not run within %.0f s" % BATCH_WAIT
+                    raise NsnetError(f"update of service {svc['name']} paused: a new task {why}", 500)
+                if all(e.value["state"] == "running" for e in now):
+                    break
+                time.sleep(0.05)
+            for t in batch:
+                update_task(kv, t["id"], {"desired": "shutdown"}, lambda doc: doc["desired"] == "running")
+            time.sleep(delay)
+
+    def remove(self, ref: str) -> str:
+        """The service, its name and VIPs go at once; its tasks are told to shut down (each node stops its
+        own and deletes the task), those of Down nodes are deleted here."""
+        kv = self._kv()
+        for attempt in range(RACES):
+            entry = self._entry(kv, ref)
+            doc = entry.value
+            alive = self._alive(kv)
+            ops = [Op(entry.key, None, expect=entry.mod_revision), Op(f"names/service/{doc['name']}", None)]
+            ops += [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items()]
+            for t in kv.list("tasks/"):
+                if t.value["service_id"] != doc["id"]:
+                    continue
+                ops.append(Op(t.key, None) if t.value["node"] not in alive
+                           else Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision))
+            try:
+                kv.commit(ops)
+            except CompareFailed:
+                continue
+            self._give_back(doc["vips"])
+            log.info("service %s (%s) removed", doc["name"], doc["id"])
+            return doc["id"]
+        raise Conflict(f"service {ref} kept changing; try again")
+
+    def list(self) -> list[dict]:
+        kv = self._kv()
+        tasks, alive = [t.value for t in kv.list("tasks/")], self._alive(kv)
+        return [dict(self._doc(e.value), Running=sum(1 for t in tasks if t["service_id"] == e.value["id"] and in_rotation(t, alive)))
+                for e in kv.list("services/")]
+
+    def inspect(self, ref: str) -> dict:
+        return self._doc(self._entry(self._kv(), ref).value)
+
+    def ps(self, ref: str) -> list[dict]:
+        kv = self._kv()
+        doc = self._entry(kv, ref).value
+        names = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/")}
+        tasks = sorted((t.value for t in kv.list("tasks/") if t.value["service_id"] == doc["id"]),
+                       key=lambda t: (t["slot"], t["desired"] != "running"))
+        return [{"ID": t["id"], "Name": f"{doc['name']}.{t['slot']}", "ServiceID": doc["id"], "Slot": t["slot"],
+                 "NodeID": t["node"], "Node": names.get(t["node"], t["node"][:12]), "DesiredState": t["desired"],
+                 "Status": {"State": t["state"], "Err": t.get("error", ""), "Timestamp": t.get("updated", ""),
+                            "ExitCode": t.get("exit_code")},
+                 "NetworksAttachments": [{"Network": {"ID": n}, "Addresses": [a]} for n, a in t["addresses"].items()]}
+                for t in tasks]
+
+    # ---- pieces -----------------------------------------------------------------------------------------
+
+    def _network(self, ref: str):
+        net = self.e.state.network(ref)
+        if not self.e.state.shared(net) or self.e.driver(net).scope != "cluster":
+            raise NsnetError(f"network {net.name} is not an overlay network: a service's networks must be "
+                             f"overlays (network create -d overlay)")
+        return net
+
+    def _take_vips(self, kv, nets) -> dict[str, str]:
+        """One address per network from its allocator, clear of every address claimed in etcd right now."""
+        vips: dict[str, str] = {}
+        with self.e.lock:
+            try:
+                for net in nets:
+                    cfg = next((c for c in net.subnets if ipaddress.ip_network(c.subnet).version == 4), None)
+                    if cfg is None:
+                        continue
+                    self.e.alloc.mark_taken(net, map(ipaddress.ip_address, self.e.store.addresses(net.id, shared=True)))
+                    addr = self.e.alloc.allocate(net, cfg, lambda a: None)
+                    vips[net.id] = f"{addr}/{ipaddress.ip_network(cfg.subnet).prefixlen}"
+            except BaseException:
+                self._give_back(vips)
+                raise
+        return vips
+
+    def _give_back(self, vips: dict[str, str]) -> None:
+        with self.e.lock:
+            for net_id, vip in vips.items():
+                net = self.e.state.nets.get(net_id)
+                if net is not None:
+                    self.e.alloc.release(net, [ipaddress.ip_interface(vip).ip])
+
+    @staticmethod
+    def _task(svc: dict, slot: int, node: str) -> dict:
+        return {"id": new_id(), "service_id": svc["id"], "version": svc["version"], "slot": slot, "node": node,
+                "desired": "running",
+                "state": "assigned", "error": "", "exit_code": None, "addresses": {}, "restarts": 0, "updated": _now()}
+
+    @staticmethod
+    def _alive(kv) -> set[str]:
+        return {_tail(e.key) for e in kv.list("alive/")}
+
+    def _ready(self, kv) -> dict[str, str]:
+        alive = self._alive(kv)
+        return {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/") if _tail(e.key) in alive}
+
+    @staticmethod
+    def _entry(kv, ref: str):
+        """A service by ID, name or unique ID prefix."""
+        if not ref:
+            raise NotFound("no such service: give its name or ID")
+        claim = kv.get(f"names/service/{ref}")
+        entry = kv.get(f"services/{claim.value['id'] if claim else ref}")
+        if entry is not None:
+            return entry
+        found = [e for e in kv.list("services/") if _tail(e.key).startswith(ref)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise NsnetError(f"service {ref!r} is ambiguous: {len(found)} services match; use its ID")
+        raise NotFound(f"no such service: {ref}")
+
+    @staticmethod
+    def _doc(svc: dict) -> dict:
+        """Docker's service inspect document, as far as it applies."""
+        spec = svc["spec"]
+        return {"ID": svc["id"], "Version": {"Index": svc["version"]}, "CreatedAt": svc["created"],
+                "UpdatedAt": svc["updated"],
+                "Spec": {"Name": svc["name"], "Labels": {},
+                         "TaskTemplate": {"ContainerSpec": {"Command": spec["cmd"], "Env": spec["env"]},
+                                          "RestartPolicy": {"Condition": spec["restart"]},
+                                          "Networks": [{"Target": n} for n in spec["networks"]]},
+                         "Mode": {"Replicated": {"Replicas": spec["replicas"]}},
+                         "EndpointSpec": {"Mode": spec["endpoint_mode"]}},
+                "Endpoint": {"Spec": {"Mode": spec["endpoint_mode"]}, "Ports": [],
+                             "VirtualIPs": [{"NetworkID": n, "Addr": v} for n, v in svc["vips"].items()]}}
+
+
+# ---- the task side: what the node that runs a task writes (daemon/tasks.py) ---------------------------
+
+def update_task(kv, task_id: str, changes: dict, only_if=lambda t: True) -> dict | None:
+    """Write `changes` into a task with a compare on its revision (the API may have changed its desired
+    state meanwhile: read again, try again). None when the task is gone or `only_if` says no."""
+    for attempt in range(RACES):
+        entry = kv.get(f"tasks/{task_id}")
+        if entry is None or not only_if(entry.value):
+            return None
+        doc = {**entry.value, **changes, "updated": _now()}
+        try:
+            kv.commit([Op(entry.key, doc, expect=entry.mod_revision)])
+            return doc
+        except CompareFailed:
+            continue
+    return None
+
+
+def delete_task(kv, task_id: str) -> None:
+    kv.commit([Op(f"tasks/{task_id}", None)])
+
+
+def move_orphans(kv, node: str) -> int:
+    """The tasks of Down nodes that want to run go to Ready nodes (fewest first); those told to shut down
+    are deleted. Every node may do it: the compare on each task's revision lets one commit win. How many."""
+    alive = {_tail(e.key) for e in kv.list("alive/")}
+    if node not in alive:
+        return 0   # this node itself is cut off: it must not decide for the others
+    entries = kv.list("tasks/")
+    orphans = [t for t in entries if t.value["node"] not in alive]
+    if not orphans:
+        return 0
+    ready = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/") if _tail(e.key) in alive}
+    tasks = [t.value for t in entries if t.value["node"] in alive]
+    moved = 0
+    for t in orphans:
+        try:
+            if t.value["desired"] != "running":
+                kv.commit([Op(t.key, None, expect=t.mod_revision)])
+                continue
+            target = spread(1, ready, tasks)[0]
+            doc = {**t.value, "node": target, "state": "assigned", "error": "", "addresses": {}, "exit_code": None,
+                   "updated": _now()}
+            kv.commit([Op(t.key, doc, expect=t.mod_revision)])
+            tasks.append(doc)
+            moved += 1
+        except CompareFailed:
+            continue   # another node moved it first
+    return moved

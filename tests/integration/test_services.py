@@ -1,0 +1,299 @@
+"""Services across the hosts of a swarm (issue 17): hosts are namespaces with their own daemons wired to etcd's
+namespace (swarmnet.py). Real packets: each task answers with its own host name (netcheck.py whoami), the
+service's name resolves to its VIP, connections to the VIP reach every task, `tasks.NAME` lists them, scaling
+and removal follow on every host, and a dead node's tasks run again elsewhere."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import changes, wait_for
+from swarmnet import form, needs_etcd, swarm_hosts
+
+pytestmark = needs_etcd
+HERE = os.path.dirname(__file__)
+NETCHECK = os.path.join(HERE, "netcheck.py")
+PORT = 8080
+TTL = 10   # cluster/membership.py
+
+
+@pytest.fixture
+def two(tag):
+    with swarm_hosts(tag) as (etcd, (a, b)):
+        form([a, b])
+        yield etcd, a, b
+
+
+def etcd_keys(etcd, prefix: str) -> dict:
+    from nsnet.kernel import netns
+    from nsnet.store.etcd import EtcdKV
+    with netns.entered(f"/run/netns/{etcd.ns}"):
+        kv = EtcdKV(etcd.endpoints)
+        try:
+            return {e.key: e.value for e in kv.list(prefix)}
+        finally:
+            kv.close()
+
+
+def overlay(a, b, *args):
+    a.nsnet("network", "create", "-d", "overlay", *args)
+    assert wait_for(lambda: args[-1] in b.nsnet("network", "ls").stdout, timeout=2)
+    return a.json("network", "inspect", args[-1])[0]
+
+
+def create(host, name, *args, replicas=3):
+    return host.nsnet("service", "create", "--name", name, "--replicas", str(replicas), *args, "--",
+                      sys.executable, NETCHECK, "whoami", str(PORT)).stdout.strip()
+
+
+def replicas(host, name) -> str:
+    rows = [line.split() for line in host.nsnet("service", "ls").stdout.splitlines()[1:]]
+    return next((r[3] for r in rows if r[1] == name), "")
+
+
+def running_tasks(host, name) -> list[dict]:
+    return [t for t in host.json("service", "ps", name, "--format", "json")
+            if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+
+def task_ips(host, name, net_id) -> list[str]:
+    return sorted(a["Addresses"][0] for t in running_tasks(host, name) for a in t["NetworksAttachments"]
+                  if a["Network"]["ID"] == net_id)
+
+
+def getent(host, sandbox, name):
+    out = host.exec(sandbox, f"getent ahostsv4 {name}", check=False).stdout
+    return sorted({line.split()[0] for line in out.splitlines()})
+
+
+def ask_many(host, sandbox, target, n) -> list[str]:
+    """n connections from `sandbox` to target:PORT; each answer (host=...,env=...) or 'fail'."""
+    script = (f"import socket\nfor i in range({n}):\n"
+              f"    try:\n        c = socket.create_connection(({target!r}, {PORT}), timeout=2)\n"
+              f"        print(c.recv(100).decode().strip()); c.close()\n"
+              f"    except OSError as e:\n        print('fail', e)\n")
+    return host.exec(sandbox, f"{sys.executable} -c \"{script}\"", timeout=120).stdout.splitlines()
+
+
+def hosts_of(answers) -> set[str]:
+    return {a.split(",")[0].removeprefix("host=") for a in answers}
+
+
+def test_a_service_across_two_hosts_vip_names_scale_rm(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    sid = create(a, "web", "--network", "ov", "-e", "NETCHECK_ENV=blue")
+    assert wait_for(lambda: replicas(b, "web") == "3/3", timeout=10), b.nsnet("service", "ps", "web").stdout
+    tasks = running_tasks(b, "web")
+    nodes = sorted(t["Node"] for t in tasks)
+    assert nodes in (["host-a", "host-a", "host-b"], ["host-a", "host-b", "host-b"]), nodes   # fewest first
+
+    doc = b.json("service", "inspect", "web")[0]
+    assert doc["ID"] == sid and doc["Spec"]["Name"] == "web"
+    assert doc["Spec"]["TaskTemplate"]["Networks"] == [{"Target": ov["Id"]}]
+    assert doc["Spec"]["Mode"]["Replicated"]["Replicas"] == 3 and doc["Endpoint"]["Spec"]["Mode"] == "vip"
+    [vip] = doc["Endpoint"]["VirtualIPs"]
+    assert vip["NetworkID"] == ov["Id"] and vip["Addr"].startswith("10.0.0.") and vip["Addr"].endswith("/24")
+    vip_ip = vip["Addr"].split("/")[0]
+    ips = task_ips(b, "web", ov["Id"])
+    assert len(set(ips)) == 3 and vip_ip not in ips
+
+    # a standalone client on each host: the name is the VIP, tasks.web the tasks; the VIP reaches every task
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "cb", "--network", "ov", "--", "sleep", "300")
+    for h, c in ((a, "ca"), (b, "cb")):
+        assert wait_for(lambda: getent(h, c, "web") == [vip_ip], timeout=3), getent(h, c, "web")
+        assert getent(h, c, "tasks.web") == ips
+        assert wait_for(lambda: hosts_of(ask_many(h, c, vip_ip, 30)) == {"web-1", "web-2", "web-3"}, timeout=5)
+    answers = ask_many(a, "ca", "web", 20)
+    assert all(x.endswith(",env=blue") for x in answers), answers
+
+    # scale up: two more tasks, in rotation everywhere
+    a.nsnet("service", "scale", "web=5")
+    assert wait_for(lambda: replicas(a, "web") == "5/5", timeout=10)
+    assert wait_for(lambda: len(getent(b, "cb", "tasks.web")) == 5, timeout=3)
+    assert wait_for(lambda: hosts_of(ask_many(b, "cb", vip_ip, 60)) == {f"web-{i}" for i in range(1, 6)}, timeout=5)
+
+    # scale down while a client keeps connecting through the VIP: no connection fails
+    loop = subprocess.Popen(["ip", "netns", "exec", a.ns, sys.executable, "-m", "nsnet", "--root", a.root, "exec", "ca",
+                             "--", sys.executable, "-c",
+                             f"import socket,time\nend=time.time()+6\nwhile time.time()<end:\n"
+                             f"    try:\n        c=socket.create_connection(('{vip_ip}',{PORT}),timeout=2); print(c.recv(100).decode().strip(), flush=True); c.close()\n"
+                             f"    except OSError as e:\n        print('fail', e, flush=True)\n    time.sleep(0.01)\n"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    b.nsnet("service", "scale", "web=2")
+    out = loop.communicate(timeout=30)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and len(b.json("service", "ps", "web", "--format", "json")) == 2,
+                    timeout=10)
+    assert hosts_of(ask_many(a, "ca", vip_ip, 30)) == {"web-1", "web-2"}
+    assert len(getent(a, "ca", "tasks.web")) == 2
+
+    # rm: gone everywhere, its tasks' sandboxes, names and VIP too
+    a.nsnet("service", "rm", "web")
+    for h in (a, b):
+        assert wait_for(lambda: [s["Name"] for s in h.json("ps", "-a", "--format", "json")] in (["/ca"], ["/cb"], ["ca"], ["cb"]),
+                        timeout=10), h.nsnet("ps", "-a").stdout
+        assert "web" not in h.nsnet("service", "ls").stdout
+    assert etcd_keys(etcd, "tasks/") == {} and etcd_keys(etcd, "services/") == {}
+    assert f"addresses/{ov['Id']}/{vip_ip}" not in etcd_keys(etcd, "addresses/")
+    assert wait_for(lambda: getent(a, "ca", "web") == [] and getent(b, "cb", "tasks.web") == [], timeout=3)
+
+
+def test_a_dead_nodes_tasks_run_again_elsewhere(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    create(a, "web", "--network", "ov", replicas=2)
+    assert wait_for(lambda: replicas(a, "web") == "2/2", timeout=10)
+    assert sorted(t["Node"] for t in running_tasks(a, "web")) == ["host-a", "host-b"]
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    vip = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    b.sh("ip link set up0 down")                  # and cut off: its sandboxes keep running, unreachable
+    killed = time.monotonic()
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and
+                    [t["Node"] for t in running_tasks(a, "web")] == ["host-a", "host-a"], timeout=TTL + 10, interval=0.2)
+    took = time.monotonic() - killed
+    print(f"B's task ran again on A after {took:.1f} s")
+    assert took <= TTL + 5, f"B's task ran again on A only after {took:.1f} s"
+    # in rotation: the VIP reaches both tasks, now both on A; the dead one is no longer in tasks.web
+    assert wait_for(lambda: hosts_of(ask_many(a, "ca", vip, 20)) == {"web-1", "web-2"}, timeout=3)
+    assert getent(a, "ca", "tasks.web") == task_ips(a, "web", ov["Id"])
+
+    # B comes back: its daemon (started again by any call) finds its old task moved and stops that sandbox
+    b.sh("ip link set up0 up")
+    b.nsnet("ps")
+    assert wait_for(lambda: b.json("ps", "-a", "--format", "json") == [], timeout=10), b.nsnet("ps", "-a").stdout
+    assert replicas(b, "web") == "2/2" and [t["Node"] for t in running_tasks(b, "web")] == ["host-a", "host-a"]
+
+
+def test_dnsrr_restart_conditions_and_a_killed_task(two):
+    etcd, a, b = two
+    overlay(a, b, "--attachable", "ov")
+    create(a, "rr", "--network", "ov", "--endpoint-mode", "dnsrr", replicas=2)
+    assert wait_for(lambda: replicas(a, "rr") == "2/2", timeout=10)
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    ips = task_ips(a, "rr", a.json("network", "inspect", "ov")[0]["Id"])
+    assert wait_for(lambda: getent(a, "ca", "rr") == ips, timeout=3)   # dnsrr: the name is the tasks
+    assert a.json("service", "inspect", "rr")[0]["Endpoint"]["VirtualIPs"] == []
+    assert hosts_of(ask_many(a, "ca", "rr", 10)) <= {"rr-1", "rr-2"}
+
+    # a task whose process is killed runs again (restart condition any, the default)
+    [mine] = [t for t in running_tasks(a, "rr") if t["Node"] == "host-a"]
+    pid = a.json("inspect", f"rr.{mine['Slot']}.{mine['ID']}")[0]["State"]["Pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: any(s["Name"].lstrip("/") == f"rr.{mine['Slot']}.{mine['ID']}" and s["State"]["Running"]
+                                and s["State"]["Pid"] != pid for s in a.json("ps", "--format", "json")), timeout=8)
+    assert wait_for(lambda: replicas(a, "rr") == "2/2", timeout=5)
+
+    # exits 0 with --restart-condition on-failure: complete, not started again; exits 3: restarted
+    for name, code, cond, want in (("ok", 0, "on-failure", "complete"), ("once", 0, "none", "complete"),
+                                   ("bad", 3, "none", "failed")):
+        a.nsnet("service", "create", "--name", name, "--replicas", "1", "--network", "ov", "--restart-condition", cond,
+                "--", "sh", "-c", f"sleep 0.5; exit {code}")
+        assert wait_for(lambda: [t["Status"]["State"] for t in a.json("service", "ps", name, "--format", "json")] == [want],
+                        timeout=10), a.nsnet("service", "ps", name).stdout
+        time.sleep(1.5)   # longer than the runner's restart delay: still not started again
+        assert [t["Status"]["State"] for t in a.json("service", "ps", name, "--format", "json")] == [want]
+    a.nsnet("service", "create", "--name", "flaky", "--replicas", "1", "--network", "ov", "--restart-condition",
+            "on-failure", "--", "sh", "-c", "sleep 0.3; exit 3")
+    [flaky] = a.json("service", "ps", "flaky", "--format", "json")
+    assert wait_for(lambda: etcd_keys(etcd, f"tasks/{flaky['ID']}")[f"tasks/{flaky['ID']}"]["restarts"] >= 2, timeout=10)
+
+
+def test_bad_input_one_line_nothing_changed(two, host):
+    etcd, a, b = two
+    overlay(a, b, "ov")                        # not attachable: fine for services
+    a.nsnet("network", "create", "loc")        # a bridge network
+    create(a, "web", "--network", "ov", replicas=1)
+    assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=10)
+    for args, says in (
+            (["service", "create", "--name", "x", "--network", "loc", "--", "sleep", "1"], "not an overlay network"),
+            (["service", "create", "--name", "x", "--replicas", "-1", "--network", "ov", "--", "sleep", "1"], "invalid replicas -1"),
+            (["service", "create", "--name", "x", "--network", "nope", "--", "sleep", "1"], "nope"),
+            (["service", "create", "--name", "web", "--network", "ov", "--", "sleep", "1"], "service web already exists"),
+            (["service", "create", "--name", "x", "--network", "ov"], "no command given"),
+            (["service", "scale", "web=-1"], "invalid replicas -1"),
+            (["service", "scale", "nosuch=2"], "no such service: nosuch"),
+            (["service", "ps", "nosuch"], "no such service: nosuch"),
+            (["service", "inspect", "nosuch"], "no such service: nosuch"),
+            (["service", "rm", "nosuch"], "no such service: nosuch"),
+            (["network", "rm", "ov"], "network ov is in use by service web")):
+        before, keys = a.state(), etcd_keys(etcd, "")
+        p = a.nsnet(*args, check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {}
+        assert {k: v for k, v in etcd_keys(etcd, "").items() if not k.startswith(("alive/", "evidence/"))} == \
+               {k: v for k, v in keys.items() if not k.startswith(("alive/", "evidence/"))}, args
+    # not in a swarm: every service command says so in one line
+    host.nsnet("info")   # its daemon runs (and has made its default bridge) before the first look
+    for args in (["service", "ls"], ["service", "ps", "web"], ["service", "inspect", "web"], ["service", "scale", "web=2"],
+                 ["service", "rm", "web"], ["service", "create", "--name", "x", "--", "sleep", "1"]):
+        before = host.state()
+        p = host.nsnet(*args, check=False)
+        assert p.returncode != 0 and "not part of a swarm" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert changes(before, host.state()) == {}
+
+
+def loop_over(host, sandbox, target, seconds):
+    """A client connecting to target:PORT over and over for `seconds`, printing each answer or 'fail'."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, sys.executable, "-m", "nsnet", "--root", host.root, "exec", sandbox, "--",
+         sys.executable, "-c",
+         f"import socket,time\nend=time.time()+{seconds}\nwhile time.time()<end:\n"
+         f"    try:\n        c=socket.create_connection(('{target}',{PORT}),timeout=2); print(c.recv(100).decode().strip(), flush=True); c.close()\n"
+         f"    except OSError as e:\n        print('fail', e, flush=True)\n    time.sleep(0.01)\n"],
+        stdout=subprocess.PIPE, text=True)
+
+
+def test_update_moves_a_service_to_another_network_without_downtime(two):
+    etcd, a, b = two
+    ov1, ov2 = overlay(a, b, "--attachable", "ov1"), overlay(a, b, "--attachable", "ov2")
+    create(a, "web", "--network", "ov1")
+    assert wait_for(lambda: replicas(a, "web") == "3/3", timeout=10)
+    a.nsnet("run", "-d", "--name", "c1", "--network", "ov1", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "c2", "--network", "ov2", "--", "sleep", "300")
+    vip1 = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    assert wait_for(lambda: getent(a, "c1", "web") == [vip1], timeout=3)
+
+    loop = loop_over(a, "c1", vip1, 8)
+    time.sleep(0.5)
+    a.nsnet("service", "update", "--network-add", "ov2", "--update-parallelism", "2", "web")
+    out = loop.communicate(timeout=60)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    doc = b.json("service", "inspect", "web")[0]
+    assert [n["Target"] for n in doc["Spec"]["TaskTemplate"]["Networks"]] == [ov1["Id"], ov2["Id"]]
+    vips = {v["NetworkID"]: v["Addr"].split("/")[0] for v in doc["Endpoint"]["VirtualIPs"]}
+    assert vips[ov1["Id"]] == vip1 and set(vips) == {ov1["Id"], ov2["Id"]}
+    assert wait_for(lambda: replicas(a, "web") == "3/3" and len(a.json("service", "ps", "web", "--format", "json")) == 3,
+                    timeout=10)
+    assert all(len(t["NetworksAttachments"]) == 2 for t in running_tasks(a, "web"))     # every task replaced
+    # on the new network: its own VIP, reaching every task; tasks.web its addresses there
+    assert wait_for(lambda: getent(b, "c2", "web") == [vips[ov2["Id"]]], timeout=3)
+    assert getent(b, "c2", "tasks.web") == task_ips(b, "web", ov2["Id"])
+    assert wait_for(lambda: hosts_of(ask_many(b, "c2", "web", 30)) == {"web-1", "web-2", "web-3"}, timeout=5)
+
+    # and off the first one, again without a failed request on the network that stays
+    loop = loop_over(b, "c2", vips[ov2["Id"]], 8)
+    time.sleep(0.5)
+    b.nsnet("service", "update", "--network-rm", "ov1", "web")
+    out = loop.communicate(timeout=60)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    assert wait_for(lambda: getent(a, "c1", "web") == [] and getent(a, "c1", "tasks.web") == [], timeout=5)
+    assert [v["NetworkID"] for v in a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"]] == [ov2["Id"]]
+    assert f"addresses/{ov1['Id']}/{vip1}" not in etcd_keys(etcd, "addresses/")
+
+    # bad updates: one line, nothing changed
+    a.nsnet("network", "create", "loc")
+    for args, says in ((["--network-add", "loc"], "not an overlay network"), (["--network-rm", "ov1"], "is not on network ov1"),
+                       (["--network-add", "ov2"], "on network ov2 already"), (["--replicas", "-1"], "invalid replicas -1")):
+        before, keys = a.state(), etcd_keys(etcd, "services/")
+        p = a.nsnet("service", "update", *args, "web", check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {} and etcd_keys(etcd, "services/") == keys

@@ -1,0 +1,141 @@
+"""Services' pure parts and their records in a store (SQLite here: the same protocol as etcd): placement,
+the spec's checks, scale and rm as transactions, Down nodes' tasks moved once, the VIP ruleset's shape,
+the restart conditions, and the swarm watch's view of services and tasks."""
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from nsnet.daemon.tasks import TASK_SANDBOX, command, should_restart
+from nsnet.engine.services import Services, in_rotation, move_orphans, parse_spec, spread, task_name
+from nsnet.engine.swarm import View
+from nsnet.errors import NsnetError, NotFound
+from nsnet.firewall import render_vips
+from nsnet.store import Event, Op
+from nsnet.store.sqlite import SqliteKV
+
+
+def test_spread_fills_the_fewest_first_ties_by_name():
+    ready = {"n2": "host-b", "n1": "host-a"}
+    assert spread(3, ready, []) == ["n1", "n2", "n1"]
+    busy = [{"node": "n1", "desired": "running"}] * 2 + [{"node": "n1", "desired": "shutdown"}]
+    assert spread(3, ready, busy) == ["n2", "n2", "n1"]          # shutting-down tasks do not count
+    assert spread(1, {"n1": "a"}, [{"node": "gone", "desired": "running"}]) == ["n1"]
+    with pytest.raises(NsnetError, match="no node is Ready"):
+        spread(1, {}, [])
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"Name": "web", "Replicas": -1, "Cmd": ["x"]}, "invalid replicas -1"),
+    ({"Name": "web", "Replicas": 101, "Cmd": ["x"]}, "at most 100"),
+    ({"Name": "web", "Replicas": True, "Cmd": ["x"]}, "invalid replicas True"),
+    ({"Name": "we b", "Cmd": ["x"]}, "invalid service name"),
+    ({"Name": "a.b", "Cmd": ["x"]}, "no dots"),
+    ({"Name": "web", "EndpointMode": "ipvs", "Cmd": ["x"]}, "use vip or dnsrr"),
+    ({"Name": "web", "RestartCondition": "always", "Cmd": ["x"]}, "any, on-failure or none"),
+    ({"Name": "web", "Env": ["NOVALUE"], "Cmd": ["x"]}, "KEY=VALUE"),
+    ({"Name": "web", "Cmd": []}, "no command given"),
+])
+def test_a_bad_spec_is_one_line(body, says):
+    with pytest.raises(NsnetError, match=says) as e:
+        parse_spec(body)
+    assert "\n" not in str(e.value)
+
+
+def test_a_spec_takes_dockers_defaults():
+    assert parse_spec({"Name": "web", "Cmd": ["sleep", "1"]}) == {
+        "replicas": 1, "endpoint_mode": "vip", "restart": "any", "env": [], "cmd": ["sleep", "1"], "networks": []}
+
+
+def test_restart_conditions():
+    assert [should_restart(c, code) for c in ("any", "on-failure", "none") for code in (0, 3, None)] == \
+        [True, True, True, False, True, True, False, False, False]
+    assert command({"env": ["A=1"], "cmd": ["sh"]}) == ["env", "--", "A=1", "sh"]
+    assert command({"env": [], "cmd": ["sh"]}) == ["sh"]
+    t = {"slot": 2, "id": "a" * 25}
+    assert TASK_SANDBOX.match(task_name("web", t)).group(1) == "a" * 25
+    assert not TASK_SANDBOX.match("web.2") and not TASK_SANDBOX.match("my.web.2." + "a" * 25)
+
+
+def test_the_vip_ruleset_spreads_over_the_tasks_and_refuses_without_any():
+    doc = json.loads(render_vips({"10.0.0.9": ["10.0.0.3", "10.0.0.4"], "10.0.0.10": []}))["nftables"]
+    rules = {r["add"]["rule"]["chain"]: r["add"]["rule"]["expr"] for r in doc if "rule" in r.get("add", {})}
+    [vips] = [d["add"]["map"] for d in doc if "map" in d.get("add", {})]
+    assert (vips["type"], vips["map"]) == ("ipv4_addr", "verdict")
+    chains = {ip: v["goto"]["target"] for ip, v in vips["elem"]}
+    pick = rules[chains["10.0.0.9"]][0]["dnat"]["addr"]["map"]
+    assert pick["key"] == {"numgen": {"mode": "random", "mod": 2, "offset": 0}}
+    assert pick["data"]["set"] == [[0, "10.0.0.3"], [1, "10.0.0.4"]]
+    assert "reject" in rules[chains["10.0.0.10"]][0]
+    [hook] = [d["add"]["chain"] for d in doc if d.get("add", {}).get("chain", {}).get("hook")]
+    assert (hook["type"], hook["hook"], hook["prio"]) == ("nat", "output", -100)
+
+
+def test_in_rotation_only_running_wanted_and_alive():
+    t = {"desired": "running", "state": "running", "node": "n1"}
+    assert in_rotation(t, {"n1"})
+    assert not in_rotation(t, set())
+    assert not in_rotation({**t, "desired": "shutdown"}, {"n1"})
+    assert not in_rotation({**t, "state": "assigned"}, {"n1"})
+
+
+def test_the_view_follows_services_and_tasks():
+    v = View()
+    v.apply([Event(1, "services/s1", {"id": "s1"}), Event(2, "tasks/t1", {"id": "t1"}), Event(3, "tasks/t2", {"id": "t2"})])
+    v.apply([Event(4, "tasks/t1", None)])
+    assert v.services == {"s1": {"id": "s1"}} and list(v.tasks) == ["t2"]
+
+
+# ---- the use cases on a store ------------------------------------------------------------------------
+
+@pytest.fixture
+def svc(tmp_path):
+    kv = SqliteKV(str(tmp_path / "swarm.db"))
+    for node, name in (("n1", "host-a"), ("n2", "host-b")):
+        kv.commit([Op(f"nodes/{node}", {"id": node, "name": name, "addr": "x"}), Op(f"alive/{node}", {})])
+    state = SimpleNamespace(endpoint_saved=[], alive={"n1", "n2"}, nets={})
+    engine = SimpleNamespace(swarm=SimpleNamespace(kv=kv), state=state, lock=threading.RLock(),
+                             feed=SimpleNamespace(sources=[]))
+    yield Services(engine), kv
+    kv.close()
+
+
+def tasks_of(kv) -> list[dict]:
+    return sorted((e.value for e in kv.list("tasks/")), key=lambda t: t["slot"])
+
+
+def test_create_scale_rm_as_transactions(svc):
+    services, kv = svc
+    doc = services.create({"Name": "web", "Replicas": 3, "EndpointMode": "dnsrr", "Cmd": ["sleep", "9"]})
+    assert kv.get("names/service/web").value == {"id": doc["id"]}
+    assert [(t["slot"], t["node"], t["desired"], t["state"]) for t in tasks_of(kv)] == [
+        (1, "n1", "running", "assigned"), (2, "n2", "running", "assigned"), (3, "n1", "running", "assigned")]
+    with pytest.raises(NsnetError, match="service web already exists"):
+        services.create({"Name": "web", "Cmd": ["x"]})
+
+    services.scale("web", 5)
+    assert [(t["slot"], t["node"]) for t in tasks_of(kv)][3:] == [(4, "n2"), (5, "n1")]   # fewest first
+    services.scale(doc["id"][:6], 2)                                                      # by ID prefix
+    assert [(t["slot"], t["desired"]) for t in tasks_of(kv)] == [
+        (1, "running"), (2, "running"), (3, "shutdown"), (4, "shutdown"), (5, "shutdown")]
+    assert services.inspect("web")["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+    with pytest.raises(NotFound, match="no such service: nope"):
+        services.scale("nope", 1)
+
+    kv.commit([Op("alive/n2", None)])          # n2 is Down: its task is deleted at rm, n1's told to stop
+    services.remove("web")
+    assert kv.get("names/service/web") is None and kv.list("services/") == []
+    assert {(t["node"], t["desired"]) for t in tasks_of(kv)} == {("n1", "shutdown")}
+
+
+def test_a_down_nodes_tasks_move_once(svc):
+    services, kv = svc
+    services.create({"Name": "web", "Replicas": 4, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    kv.commit([Op("nodes/n3", {"id": "n3", "name": "host-c", "addr": "x"}), Op("alive/n3", {})])
+    kv.commit([Op("alive/n2", None)])
+    assert move_orphans(kv, "n2") == 0          # a node that is itself Down decides nothing
+    assert move_orphans(kv, "n1") == 2
+    assert move_orphans(kv, "n3") == 0          # moved already: nothing left for another node
+    assert sorted(t["node"] for t in tasks_of(kv)) == ["n1", "n1", "n3", "n3"]
+    assert all(t["state"] == "assigned" for t in tasks_of(kv) if t["node"] == "n3")
