@@ -11,6 +11,7 @@ from etcdserver import ETCD, EtcdCluster
 
 NET = "192.168.213"
 STORE = f"etcd://{NET}.1:2379"
+WG_RUN = "/run/wireguard"
 
 needs_etcd = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd is not installed (Debian's etcd-server: scripts/setup.sh)")
 
@@ -20,6 +21,7 @@ def swarm_hosts(tag: str, count: int = 2, mtu: int | None = None, members: int =
     """(etcd, [hosts]): the hosts' underlay links are `up0`; `mtu` sets theirs (and the switch ports').
     `members`: etcd's, all on the switch's address (client ports 2379, 2479, ...)."""
     etcd = EtcdCluster(f"nsnt-etcd-{tag}", members=members, address=f"{NET}.1")
+    wg_dir_was_there = os.path.isdir(WG_RUN)   # wireguard-go's control sockets (encrypted overlays)
     hosts = [Host(f"{tag}{chr(ord('a') + i)}") for i in range(count)]
     try:
         sh(f"ip -n {etcd.ns} link add sw0 type bridge")
@@ -40,6 +42,11 @@ def swarm_hosts(tag: str, count: int = 2, mtu: int | None = None, members: int =
         for h in hosts:
             h.cleanup()
         etcd.stop()
+        if not wg_dir_was_there:   # made by the tests' wireguard-go: the machine's /run as it was
+            try:
+                os.rmdir(WG_RUN)
+            except OSError:
+                pass   # absent, or someone else's sockets in it
 
 
 def switch_port(tag: str, i: int) -> str:
