@@ -89,6 +89,28 @@ def _bare_vxlan(h, a: NsnetEngine, b: NsnetEngine) -> str:
     return "10.99.0.1"
 
 
+def _attach_and_converge(h, probe_ns: int, n: int, engine, base: str, address_of) -> tuple[list, list, list]:
+    """`n` sandboxes of `engine` (nsnet's or Docker's), running on network `base`, connected to the overlay
+    "ov", each timed,
+    then from the prober in `probe_ns` (a sandbox on the other host): ms until it answers a ping and until
+    its name resolves. (attach, ping, dns) in ms; -1 where the prober gave up."""
+    prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], probe_ns, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True)
+    attach, ping, dns = [], [], []
+    for i in range(n):
+        engine.run(f"c{i}", base)
+        t0 = time.perf_counter()
+        engine.connect("ov", f"c{i}")
+        attach.append(ms_since(t0))
+        prober.stdin.write(f"{address_of(f'c{i}')} c{i}\n")
+        prober.stdin.flush()
+        p_ms, d_ms = map(float, prober.stdout.readline().split())
+        ping.append(p_ms)
+        dns.append(d_ms)
+    prober.stdin.close()
+    return attach, ping, dns
+
+
 def _docker_swarm(ctx, n: int) -> dict:
     """Docker Swarm's figures, measured as nsnet's are below: throughput, attach, convergence."""
     h = ctx.h
@@ -111,20 +133,7 @@ def _docker_swarm(ctx, n: int) -> dict:
     cli_pid, _ = pid_ip(b, "cli")
     h.spawn(["iperf3", "-s", "-p", "5201"], srv_pid)
     gbps = [_client(cli_pid, srv_ip, 5201, ctx.iperf_seconds) for _ in range(ctx.iperf_reps)]
-    prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], cli_pid, stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, text=True)
-    attach, ping, dns = [], [], []
-    for i in range(n):
-        a.run(f"c{i}", "bridge")
-        t0 = time.perf_counter()
-        a.connect("ov", f"c{i}")
-        attach.append(ms_since(t0))
-        prober.stdin.write(f"{pid_ip(a, f'c{i}')[1]} c{i}\n")
-        prober.stdin.flush()
-        p_ms, d_ms = map(float, prober.stdout.readline().split())
-        ping.append(p_ms)
-        dns.append(d_ms)
-    prober.stdin.close()
+    attach, ping, dns = _attach_and_converge(h, cli_pid, n, a, "bridge", lambda name: pid_ip(a, name)[1])
     for d in (b, a):
         try:
             d.post("/swarm/leave?force=1")
@@ -177,21 +186,8 @@ def run(ctx) -> Figure:
             target=">= 90% of bare VXLAN", verdict=verdict(s_med >= 0.9))
 
     # attach through the API on A, and convergence seen from B's sandbox
-    prober = h.spawn([PY, os.path.join(HERE, "overlay_probe.py")], client, stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, text=True)
-    attach, ping, dns = [], [], []
     a.create_network("base")   # each probe runs on a local network first; attach = connecting it to the overlay
-    for i in range(n):
-        a.run(f"c{i}", "base")
-        t0 = time.perf_counter()
-        a.connect("ov", f"c{i}")
-        attach.append(ms_since(t0))
-        prober.stdin.write(f"{a.ip_of(f'c{i}', 'ov')} c{i}\n")
-        prober.stdin.flush()
-        p_ms, d_ms = map(float, prober.stdout.readline().split())
-        ping.append(p_ms)
-        dns.append(d_ms)
-    prober.stdin.close()
+    attach, ping, dns = _attach_and_converge(h, client, n, a, "base", lambda name: a.ip_of(name, "ov"))
     def med(values):
         ok = [v for v in values if v >= 0]
         return (statistics.median(ok), _pct(ok, 0.99), len(ok)) if ok else (None, None, 0)

@@ -200,22 +200,7 @@ class EtcdKV:
             if response.status != 200:
                 self._raise(endpoint, response.status, response.read())
             while True:
-                line = response.readline()
-                if not line:
-                    raise EtcdError(f"etcd at {endpoint.url} closed the watch on {full!r}")
-                message = json.loads(line)
-                if "error" in message:   # the gateway's own error object, in place of a result
-                    error = message["error"]
-                    text = error.get("message", error) if isinstance(error, dict) else error
-                    raise EtcdError(f"etcd at {endpoint.url}: watch on {full!r}: {text}")
-                result = message.get("result", {})
-                if int(result.get("compact_revision", 0)):
-                    raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
-                                    f"are compacted: read {prefix!r} again")
-                if result.get("canceled"):
-                    reason = result.get("cancel_reason", "no reason given")
-                    kind = _Unauthenticated if "code = Unauthenticated" in reason else EtcdError
-                    raise kind(f"etcd at {endpoint.url} canceled the watch on {full!r}: {reason}")
+                result = _watch_result(endpoint, full, response.readline())
                 if result.get("events"):
                     return [self._event(e) for e in result["events"]]
                 if result.get("created"):
@@ -402,6 +387,27 @@ class EtcdKV:
         raise (kind or EtcdError)(f"etcd at {endpoint.url}: {message}")
 
 
+def _watch_result(endpoint: _Endpoint, full: str, line: bytes) -> dict:
+    """One line of etcd's watch stream, as its `result`; what ends the watch raises (closed, an error of the
+    gateway, history compacted: Compacted, canceled: EtcdError, or _Unauthenticated for an expired token)."""
+    if not line:
+        raise EtcdError(f"etcd at {endpoint.url} closed the watch on {full!r}")
+    message = json.loads(line)
+    if "error" in message:   # the gateway's own error object, in place of a result
+        error = message["error"]
+        text = error.get("message", error) if isinstance(error, dict) else error
+        raise EtcdError(f"etcd at {endpoint.url}: watch on {full!r}: {text}")
+    result = message.get("result", {})
+    if int(result.get("compact_revision", 0)):
+        raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
+                        f"are compacted: read {full!r} again")
+    if result.get("canceled"):
+        reason = result.get("cancel_reason", "no reason given")
+        kind = _Unauthenticated if "code = Unauthenticated" in reason else EtcdError
+        raise kind(f"etcd at {endpoint.url} canceled the watch on {full!r}: {reason}")
+    return result
+
+
 class Stream:
     """An etcd watch on one connection, read as it comes: `batches()` yields each list of events; it ends
     with EtcdError when the connection breaks (etcd restarted, or `close()` from another thread), Compacted
@@ -437,25 +443,12 @@ class Stream:
             for opt, value in ((socket.TCP_KEEPIDLE, 4), (socket.TCP_KEEPINTVL, 2), (socket.TCP_KEEPCNT, 3)):
                 conn.sock.setsockopt(socket.IPPROTO_TCP, opt, value)
             while not self._closed:
-                line = response.readline()
-                if not line:
-                    raise EtcdError(f"etcd at {endpoint.url} closed the watch on {self.full!r}")
-                message = json.loads(line)
-                if "error" in message:
-                    error = message["error"]
-                    text = error.get("message", error) if isinstance(error, dict) else error
-                    raise EtcdError(f"etcd at {endpoint.url}: watch on {self.full!r}: {text}")
-                result = message.get("result", {})
-                if int(result.get("compact_revision", 0)):
-                    raise Compacted(f"etcd at {endpoint.url}: revisions up to {result['compact_revision']} "
-                                    f"are compacted: read {self.full!r} again")
-                if result.get("canceled"):
-                    reason = result.get("cancel_reason", "no reason given")
-                    if "code = Unauthenticated" in reason:
-                        self.kv._token = None   # expired: the next connection takes a new one
-                    raise EtcdError(f"etcd at {endpoint.url} canceled the watch on {self.full!r}: {reason}")
+                result = _watch_result(endpoint, self.full, response.readline())
                 if result.get("events"):
                     yield [self.kv._event(e) for e in result["events"]]
+        except _Unauthenticated:
+            self.kv._token = None   # expired: the next connection takes a new one
+            raise
         except (OSError, http.client.HTTPException, ValueError) as e:
             raise EtcdError(f"etcd at {endpoint.url}: watch failed: {e}") from None
         finally:
