@@ -26,7 +26,7 @@ from .kernel.nft import OR
 
 @dataclass
 class FwNetwork:
-    bridge: str
+    bridge: str | None   # None: nothing of it on the host's bridges (an overlay's is in its own namespace)
     subnets: list[str]
     internal: bool = False
     icc: bool = True
@@ -115,22 +115,24 @@ def render(rs: Ruleset) -> str:
     # the network up in sets and a map (one lookup each), so a frame costs the same on a host of one
     # network as on a host of fifty. A rule per network made it grow with each network (30 networks:
     # netfilter took 17 % of the CPU of a sandbox-to-sandbox stream, against 4 % with one).
-    for n in rs.networks:
+    sealed = [n.sealed for n in rs.networks if n.sealed]
+    bridged = [n for n in rs.networks if n.bridge]
+    for n in bridged:
         why = unwritable(n.bridge)
         if why:
             raise NsnetError(f"bridge name {n.bridge!r} cannot be written into the nftables ruleset: {why}")
     t = _Table("inet", "nsnet")
-    t.declare("bridges", "ifname", [_ifname(n.bridge) for n in rs.networks])
-    t.declare("within", ["ifname", "ifname"], [_pair(n.bridge) for n in rs.networks if n.icc])
-    t.declare("isolated", ["ifname", "ifname"], [_pair(n.bridge) for n in rs.networks if not n.icc])
+    t.declare("bridges", "ifname", [_ifname(n.bridge) for n in bridged])
+    t.declare("within", ["ifname", "ifname"], [_pair(n.bridge) for n in bridged if n.icc])
+    t.declare("isolated", ["ifname", "ifname"], [_pair(n.bridge) for n in bridged if not n.icc])
     # Leaf bridges (drivers/fabric.py), by name pattern: they forward nothing but their network's frames.
-    t.declare("leaves", "ifname", sorted({n.leaves for n in rs.networks if n.leaves}), interval=True)
+    t.declare("leaves", "ifname", sorted({n.leaves for n in bridged if n.leaves}), interval=True)
     t.declare("untracked", "ifname", [[_ifname(n.bridge), {"jump": {"target": f"untracked-{i}"}}]
-                                      for i, n in enumerate(rs.networks)], map_to="verdict")
+                                      for i, n in enumerate(bridged)], map_to="verdict")
 
     forward = [[_match(IIF_OIF, "@within"), ACCEPT],      # within one network, ICC on
                [_match(IIF, "@leaves"), ACCEPT]]
-    for n in rs.networks:
+    for n in bridged:
         if n.internal:  # nothing in or out, whatever else allows it
             b = _ifname(n.bridge)
             forward.append([_match(IIF, b), _match(OIF, b, "!="), DROP])
@@ -147,7 +149,7 @@ def render(rs: Ruleset) -> str:
     t.chain("forward", forward, hook=("filter", "forward", PRIO_FILTER))
     t.chain("raw", [[_match(IIF, "@leaves"), NOTRACK],
                     [{"vmap": {"key": IIF, "data": "@untracked"}}]], hook=("filter", "prerouting", PRIO_RAW))
-    for i, n in enumerate(rs.networks):
+    for i, n in enumerate(bridged):
         t.chain(f"untracked-{i}", _untracked_within(n))
 
     to_published = [[_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"), {"jump": {"target": "published"}}]]
@@ -157,7 +159,7 @@ def render(rs: Ruleset) -> str:
 
     # NAT chains see the first packet of a connection only: a rule per network costs nothing per frame.
     postrouting = []
-    for n in rs.networks:
+    for n in bridged:
         b = _ifname(n.bridge)
         subnets = [ipaddress.ip_network(s) for s in n.subnets]
         # The host reaching a published port through 127.0.0.1, and a sandbox reaching a published port
@@ -172,7 +174,6 @@ def render(rs: Ruleset) -> str:
             for s in subnets:
                 postrouting.append([_match(_field(_family(s), "saddr"), _prefix(s)), _match(OIF, b, "!="), MASQUERADE])
     t.chain("postrouting", postrouting, hook=("nat", "postrouting", PRIO_SRCNAT))
-    sealed = [n.sealed for n in rs.networks if n.sealed]
     if sealed:
         # Matched on the VXLAN header itself (the VNI: 24 bits, 32 bits into it), whatever route or device
         # the kernel picked: the second guard behind the forwarding entries (design notes, "Encrypted").

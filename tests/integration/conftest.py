@@ -119,6 +119,24 @@ class Host:
     def exec(self, sandbox: str, cmd: str, check: bool = True, timeout: float = 30):
         return self.nsnet("exec", sandbox, "--", "sh", "-c", cmd, check=check, timeout=timeout)
 
+    def overlay_holders(self) -> list[int]:
+        """PIDs holding this host's overlay networks' namespaces (kernel/overlayns.py: a record each)."""
+        folder, pids = os.path.join(self.root, "overlay"), []
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if procs.alive(rec.get("pid"), rec.get("started")):
+                pids.append(rec["pid"])
+        return pids
+
+    def overlay_sh(self, cmd: str) -> str:
+        """`cmd`'s output in each of this host's overlay namespaces, one after the other."""
+        return "".join(sh(f"nsenter --net=/proc/{pid}/ns/net {cmd}", check=False).stdout
+                       for pid in self.overlay_holders())
+
     def daemon_pid(self) -> int | None:
         for d in os.listdir("/proc"):
             if not d.isdigit():
@@ -166,6 +184,7 @@ class Host:
         daemon = self.daemon_pid()
         if daemon:
             pids.append(daemon)
+        pids += self.overlay_holders()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -41,10 +41,10 @@ def getent(host, sandbox, name):
 
 
 def peers(host, vni) -> set[tuple[str, str, str]]:
-    """(mac, ip, host address) of the remote sandboxes programmed on the host's VXLAN link of `vni`."""
-    fdb = dict(re.findall(r"^(\S+) dst (\S+) self permanent",
-                          host.sh(f"bridge fdb show dev nsovx{vni}", check=False).stdout, re.M))
-    neigh = re.findall(r"^(\S+) lladdr (\S+) PERMANENT", host.sh(f"ip neigh show dev nsovx{vni}", check=False).stdout, re.M)
+    """(mac, ip, host address) of the remote sandboxes programmed on the host's VXLAN link of `vni` (in the
+    network's own namespace)."""
+    fdb = dict(re.findall(r"^(\S+) dst (\S+) (?:link-netnsid \d+ )?self permanent", host.overlay_sh(f"bridge fdb show dev nsovx{vni}"), re.M))
+    neigh = re.findall(r"^(\S+) lladdr (\S+) PERMANENT", host.overlay_sh(f"ip neigh show dev nsovx{vni}"), re.M)
     return {(mac, ip, fdb.get(mac)) for ip, mac in neigh}
 
 
@@ -78,8 +78,10 @@ def test_sandboxes_on_two_hosts_share_an_overlay(two):
     # the data plane: nothing learnt, nothing flooded; each host holds exactly the other's sandbox
     assert wait_for(lambda: peers(a, vni) == {(e2["MacAddress"], ip2, f"{NET}.3")}, timeout=2), peers(a, vni)
     assert peers(b, vni) == {(e1["MacAddress"], ip1, f"{NET}.2")}
-    link = a.sh(f"ip -d link show nsovx{vni}").stdout
+    link = a.overlay_sh(f"ip -d link show nsovx{vni}")
     assert all(w in link for w in ("nolearning", "proxy", f"local {NET}.2", "dstport 4789", "mtu 1450")), link
+    assert "nsov" not in a.sh("ip link").stdout     # nothing of it in the host's namespace
+    assert a.overlay_sh("sysctl -n net.bridge.bridge-nf-call-iptables").strip() in ("0", "")
 
     # real packets across hosts, and VXLAN on the underlay at the data path port carrying them
     cap = subprocess.Popen(["ip", "netns", "exec", etcd.ns, sys.executable, CAPTURE, switch_port(etcd.tag, 1), "4789", "3", MARKER],
@@ -106,7 +108,7 @@ def test_sandboxes_on_two_hosts_share_an_overlay(two):
     assert p.returncode != 0 and "s2 (node" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     a.nsnet("rm", "-f", "s1")
     b.nsnet("rm", "-f", "s2")
-    assert wait_for(lambda: not peers(a, vni) and "nsovx" not in b.sh("ip link").stdout, timeout=2)
+    assert wait_for(lambda: not peers(a, vni) and not b.overlay_holders(), timeout=2)
     assert wait_for(lambda: a.nsnet("network", "rm", "ov", check=False).returncode == 0, timeout=2)
     assert wait_for(lambda: "ov" not in b.nsnet("network", "ls").stdout, timeout=2)
 
@@ -156,12 +158,38 @@ def test_a_dead_daemon_leaves_the_other_hosts_and_comes_back(two):
     a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
     assert net_of(a, "s3", "ov")["IPAddress"] != ip2
 
-    b.sh(f"ip link del nsovx{vni}")               # and B's kernel loses its VXLAN link meanwhile
+    b.overlay_sh(f"ip link del nsovx{vni}")       # and B's kernel loses its VXLAN link meanwhile
     b.nsnet("ps")                                  # any call starts B's daemon again: it rejoins, repairs, republishes
     assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=5), peers(a, vni)
     assert len(peers(b, vni)) == 2                 # s1 and s3, both on A
     assert a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0
     assert b.exec("s2", "ping -c1 -W1 s3", check=False).returncode == 0
+
+
+def test_an_overlays_namespace_outlives_its_daemon_and_goes_with_its_last_sandbox(two):
+    """The bridge and VXLAN link live in the network's own namespace, held by a process of its own: traffic
+    flows while the daemon is dead; a restart finds the namespace again, and removes it when the sandboxes
+    that needed it ended meanwhile."""
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "ov")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
+    ip2, vni = net_of(b, "s2", "ov")["IPAddress"], a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
+    assert wait_for(lambda: len(peers(a, vni)) == 2, timeout=3)
+    (holder,) = b.overlay_holders()
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    assert a.exec("s1", f"ping -c2 -i0.2 -W1 {ip2}", check=False).returncode == 0   # within the TTL: still on A
+    b.nsnet("ps")                                  # restarted: the same namespace, adopted, nothing rebuilt
+    assert b.overlay_holders() == [holder]
+    assert a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0
+
+    os.kill(b.daemon_pid(), signal.SIGKILL)
+    for name in ("s2", "s3"):                      # B's sandboxes end while no daemon runs there
+        os.kill(b.json("inspect", name)[0]["State"]["Pid"], signal.SIGKILL)
+    b.nsnet("ps")
+    assert wait_for(lambda: not b.overlay_holders() and not peers(a, vni), timeout=3), b.overlay_holders()
+    assert not os.listdir(os.path.join(b.root, "overlay"))
 
 
 def test_overlay_mtu_follows_the_underlay(tag):
@@ -332,7 +360,7 @@ def test_a_node_removed_by_force_leaves_for_good(two):
     # B notices at its next lease renewal (every TTL/3): out of the swarm, its sandbox off the overlay
     assert wait_for(lambda: b.json("info")["Swarm"]["LocalNodeState"] == "inactive", timeout=6, interval=0.2)
     assert "ov" not in b.json("inspect", "s2")[0]["NetworkSettings"]["Networks"]
-    assert "nsov" not in b.sh("ip link").stdout
+    assert not b.overlay_holders()
     os.kill(b.daemon_pid(), signal.SIGKILL)
     b.nsnet("ps")                                  # a restarted B stays out
     time.sleep(1)

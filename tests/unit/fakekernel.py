@@ -164,8 +164,86 @@ class FakeSandboxNs:
                 "gateways": {route.split()[1]} if route.startswith("via ") else set()}
 
 
+class FakeOverlayNs(FakeSandboxNs):
+    """An overlay network's namespace (kernel/overlayns.py): its bridge, VXLAN link and sandboxes' near ends."""
+
+    def __init__(self, record: str, faults: Faults):
+        super().__init__(record, faults)
+        self.ns.label = f"overlay {record}"
+        self.removed = False
+
+    def remove(self) -> None:
+        self.removed = True   # its holder killed: cannot fail
+
+    def links(self) -> dict[str, dict]:
+        return {n: {"index": lk.index, "kind": lk.kind, "alias": lk.alias, "master": lk.master}
+                for n, lk in self.ns.links.items()}
+
+    def ensure_bridge(self, name, *, mtu, alias):
+        link = self.ns.links.get(name)
+        created = link is None
+        if created:
+            self.faults.step(f"overlay: add bridge {name}")
+            link = self.ns.add(name, "bridge", mtu=mtu)
+            try:
+                self.faults.step(f"overlay: alias {name}")
+            except KernelError:
+                self.ns.remove(link)
+                raise
+            link.alias = alias
+        self.faults.step(f"overlay: up {name}")
+        link.up = True
+        return link.index, created
+
+    def new_veth(self, name, sandbox, peer_name, *, mac, mtu):
+        self.faults.step(f"overlay: veth {name} / {peer_name}")
+        if peer_name in sandbox.ns.links:
+            raise KernelError(EEXIST, f"{peer_name} exists in the sandbox")
+        near = self.ns.add(name, "veth", mtu=mtu)
+        peer = sandbox.ns.add(peer_name, "veth", mtu=mtu, mac=mac)
+        near.peer, peer.peer = peer, near
+        return near.index, peer.index
+
+    def plug_in(self, index, bridge_index):
+        port, bridge = self.ns.by_index(index), self.ns.by_index(bridge_index)
+
+        def enslave():
+            if port is None:
+                raise KernelError(ENODEV, f"no link {index}")
+            if bridge is None or bridge.kind != "bridge":
+                raise KernelError(ENODEV, f"no bridge {bridge_index}")
+            port.master = bridge_index
+
+        def up():
+            if port is None:
+                raise KernelError(ENODEV, f"no link {index}")
+            port.up = True
+        self.faults.batch((f"overlay: enslave {index} to {bridge_index}", enslave), (f"overlay: up {index}", up))
+
+    def _vxlan(self, index) -> Link:
+        link = self.ns.by_index(index)
+        if link is None:
+            raise KernelError(ENODEV, f"no link {index}")
+        return link
+
+    def set_peer(self, index, *, mac, ip, vtep):
+        link = self._vxlan(index)
+        self.faults.step(f"peer {ip} on {link.name}")
+        peers = [p for p in link.attrs["peers"] if p[0] != mac and p[1] != ip]
+        link.attrs["peers"] = sorted(peers + [(mac, ip, vtep)])
+
+    def remove_peer(self, index, *, mac, ip, vtep):
+        link = self._vxlan(index)
+        self.faults.step(f"no peer {ip} on {link.name}")
+        link.attrs["peers"] = [p for p in link.attrs["peers"] if p != (mac, ip, vtep)]
+
+    def peers(self, index):
+        return set(self._vxlan(index).attrs["peers"])
+
+
 class FakeKernel:
-    """The host's namespace (with a loopback and a NIC `lan0`), and the sandboxes' (`sandbox(pid)`)."""
+    """The host's namespace (with a loopback and a NIC `lan0`), the sandboxes' (`sandbox(pid)`) and the
+    overlay networks' (`overlays`, by record)."""
 
     def __init__(self):
         self.faults = Faults()
@@ -174,6 +252,7 @@ class FakeKernel:
         self.ns.add("lan0", "veth", up=True, mac="aa:bb:cc:00:00:01", addresses={"192.168.50.2/24"})
         self.sysctls: dict[str, str] = {}
         self.sandboxes: dict[int, FakeSandboxNs] = {}
+        self.overlays: dict[str, FakeOverlayNs] = {}
         self.lan: dict[str, str] = {}       # address -> MAC of the machines answering ARP on the LAN
         self.missing: set[str] = set()      # link kinds this kernel cannot build
         self.flows_forgotten: list[str] = []  # addresses whose tracked flows were flushed (best effort)
@@ -214,7 +293,8 @@ class FakeKernel:
     def state(self) -> dict:
         """Everything the kernel holds, by name (indexes change when a link is made again)."""
         return {"host": self.ns.state(), "sysctls": dict(self.sysctls),
-                "sandboxes": {pid: sb.ns.state() for pid, sb in self.sandboxes.items()}}
+                "sandboxes": {pid: sb.ns.state() for pid, sb in self.sandboxes.items()},
+                "overlays": {rec: ov.ns.state() for rec, ov in self.overlays.items() if not ov.removed}}
 
     def _link(self, name: str) -> Link:
         link = self.ns.links.get(name)
@@ -373,31 +453,34 @@ class FakeKernel:
         link.up = True
         return link.index
 
-    def ensure_vxlan(self, name, *, vni, local, port, mtu, master, alias):
-        link, created = self._ensure(name, "vxlan", alias, mtu=mtu,
-                                     attrs={"vni": vni, "local": local, "port": port, "peers": []})
+    def ensure_vxlan(self, name, *, vni, local, port, mtu, master, alias, inside):
+        link = inside.ns.links.get(name)
+        created = link is None
+        if created:
+            self.faults.step(f"add vxlan {name} into {inside.ns.label}")
+            link = inside.ns.add(name, "vxlan", mtu=mtu, attrs={"vni": vni, "local": local, "port": port, "peers": []})
+            try:
+                self.faults.step(f"alias {name}")
+            except KernelError:
+                inside.ns.remove(link)
+                raise
+            link.alias = alias
         self.faults.batch((f"enslave {name} to {master}", _set(link, master=master)), (f"up {name}", _set(link, up=True)))
         return link.index, created
 
-    def _vxlan(self, index) -> Link:
-        link = self.ns.by_index(index)
-        if link is None:
-            raise KernelError(ENODEV, f"no link {index}")
-        return link
+    def overlay_ns(self, record, *, make):
+        ov = self.overlays.get(record)
+        if ov is not None and not ov.removed:
+            return ov
+        if not make:
+            return None
+        self.faults.step(f"overlay namespace {record}")
+        ov = self.overlays[record] = FakeOverlayNs(record, self.faults)
+        return ov
 
-    def set_peer(self, index, *, mac, ip, vtep):
-        link = self._vxlan(index)
-        self.faults.step(f"peer {ip} on {link.name}")
-        peers = [p for p in link.attrs["peers"] if p[0] != mac and p[1] != ip]
-        link.attrs["peers"] = sorted(peers + [(mac, ip, vtep)])
-
-    def remove_peer(self, index, *, mac, ip, vtep):
-        link = self._vxlan(index)
-        self.faults.step(f"no peer {ip} on {link.name}")
-        link.attrs["peers"] = [p for p in link.attrs["peers"] if p != (mac, ip, vtep)]
-
-    def peers(self, index):
-        return set(self._vxlan(index).attrs["peers"])
+    def discard_overlay_ns(self, record):
+        if record in self.overlays:
+            self.overlays[record].removed = True
 
     def mtu_of_address(self, address):
         return 1500

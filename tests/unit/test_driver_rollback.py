@@ -199,9 +199,9 @@ def test_a_bridge_join_whose_bridge_seems_gone_reads_the_network_back_and_plugs_
 
 # ---- overlay ------------------------------------------------------------------------------------
 
-def overlay_world(tmp_path, local_ports: list[str]):
+def overlay_world(tmp_path, local: list[Endpoint]):
     """A kernel and an overlay driver in a swarm (its store a SQLite one here), two peers on other nodes;
-    `local_ports` plays the engine's records: the host ends of this host's endpoints on the network."""
+    `local` plays the engine's records: this host's endpoints on the network."""
     from types import SimpleNamespace
 
     from nsnet.drivers.base import DriverContext
@@ -213,22 +213,29 @@ def overlay_world(tmp_path, local_ports: list[str]):
     swarm = SimpleNamespace(kv=SqliteKV(str(tmp_path / f"swarm{len(list(tmp_path.iterdir()))}.db")),
                             member=Member("192.0.2.1", 4789, ["10.0.0.0/8"], 24))
     peers = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.2"), ("02:42:0a:07:00:11", "10.7.0.17", "192.0.2.3")}
-    ctx = DriverContext(ports_of=lambda net: list(local_ports), swarm=lambda: swarm, peers=lambda net: peers)
+    ctx = DriverContext(endpoints_of=lambda net: list(local), swarm=lambda: swarm, peers=lambda net: peers,
+                        root=str(tmp_path))
     d = OverlayDriver(kernel, ctx)
     net = network("overlay", **{VNI_KEY: "4097"})
     d.create_network(net)
     return kernel, d, net
 
 
+def overlay_of(kernel):
+    """The one overlay namespace the fake kernel holds."""
+    (ov,) = [o for o in kernel.overlays.values() if not o.removed]
+    return ov
+
+
 def test_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp_path):
     """The host's first sandbox on the network builds its bridge and VXLAN link and programs the peers:
     a failure anywhere leaves none of it (and the join after it builds it all again)."""
     def scenario():
-        ports: list[str] = []
-        kernel, d, net = overlay_world(tmp_path, ports)
+        local: list[Endpoint] = []
+        kernel, d, net = overlay_world(tmp_path, local)
         ep, sandbox = endpoint(net, 1), kernel.sandbox(2000)
         d.plan_endpoint(net, ep)
-        ports.append(ep.host_ifname)   # the engine records the endpoint before the join
+        local.append(ep)   # the engine records the endpoint before the join
 
         def leave():
             d.leave(net, ep, sandbox)
@@ -237,25 +244,27 @@ def test_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp_path):
 
 
 def test_overlay_peers_follow_the_swarm_with_replace(tmp_path):
-    ports: list[str] = []
-    kernel, d, net = overlay_world(tmp_path, ports)
+    local: list[Endpoint] = []
+    kernel, d, net = overlay_world(tmp_path, local)
     ep = endpoint(net, 1)
     d.plan_endpoint(net, ep)
-    ports.append(ep.host_ifname)
+    local.append(ep)
     d.join(net, ep, kernel.sandbox(2000), True)
-    vx = kernel.index("nsovx4097")
-    assert len(kernel.peers(vx)) == 2
+    ov = overlay_of(kernel)
+    vx = ov.index("nsovx4097")
+    assert ov.ns.by_index(vx).master == ov.index("nsovb4097") and "nsovx4097" not in kernel.links()
+    assert len(ov.peers(vx)) == 2
     moved = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.9")}   # one peer gone, the other's node moved
     d.ctx.peers = lambda net: moved
     d.peers_changed(net)
-    assert kernel.peers(vx) == moved
+    assert ov.peers(vx) == moved
     d.leave(net, ep)
-    assert "nsovx4097" not in kernel.links() and "nsovb4097" not in kernel.links()
+    assert ov.removed and not kernel.state()["overlays"]
 
 
 # ---- overlay, encrypted (drivers/tunnel.py) ----------------------------------------------------------
 
-def encrypted_world(tmp_path, local_ports: list[str], records: dict):
+def encrypted_world(tmp_path, local: list[Endpoint], records: dict):
     """An encrypted overlay on node A (192.0.2.1) of a swarm with B (192.0.2.2) and C (192.0.2.3), each with
     one sandbox on the network; `records` plays the WireGuard records the swarm's watch brought."""
     from types import SimpleNamespace
@@ -272,7 +281,7 @@ def encrypted_world(tmp_path, local_ports: list[str], records: dict):
                             free_subnet=lambda: "10.0.9.0/24")
     nodes = {"a" * 64: "192.0.2.1", "b" * 64: "192.0.2.2", "c" * 64: "192.0.2.3"}
     peers = {("02:42:0a:07:00:10", "10.7.0.16", "192.0.2.2"), ("02:42:0a:07:00:11", "10.7.0.17", "192.0.2.3")}
-    ctx = DriverContext(ports_of=lambda net: list(local_ports), swarm=lambda: swarm, peers=lambda net: peers,
+    ctx = DriverContext(endpoints_of=lambda net: list(local), swarm=lambda: swarm, peers=lambda net: peers,
                         node="a" * 64, nodes=lambda: dict(nodes), root=str(root),
                         node_records=lambda: {n: r for n, r in records.items() if n in nodes})
     d = OverlayDriver(kernel, ctx)
@@ -287,31 +296,32 @@ def wg_record(i: int) -> dict:
 
 def test_an_encrypted_overlay_programs_only_nodes_whose_tunnel_is_configured(tmp_path):
     records = {"b" * 64: wg_record(2)}                      # C has published nothing yet
-    ports: list[str] = []
-    kernel, d, net, nodes = encrypted_world(tmp_path, ports, records)
+    local: list[Endpoint] = []
+    kernel, d, net, nodes = encrypted_world(tmp_path, local, records)
     ep = endpoint(net, 1)
     d.plan_endpoint(net, ep)
-    ports.append(ep.host_ifname)
+    local.append(ep)
     d.join(net, ep, kernel.sandbox(2000), True)
-    vx, wg = kernel.index("nsovx4097"), kernel.ns.links["nswgaaaaaaaa"]
-    assert kernel.ns.by_index(vx).attrs["local"] == "10.0.9.1" and wg.addresses == {"10.0.9.1/24"}
-    assert kernel.peers(vx) == {("02:42:0a:07:00:10", "10.7.0.16", "10.0.9.2")}   # to B's tunnel address only
+    ov = overlay_of(kernel)
+    vx, wg = ov.index("nsovx4097"), kernel.ns.links["nswgaaaaaaaa"]
+    assert ov.ns.by_index(vx).attrs["local"] == "10.0.9.1" and wg.addresses == {"10.0.9.1/24"}
+    assert ov.peers(vx) == {("02:42:0a:07:00:10", "10.7.0.16", "10.0.9.2")}   # to B's tunnel address only
     assert wg.attrs["peers"] == {"key-2": ("192.0.2.2:51820", "10.0.9.2/32")}
-    assert kernel.ns.by_index(vx).mtu == 1500 - 50 - 60
+    assert ov.ns.by_index(vx).mtu == 1500 - 50 - 60
 
     records["c" * 64] = wg_record(3)                        # C's record arrives
     d.nodes_changed()
     d.peers_changed(net)
-    assert len(kernel.peers(vx)) == 2 and set(wg.attrs["peers"]) == {"key-2", "key-3"}
+    assert len(ov.peers(vx)) == 2 and set(wg.attrs["peers"]) == {"key-2", "key-3"}
     records["c" * 64] = {**wg_record(3), "public_key": "key-3b"}   # C rotated its key: swapped in, entries kept
     d.nodes_changed()
     d.peers_changed(net)
-    assert set(wg.attrs["peers"]) == {"key-2", "key-3b"} and len(kernel.peers(vx)) == 2
+    assert set(wg.attrs["peers"]) == {"key-2", "key-3b"} and len(ov.peers(vx)) == 2
     del nodes["b" * 64]                                     # B removed from the swarm: its peer goes at once
     d.nodes_changed()
     d.peers_changed(net)
     assert set(wg.attrs["peers"]) == {"key-3b"}
-    assert kernel.peers(vx) == {("02:42:0a:07:00:11", "10.7.0.17", "10.0.9.3")}
+    assert ov.peers(vx) == {("02:42:0a:07:00:11", "10.7.0.17", "10.0.9.3")}
 
     records["c" * 64] = {**wg_record(3), "public_key": "key-3c"}
     kernel.fail_at = 1                                      # WireGuard refuses: nothing towards anyone
@@ -319,7 +329,7 @@ def test_an_encrypted_overlay_programs_only_nodes_whose_tunnel_is_configured(tmp
         d.nodes_changed()
     kernel.fail_at = None
     d.peers_changed(net)
-    assert kernel.peers(vx) == set()
+    assert ov.peers(vx) == set()
 
     d.leave(net, ep)                                        # its last encrypted network here: the tunnel goes
     assert "nswgaaaaaaaa" not in kernel.links()
@@ -329,10 +339,10 @@ def test_an_encrypted_overlay_programs_only_nodes_whose_tunnel_is_configured(tmp
 
 def test_encrypted_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp_path):
     def scenario():
-        ports: list[str] = []
-        kernel, d, net, _ = encrypted_world(tmp_path, ports, {"b" * 64: wg_record(2)})
+        local: list[Endpoint] = []
+        kernel, d, net, _ = encrypted_world(tmp_path, local, {"b" * 64: wg_record(2)})
         ep, sandbox = endpoint(net, 1), kernel.sandbox(2000)
         d.plan_endpoint(net, ep)
-        ports.append(ep.host_ifname)
+        local.append(ep)
         return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
     assert each_failure(scenario) >= 10

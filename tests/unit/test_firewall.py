@@ -174,14 +174,18 @@ def test_dns_redirect_replaces_its_table_and_rewrites_ports_both_ways_without_na
 
 
 def test_an_encrypted_overlays_vxlan_leaves_and_arrives_only_through_its_tunnel():
-    """Matched on the VXLAN header's VNI (24 bits, 32 bits after the UDP header), whatever the route."""
-    rs = Ruleset([FwNetwork("nsovb4097", ["10.0.0.0/24"], sealed=(4789, 4097, "nswg12345678")),
-                  FwNetwork("nsovb4098", ["10.0.1.0/24"])])
+    """Matched on the VXLAN header's VNI (24 bits, 32 bits after the UDP header), whatever the route. Its
+    bridge is in its own namespace: nothing of it in the host's sets, maps or NAT."""
+    rs = Ruleset([FwNetwork(None, ["10.0.0.0/24"], sealed=(4789, 4097, "nswg12345678")),
+                  FwNetwork("br-x", ["10.0.1.0/24"])])
     cmds = commands(render(rs))
+    sets = {c["add"][k]["name"]: c["add"][k].get("elem", []) for c in cmds for k in ("set", "map") if k in c.get("add", {})}
+    assert sets["bridges"] == ["br-x"] and len(sets["untracked"]) == 1
+    assert "10.0.0.0" not in json.dumps(chain(cmds, "postrouting"))
     vni = {"payload": {"base": "th", "offset": 96, "len": 24}}
     assert chain(cmds, "sealed-out") == [[m(f("udp", "dport"), 4789), m(vni, 4097), m(OIF, "nswg12345678", "!="), DROP]]
     assert chain(cmds, "sealed-in") == [[m(f("udp", "dport"), 4789), m(vni, 4097), m(IIF, "nswg12345678", "!="), DROP]]
     hooks = {c["add"]["chain"]["name"]: c["add"]["chain"].get("hook") for c in cmds if "chain" in c.get("add", {})}
     assert (hooks["sealed-out"], hooks["sealed-in"]) == ("postrouting", "input")
     # no encrypted network: no such chain
-    assert not chain(commands(render(Ruleset([FwNetwork("nsovb4098", ["10.0.1.0/24"])]))), "sealed-out")
+    assert not chain(commands(render(Ruleset([FwNetwork("br-x", ["10.0.1.0/24"])]))), "sealed-out")

@@ -5,16 +5,18 @@ import inspect
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
-from fakekernel import FakeKernel, FakeSandboxNs
+from fakekernel import FakeKernel, FakeOverlayNs, FakeSandboxNs
 
 from nsnet.errors import KernelError
 from nsnet.kernel import lan, rtnl
 from nsnet.kernel.host import Kernel, SandboxNs, verb
+from nsnet.kernel.overlayns import OverlayNs
 
 # What the fake has that the face has not: its state, its fault hook, its make-believe LAN.
-FAKE_ONLY = {"state", "fail_at", "faults", "ns", "sysctls", "sandboxes", "lan", "missing"}
+FAKE_ONLY = {"state", "fail_at", "faults", "ns", "sysctls", "sandboxes", "overlays", "lan", "missing"}
 # What the real objects have that is not a verb: their lifetime, and the engine's own calls.
-NOT_VERBS = {"close", "sandbox", "forget", "is_own_netns", "forget_flows", "ipr", "rtnl"}
+NOT_VERBS = {"close", "sandbox", "forget", "is_own_netns", "forget_flows", "ipr", "rtnl", "make", "adopt",
+             "discard", "remove"}
 
 
 def test_library_refusals_come_out_as_kernel_errors():
@@ -34,7 +36,8 @@ def test_library_refusals_come_out_as_kernel_errors():
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("real, fake", [(Kernel, FakeKernel), (SandboxNs, FakeSandboxNs)])
+@pytest.mark.parametrize("real, fake", [(Kernel, FakeKernel), (SandboxNs, FakeSandboxNs),
+                                        (OverlayNs, FakeOverlayNs)])
 def test_the_fake_has_the_faces_verbs_and_every_verb_translates(real, fake):
     def public(cls, skip):
         return {n for n in vars(cls) if not n.startswith("_") and n not in skip}

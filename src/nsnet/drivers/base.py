@@ -19,6 +19,8 @@ class DriverContext:
     """What the engine hands a driver at construction, besides the kernel."""
     # The host links of a network's endpoints (what a rebuilt bridge must carry).
     ports_of: Callable[[Network], list[str]] = field(default=lambda net: [])
+    # This host's endpoints on a network (an overlay's near ends are in its own namespace, not host links).
+    endpoints_of: Callable[[Network], list[Endpoint]] = field(default=lambda net: [])
     # The engine's crash points (nsnet.crashpoints), for the steps inside a driver's join.
     crashpoint: Callable[[str], None] = field(default=lambda name: None)
     # The store under drivers/<its name>/ (store.scoped.Scoped: get, list, commit, watch), what a cluster
@@ -115,6 +117,11 @@ class Driver:
     def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
         """After a restart, with the host's links (a dump): repair what changed while no daemon ran;
         say what was done."""
+        return []
+
+    def remove_strays(self, nets: list[Network]) -> list[str]:
+        """After a restart, with every network this host has: remove what the driver keeps outside the host's
+        links for networks not among them (reconcile removes stray links itself); say what was done."""
         return []
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:

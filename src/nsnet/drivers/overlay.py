@@ -1,12 +1,15 @@
 """The overlay driver: one network across the hosts of a swarm, over VXLAN.
 
-On each host that has sandboxes on the network: a bridge with no address (the host is not on the
-network: no route to it, nothing to collide with) and a VXLAN link on it, VNI per network, sending from the
-node's advertise address to the swarm's data path port, with learning off and ARP answered by the link
-itself (`proxy`) from its neighbour table. Every other node's live sandbox on the network is one forwarding
-entry (its MAC behind its host's address) and one neighbour entry (its IP at that MAC), programmed from the
-swarm's records in etcd with replace semantics (engine/swarm.py), removed when it goes or its node dies.
-Nothing is flooded and nothing learnt. Built when the host's first sandbox joins, removed with its last.
+On each host that has sandboxes on the network, in a network namespace of the network's own
+(kernel/overlayns.py; Docker's overlay has one too): a bridge with no address (the host is not on the
+network: no route to it, nothing to collide with), the sandboxes' veths and a VXLAN link on it, VNI per
+network, sending from the node's advertise address to the swarm's data path port, with learning off and
+ARP answered by the link itself (`proxy`) from its neighbour table. The namespace is why it is as fast as
+a bare VXLAN pair: the host's br_netfilter switches (on wherever Docker or kube-proxy run) are off in it.
+Every other node's live sandbox on the network is one forwarding entry (its MAC behind its host's address)
+and one neighbour entry (its IP at that MAC), programmed from the swarm's records in etcd with replace
+semantics (engine/swarm.py), removed when it goes or its node dies. Nothing is flooded and nothing learnt.
+Built when the host's first sandbox joins, removed with its last.
 
 The VNI is chosen at create (the lowest from 4097 that no swarm network has, or
 `-o com.docker.network.driver.overlay.vxlanid_list=N`) and claimed in the swarm's store under
@@ -22,6 +25,8 @@ leave (or arrive) by any link but the tunnel. There is no plaintext fallback. MT
 """
 from __future__ import annotations
 
+import os
+
 from ..errors import Conflict, KernelError, NsnetError
 from ..firewall import FwNetwork
 from ..model import Endpoint, Network, owner_alias
@@ -35,8 +40,9 @@ ENCRYPTED = "encrypted"   # Docker's: `--opt encrypted`, shown as {"encrypted": 
 FIRST_VNI = 4097          # as Docker's overlay (4096 and below are left to the user)
 MAX_VNI = (1 << 24) - 1
 VXLAN_OVERHEAD = 50       # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-PREFIX = "nsov"           # every link of this driver: bridge, VXLAN link, sandboxes' host ends
+PREFIX = "nsov"           # every link of this driver: bridge, VXLAN link, sandboxes' near ends
 ENODEV = 19
+NS_FOLDER = "overlay"     # under $NSNET_ROOT: a record per network namespace of this driver
 
 
 def vni_of(net: Network) -> int:
@@ -55,6 +61,11 @@ def vxlan_name(net: Network) -> str:
     return f"{PREFIX}x{vni_of(net)}"
 
 
+def port_name(ep: Endpoint) -> str:
+    """The near end of a sandbox's veth, on the bridge in the network's namespace."""
+    return PREFIX + ep.id[:11]
+
+
 class OverlayDriver(Driver):
     name = "overlay"
     scope = "cluster"
@@ -64,6 +75,7 @@ class OverlayDriver(Driver):
 
     def __init__(self, kernel, ctx: DriverContext | None = None):
         super().__init__(kernel, ctx)
+        self._ns: dict[str, object] = {}                          # network id -> its namespace, once open
         self._bridges: dict[str, int] = {}                        # network id -> its bridge's index, once built
         self._vxlans: dict[str, int] = {}                         # network id -> its VXLAN link's index
         self._programmed: dict[str, set[tuple[str, str, str]]] = {}  # network id -> (mac, ip, vtep) set
@@ -101,8 +113,8 @@ class OverlayDriver(Driver):
             raise NsnetError("IPv6 on overlay networks is not supported yet")
 
     def plan_endpoint(self, net: Network, ep: Endpoint) -> None:
-        ep.host_ifname = PREFIX + ep.id[:11]
-        # As Docker's overlay: no gateway on it; the default route goes through the gateway bridge.
+        # As Docker's overlay: no gateway on it; the default route goes through the gateway bridge. No host
+        # link either: the veth's near end is in the network's namespace (port_name).
         ep.gateway4 = ep.gateway6 = None
 
     # ---- the network --------------------------------------------------------------------------------
@@ -120,8 +132,6 @@ class OverlayDriver(Driver):
                 raise Conflict(f"VXLAN ID {vni_of(net)} was just taken by another overlay network: try again") from None
         elif held.value["id"] != net.id:
             raise Conflict(f"VXLAN ID {vni_of(net)} is already used by another overlay network")
-        if self.ctx.ports_of(net):   # rebuilt under sandboxes (reconcile)
-            self._ensure(net)
 
     def delete_network(self, net: Network) -> None:
         self._teardown(net)
@@ -145,8 +155,21 @@ class OverlayDriver(Driver):
     def _underlay_mtu(self) -> int:
         return self.kernel.mtu_of_address(self._member().member.advertise_addr) or 1500
 
+    def _record(self, net_id: str) -> str:
+        return os.path.join(self.ctx.root, NS_FOLDER, f"{net_id}.json")
+
+    def _netns(self, net: Network, make: bool):
+        """The network's namespace on this host: open already, found again (after a restart), or made."""
+        ns = self._ns.get(net.id)
+        if ns is None:
+            ns = self.kernel.overlay_ns(self._record(net.id), make=make)
+            if ns is not None:
+                self._ns[net.id] = ns
+        return ns
+
     def _ensure(self, net: Network) -> int:
-        """The network's bridge and VXLAN link on this host, built if missing, with its peers; the bridge's index."""
+        """The network's namespace, bridge and VXLAN link on this host, built if missing, with its peers;
+        the bridge's index."""
         if net.id in self._bridges:
             return self._bridges[net.id]
         member = self._member().member
@@ -157,10 +180,11 @@ class OverlayDriver(Driver):
             self._sealed.add(net.id)
         mtu = self._mtu(net)
         alias = owner_alias(net.id)
-        bridge, _ = self.kernel.ensure_bridge(bridge_name(net), mtu=mtu, addresses=[], alias=alias)
-        self.kernel.no_ipv6(bridge_name(net))
+        ns = self._netns(net, make=True)
+        bridge, _ = ns.ensure_bridge(bridge_name(net), mtu=mtu, alias=alias)
         vx, created = self.kernel.ensure_vxlan(vxlan_name(net), vni=vni_of(net), local=local,
-                                               port=member.data_path_port, mtu=mtu, master=bridge, alias=alias)
+                                               port=member.data_path_port, mtu=mtu, master=bridge, alias=alias,
+                                               inside=ns)
         if created or self._vxlans.get(net.id) != vx:
             self._vxlans[net.id] = vx
             self._programmed.pop(net.id, None)   # read back from the kernel
@@ -174,11 +198,16 @@ class OverlayDriver(Driver):
         return bridge
 
     def _teardown(self, net: Network) -> None:
+        """The network's namespace goes, and everything in it. Its VXLAN link is deleted first, at once: a
+        dead namespace's links go later, and a new link of the same VNI and port would be refused till then."""
         self._bridges.pop(net.id, None)
         self._vxlans.pop(net.id, None)
         self._programmed.pop(net.id, None)
-        for name in (vxlan_name(net), bridge_name(net)):
-            self.kernel.delete_if_alias(name, owner_alias(net.id))
+        ns = self._netns(net, make=False)
+        if ns is not None:
+            ns.delete_link(vxlan_name(net))
+            del self._ns[net.id]
+            ns.remove()
         self._sealed.discard(net.id)
         if encrypted(net) and not self._sealed and self.tunnel.up:
             self.tunnel.remove()   # this host's last encrypted network: no tunnel left behind
@@ -186,18 +215,18 @@ class OverlayDriver(Driver):
     def peers_changed(self, net: Network) -> None:
         """Program the other nodes' live sandboxes on `net` (if it is built here): add and replace what is
         new or moved, remove what is gone."""
-        index = self._vxlans.get(net.id)
-        if index is None:
+        index, ns = self._vxlans.get(net.id), self._ns.get(net.id)
+        if index is None or ns is None:
             return
         want = self._wanted(net)
         have = self._programmed.get(net.id)
         if have is None:
-            have = self.kernel.peers(index)
+            have = ns.peers(index)
         try:
             for mac, ip, vtep in have - want:
-                self.kernel.remove_peer(index, mac=mac, ip=ip, vtep=vtep)
+                ns.remove_peer(index, mac=mac, ip=ip, vtep=vtep)
             for mac, ip, vtep in want - have:
-                self.kernel.set_peer(index, mac=mac, ip=ip, vtep=vtep)
+                ns.set_peer(index, mac=mac, ip=ip, vtep=vtep)
         except KernelError:
             self._programmed.pop(net.id, None)   # read back from the kernel next time
             raise
@@ -222,48 +251,70 @@ class OverlayDriver(Driver):
 
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         bridge = self._ensure(net)
-        mtu = self._mtu(net)
-        host_index, peer_index = self.kernel.new_veth(ep.host_ifname, sandbox, ep.ifname, mac=ep.mac, mtu=mtu)
+        ns = self._ns[net.id]
+        near, peer_index = ns.new_veth(port_name(ep), sandbox, ep.ifname, mac=ep.mac, mtu=self._mtu(net))
         sandbox.configure(peer_index, addresses=[a for a in (ep.ipv4, ep.ipv6) if a], gateway4=None,
                           gateway6=None, ipv6=net.ipv6)
         try:
-            self.kernel.plug_in(host_index, bridge, isolated=False)
+            ns.plug_in(near, bridge)
         except KernelError as e:
             if e.code != ENODEV:
                 raise
             self._bridges.pop(net.id, None)   # deleted behind our back: build it again
-            self.kernel.plug_in(host_index, self._ensure(net), isolated=False)
+            ns.plug_in(near, self._ensure(net))
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
-        if ep.host_ifname:
-            self.kernel.delete_link(ep.host_ifname)
-        if not [p for p in self.ctx.ports_of(net) if p != ep.host_ifname]:
+        ns = self._netns(net, make=False)
+        if ns is not None:
+            ns.delete_link(port_name(ep))
+        if not [e for e in self.ctx.endpoints_of(net) if e.id != ep.id]:
             self._teardown(net)   # its last sandbox here: nothing of the network stays on this host
 
     def mend(self, net: Network, linkmap: dict[str, dict]) -> list[str]:
-        if vxlan_name(net) in linkmap:
-            self._vxlans[net.id] = linkmap[vxlan_name(net)]["index"]
-            if encrypted(net):
-                self._sealed.add(net.id)
-                if not self.tunnel.up:
-                    return []   # its entries stay as they were until the swarm's view adopts the tunnel
-            self.peers_changed(net)
+        """After a restart: the network's namespace found again (its links and the sandboxes' traffic lived
+        on in it), its peers read back and brought up to date; or, with no sandbox here, removed."""
+        ns = self._netns(net, make=False)
+        if ns is None:
+            return []   # none, or gone with its holder: the sandboxes' side is rebuilt (check_sandbox_side)
+        if not self.ctx.endpoints_of(net):
+            self._teardown(net)
+            return ["its namespace had no sandbox left; removed"]
+        found = ns.links()
+        if vxlan_name(net) not in found or bridge_name(net) not in found:
+            self._bridges.pop(net.id, None)
+            self._ensure(net)
+            return [f"{vxlan_name(net)} or {bridge_name(net)} was missing in its namespace; rebuilt"]
+        self._bridges[net.id] = found[bridge_name(net)]["index"]
+        self._vxlans[net.id] = found[vxlan_name(net)]["index"]
+        if encrypted(net):
+            self._sealed.add(net.id)
+            if not self.tunnel.up:
+                return []   # its entries stay as they were until the swarm's view adopts the tunnel
+        self.peers_changed(net)
         return []
 
-    def firewall(self, net: Network) -> FwNetwork:
-        """Its bridge among the networks (isolated from the others) and, under br_netfilter, the frames it
-        bridges accepted at once and never tracked (design notes, "The data path tracks only what NAT
-        needs"); no NAT: it has no way out of its own (the gateway bridge is the way out)."""
-        sealed = None
-        if encrypted(net):   # its VXLAN leaves and arrives only through the tunnel
-            swarm = self.ctx.swarm()
-            port = swarm.member.data_path_port if swarm is not None else 4789
-            sealed = (port, vni_of(net), self.tunnel.name)
-        return FwNetwork(bridge=bridge_name(net), subnets=[s.subnet for s in net.subnets], internal=net.internal,
-                         icc=True, masquerade=False, gateways=[], sealed=sealed)
+    def remove_strays(self, nets: list[Network]) -> list[str]:
+        """Namespaces of networks this host no longer has (a crash between a last leave and its teardown, or a
+        network removed meanwhile)."""
+        folder = os.path.join(self.ctx.root, NS_FOLDER)
+        known = {n.id for n in nets}
+        done = []
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            net_id = name.removesuffix(".json")
+            if name.endswith(".json") and net_id not in known:
+                self.kernel.discard_overlay_ns(os.path.join(folder, name))
+                done.append(f"overlay namespace of network {net_id[:12]}: no such network here; removed")
+        return done
 
-    def kernel_names(self, net: Network) -> set[str]:
-        return {bridge_name(net), vxlan_name(net)} if self.ctx.ports_of(net) else set()
+    def firewall(self, net: Network) -> FwNetwork | None:
+        """Nothing of it is in the host's namespace but, encrypted, its VXLAN datagrams: those leave and
+        arrive only through the tunnel. (No NAT: the gateway bridge is its sandboxes' way out.)"""
+        if not encrypted(net):
+            return None
+        swarm = self.ctx.swarm()
+        port = swarm.member.data_path_port if swarm is not None else 4789
+        return FwNetwork(bridge=None, subnets=[s.subnet for s in net.subnets], masquerade=False,
+                         sealed=(port, vni_of(net), self.tunnel.name))
 
     def notes(self, net: Network) -> list[str]:
         """Encrypted: each node's tunnel, and its kind (kernel WireGuard or wireguard-go)."""

@@ -85,7 +85,8 @@ class Engine(SwarmCases):
 
     def _driver_context(self, name: str) -> DriverContext:
         return DriverContext(ports_of=lambda net: [e.host_ifname for e in self.state.endpoints_of_network(net)
-                                                   if e.host_ifname], crashpoint=crashpoint,
+                                                   if e.host_ifname],
+                             endpoints_of=self.state.endpoints_of_network, crashpoint=crashpoint,
                              store=Scoped(self.store.kv, f"drivers/{name}/"), node=self.state.node,
                              swarm=lambda: self.swarm, peers=self._peers, nodes=lambda: dict(self.state.vteps),
                              node_records=lambda: self._node_records(name), root=self.root,

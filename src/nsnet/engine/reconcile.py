@@ -154,7 +154,8 @@ def rehold_ports(e, done: list[str]) -> None:
 
 
 def remove_stray_links(e, done: list[str]) -> None:
-    """Links with nsnet's mark (alias, or a driver's link prefix on a veth) that no record owns."""
+    """Links with nsnet's mark (alias, or a driver's link prefix on a veth) that no record owns, and what a
+    driver keeps elsewhere for networks that are gone (Driver.remove_strays)."""
     ours = {ep.host_ifname for ep in e.state.eps.values() if ep.host_ifname}
     for n in e.state.nets.values():
         with reported(done, f"network {n.name}"):
@@ -164,6 +165,10 @@ def remove_stray_links(e, done: list[str]) -> None:
     # A swarm network's records are in etcd: until they are read, its links here are nobody's to judge.
     unread = () if e.swarm is not None and e.swarm.loaded.is_set() else \
         tuple(d.link_prefix for d in e.drivers.values() if d.scope == "cluster" and d.link_prefix)
+    if not unread:
+        for d in e.drivers.values():
+            with reported(done, f"driver {d.name}"):
+                done += d.remove_strays(list(e.state.nets.values()))
     for name, info in e.kernel.links().items():
         if unread and name.startswith(unread):
             continue

@@ -232,8 +232,13 @@ class Kernel:
     @verb
     def new_veth(self, host_name: str, sandbox: SandboxNs, peer_name: str, *, mac: str | None,
                  mtu: int | None) -> tuple[int, int]:
-        """A veth from the host into `sandbox`, in one sendmsg: (host end's index, peer's index in there)."""
-        return links.new_veth(self.rtnl, host_name, sandbox.fd, peer_name, mac=mac, mtu=mtu)
+        """A veth from the host into `sandbox`, in one sendmsg: (host end's index, peer's index in there).
+        The host end gets no IPv6 at all: a bridge port is layer 2 only, and each port with IPv6 adds a
+        multicast route that every IPv6 link event walks past (a thousand ports made each attach walk a
+        thousand routes)."""
+        indexes = links.new_veth(self.rtnl, host_name, sandbox.fd, peer_name, mac=mac, mtu=mtu)
+        links.no_ipv6(host_name)
+        return indexes
 
     @verb
     def plug_in(self, index: int, bridge_index: int, *, isolated: bool) -> None:
@@ -264,24 +269,24 @@ class Kernel:
 
     @verb
     def ensure_vxlan(self, name: str, *, vni: int, local: str, port: int, mtu: int, master: int,
-                     alias: str) -> tuple[int, bool]:
-        """(index, created) of VXLAN link `name` on bridge `master` (vxlan.ensure_vxlan: no learning)."""
-        return vxlan.ensure_vxlan(self.ipr, self.rtnl, name, vni=vni, local=local, port=port, mtu=mtu,
-                                  master=master, alias=alias)
+                     alias: str, inside: SandboxNs) -> tuple[int, bool]:
+        """(index, created) of VXLAN link `name` on bridge `master` in namespace `inside` (an overlay's),
+        made from here so that its socket is the host's (vxlan.ensure_vxlan: no learning)."""
+        return vxlan.ensure_vxlan(inside.ipr, inside.rtnl, name, vni=vni, local=local, port=port, mtu=mtu,
+                                  master=master, alias=alias, maker=self.ipr, netns_fd=inside.fd)
 
     @verb
-    def set_peer(self, index: int, *, mac: str, ip: str, vtep: str) -> None:
-        """A remote sandbox on VXLAN link `index`: its MAC behind host `vtep`, its IP at that MAC (replace)."""
-        vxlan.set_peer(self.ipr, index, mac=mac, ip=ip, vtep=vtep)
+    def overlay_ns(self, record: str, *, make: bool):
+        """The overlay namespace `record` names (kernel/overlayns.py): the live one, else a new one when
+        `make`, else None."""
+        from .overlayns import OverlayNs
+        return OverlayNs.adopt(record) or (OverlayNs.make(record) if make else None)
 
     @verb
-    def remove_peer(self, index: int, *, mac: str, ip: str, vtep: str) -> None:
-        vxlan.remove_peer(self.ipr, index, mac=mac, ip=ip, vtep=vtep)
-
-    @verb
-    def peers(self, index: int) -> set[tuple[str, str, str]]:
-        """(mac, ip, vtep) of the remote sandboxes programmed on VXLAN link `index`."""
-        return vxlan.peers(self.ipr, index)
+    def discard_overlay_ns(self, record: str) -> None:
+        """Its holder killed (the namespace goes with it) and `record` removed."""
+        from .overlayns import OverlayNs
+        OverlayNs.discard(record)
 
     @verb
     def mtu_of_address(self, address: str) -> int | None:

@@ -52,10 +52,11 @@ def ensure_bridge(ipr, chan, name: str, *, mtu: int | None, addresses: list[str]
     return idx, created
 
 
-def add_marked(ipr, chan, name: str, alias: str, **link) -> int:
+def add_marked(ipr, chan, name: str, alias: str, *, maker=None, **link) -> int:
     """Create link `name` marked as nsnet's with `alias`, or leave nothing: the kernel ignores an alias in
-    the creating request, and a link left without its mark would be no one's (delete_if_alias spares it)."""
-    ipr.link("add", ifname=name, **link)
+    the creating request, and a link left without its mark would be no one's (delete_if_alias spares it).
+    `maker`: the socket that makes it when not `ipr`'s (a link made from another namespace into this one)."""
+    (maker or ipr).link("add", ifname=name, **link)
     idx = index_of(ipr, name)
     try:
         ipr.link("set", index=idx, ifalias=alias)
@@ -99,16 +100,13 @@ def index_in(chan, ifname: str) -> int | None:
 def new_veth(chan, host_name: str, netns_fd: int, peer_name: str, *, mac: str | None,
              mtu: int | None) -> tuple[int, int]:
     """The veth pair, its peer created directly inside the sandbox, and a lookup of it, in one sendmsg.
-    Returns the host end's index and the peer's index inside the sandbox (its IFLA_LINK). The host end
-    stays down and off the bridge (see plug_in()), and gets no IPv6 at all: a bridge port is layer 2
-    only, and each port with IPv6 adds a multicast route that every IPv6 link event walks past (a
-    thousand ports made each attach walk a thousand routes)."""
+    Returns the near end's index and the peer's index inside the sandbox (its IFLA_LINK). The near end
+    stays down and off the bridge (see plug_in())."""
     made, got = chan.run(
         rtnl.new_veth(host_name, peer_name=peer_name, peer_netns_fd=netns_fd, peer_mac=mac, mtu=mtu),
         rtnl.get_link(host_name))
     made.check()
     got.check()
-    no_ipv6(host_name)
     return rtnl.link_indexes(got.data)
 
 

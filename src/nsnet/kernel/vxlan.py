@@ -12,15 +12,18 @@ NTF_SELF = 0x02
 
 
 def ensure_vxlan(ipr, chan, name: str, *, vni: int, local: str, port: int, mtu: int, master: int,
-                 alias: str) -> tuple[int, bool]:
+                 alias: str, maker, netns_fd: int) -> tuple[int, bool]:
     """(index, created) of VXLAN link `name` (VNI `vni`, sending from `local` to UDP `port`, no learning,
-    ARP answered from its neighbour table), a port of bridge `master`, up."""
+    ARP answered from its neighbour table), a port of bridge `master`, up, in the namespace of `ipr`/`chan`
+    (`netns_fd`). Made by `maker`, a socket in the host's namespace: the link's UDP socket is made where the
+    request came from, and so stays on the underlay."""
     idx = links.index_of(ipr, name)
     created = idx is None
     if created:
         # The source address is set, never left to the kernel's route lookup (moby#53004).
-        idx = links.add_marked(ipr, chan, name, alias, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                               vxlan_port=port, vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
+        idx = links.add_marked(ipr, chan, name, alias, maker=maker, net_ns_fd=netns_fd, kind="vxlan",
+                               vxlan_id=vni, vxlan_local=local, vxlan_port=port, vxlan_learning=0,
+                               vxlan_proxy=1, mtu=mtu)
     ipr.link("set", index=idx, master=master, state="up")
     return idx, created
 
