@@ -213,10 +213,11 @@ def run(ctx) -> Figure:
 
     # a dead host: B's daemon killed; A's forwarding entries for B's sandboxes gone after...
     vni = a.api.get("/networks/ov")["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+    (holder, _), = a.overlay_holders()   # A's overlay namespace (the network's own)
     os.kill(b.daemon_pid, signal.SIGKILL)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < 20:
-        if f"dst {NET}.3" not in sh(["bridge", "fdb", "show", "dev", f"nsovx{vni}"], a.ns, check=False).stdout:
+        if f"dst {NET}.3" not in sh(["bridge", "fdb", "show", "dev", f"nsovx{vni}"], holder, check=False).stdout:
             break
         time.sleep(0.05)
     gone = ms_since(t0) / 1000

@@ -6,6 +6,7 @@ with every sandbox it started, at the end.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -97,6 +98,19 @@ class NsnetEngine:
             return base
 
     # ---- the end ---------------------------------------------------------------------------------
+    def overlay_holders(self) -> list[tuple[int, int]]:
+        """(pid, start time) of the processes holding this engine's overlay namespaces (kernel/overlayns.py)."""
+        folder, found = os.path.join(self.root, "overlay"), []
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if proc_start(rec.get("pid")) == rec.get("started"):
+                found.append((rec["pid"], rec["started"]))
+        return found
+
     def stop(self) -> None:
         """Stop the daemon and every sandbox process it ran (by pid, checked by start time)."""
         if self.daemon_pid and (proc_start(self.daemon_pid) != self._daemon_start or os.environ.get("NSNET_BENCH_DEBUG")):
@@ -116,6 +130,7 @@ class NsnetEngine:
                 pass
             terminate(self.daemon_pid, self._daemon_start, timeout=5)
             self.daemon_pid = None
+        pids.update({f"overlay {pid}": (pid, started) for pid, started in self.overlay_holders()})
         for pid, started in pids.values():  # SIGKILL at once: `sleep` has nothing to save
             if pid and proc_start(pid) == started and started is not None:
                 try:

@@ -78,6 +78,7 @@ class OverlayDriver(Driver):
         self._ns: dict[str, object] = {}                          # network id -> its namespace, once open
         self._bridges: dict[str, int] = {}                        # network id -> its bridge's index, once built
         self._vxlans: dict[str, int] = {}                         # network id -> its VXLAN link's index
+        self._mtus: dict[str, int] = {}                           # network id -> its links' MTU, once built
         self._programmed: dict[str, set[tuple[str, str, str]]] = {}  # network id -> (mac, ip, vtep) set
         self._sealed: set[str] = set()                            # encrypted networks built here
         self.tunnel = Tunnel(kernel, self.ctx, self.name)         # this node's WireGuard link, while any is
@@ -178,7 +179,7 @@ class OverlayDriver(Driver):
             self.tunnel.ensure(self._underlay_mtu())
             local = self.tunnel.address   # VXLAN between tunnel addresses: only inside WireGuard
             self._sealed.add(net.id)
-        mtu = self._mtu(net)
+        mtu = self._mtus[net.id] = self._mtu(net)   # the underlay's read once per build: a dump of addresses
         alias = owner_alias(net.id)
         ns = self._netns(net, make=True)
         bridge, _ = ns.ensure_bridge(bridge_name(net), mtu=mtu, alias=alias)
@@ -203,6 +204,7 @@ class OverlayDriver(Driver):
         self._bridges.pop(net.id, None)
         self._vxlans.pop(net.id, None)
         self._programmed.pop(net.id, None)
+        self._mtus.pop(net.id, None)
         ns = self._netns(net, make=False)
         if ns is not None:
             ns.delete_link(vxlan_name(net))
@@ -252,7 +254,8 @@ class OverlayDriver(Driver):
     def join(self, net: Network, ep: Endpoint, sandbox, default_route: bool) -> None:
         bridge = self._ensure(net)
         ns = self._ns[net.id]
-        near, peer_index = ns.new_veth(port_name(ep), sandbox, ep.ifname, mac=ep.mac, mtu=self._mtu(net))
+        near, peer_index = ns.new_veth(port_name(ep), sandbox, ep.ifname, mac=ep.mac,
+                                       mtu=self._mtus.get(net.id) or self._mtu(net))
         sandbox.configure(peer_index, addresses=[a for a in (ep.ipv4, ep.ipv6) if a], gateway4=None,
                           gateway6=None, ipv6=net.ipv6)
         try:

@@ -120,8 +120,10 @@ class State:
         self.sbs.pop(sb.id, None)
 
     def save_endpoint(self, ep: Endpoint) -> None:
-        # with the keys of its addresses; one on a swarm network goes to the swarm's store
-        self.store.put("endpoint", ep.id, self._doc(ep), shared=self.shared(self.nets.get(ep.network_id)))
+        """A new endpoint's record (endpoints are never rewritten: a changed one is a new one), with the keys
+        of its addresses; one on a swarm network goes to the swarm's store."""
+        self.store.put("endpoint", ep.id, self._doc(ep), shared=self.shared(self.nets.get(ep.network_id)),
+                       fresh=True)
         self.eps[ep.id] = ep
         self._eps_of.setdefault(ep.sandbox_id, {})[ep.id] = ep
         for fn in self.endpoint_saved:
