@@ -3,6 +3,7 @@ tests (tests/unit/store_contract.py), and what only a server brings: racing clie
 watches, an endpoint that does not answer, failover in a 3-member cluster, auth."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -163,6 +164,32 @@ def test_failover_to_the_next_member_when_one_dies(cluster):
         assert fresh.get("after").value == {"n": 2}
         kv.close()
         fresh.close()
+
+
+def test_a_commit_in_flight_when_the_leader_dies_is_sent_once_more_and_lands_once():
+    """etcd holds a write whose leader went away for 7 s, then says it timed out. The client asks once more
+    when its own timeout passes (2 s here), and a compare that fails because the first one landed after all
+    counts as done: the claim is made once, and the commit succeeds."""
+    for cluster in _cluster(3):
+        with netns.entered(f"/run/netns/{cluster.ns}"):
+            status = [gateway(ep, "/v3/maintenance/status", {}) for ep in cluster.endpoints]
+            if status[0]["leader"] != status[0]["header"]["member_id"]:   # member 0 leads
+                leader = next(i for i, s in enumerate(status) if s["header"]["member_id"] == s["leader"])
+                gateway(cluster.endpoint(leader), "/v3/maintenance/transfer-leadership",
+                        {"targetID": status[0]["header"]["member_id"]})
+            kv = EtcdKV(cluster.endpoints[1:], prefix=f"/nsnet-test/{uuid.uuid4().hex}/", request_timeout=2.0)
+            kv.commit([Op("before", {"n": 1})])        # through member 1, a follower
+            leader = cluster.procs[cluster.names[0]]
+            os.kill(leader.pid, signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                kv.commit([Op("claim", {"id": "me"}, expect=0)])
+                took = time.monotonic() - t
+            finally:
+                os.kill(leader.pid, signal.SIGCONT)
+            assert kv.get("claim").value == {"id": "me"}
+            assert 2 <= took < 7, took                  # sent again after 2 s, not left to etcd's 7 s
+            kv.close()
 
 
 def test_user_and_password_take_a_token(tmp_path):

@@ -61,18 +61,18 @@ def _address_and_record(e, driver, net: Network, ep: Endpoint, req: NetworkReque
             with e.state.transaction():
                 e.state.save_endpoint(ep)
             return
-        except Conflict:
-            if not e.state.shared(net) or req.ip or req.ip6 or attempt == RACES - 1:
-                raise
+        except BaseException as err:
             lost = endpoint_addresses(ep)
             if ep.id in e.state.eps:
-                e.state.drop_endpoint(ep)   # the commit failed: written nowhere; gives its addresses back
+                e.state.forget_endpoint(ep)   # the commit failed: written nowhere; gives its addresses back
             else:
                 e.alloc.release(net, lost)
+            ep.ipv4 = ep.ipv6 = ep.gateway4 = ep.gateway6 = ep.mac = None
+            if not isinstance(err, Conflict) or not e.state.shared(net) or req.ip or req.ip6 or attempt == RACES - 1:
+                raise
             # This host's view of the other nodes lags (their records arrive by the watch): take every
             # address claimed right now as used, so the next try picks one that was free a moment ago.
             e.alloc.mark_taken(net, map(ipaddress.ip_address, e.store.addresses(net.id, shared=True)))
-            ep.ipv4 = ep.ipv6 = ep.gateway4 = ep.gateway6 = ep.mac = None
             log.info("network %s: %s was taken by another node at the same moment; taking the next",
                      net.name, ", ".join(map(str, lost)))
 

@@ -138,6 +138,10 @@ class State:
 
     def drop_endpoint(self, ep: Endpoint) -> None:
         self.store.delete("endpoint", ep.id, shared=self.shared(self.nets.get(ep.network_id)))
+        self.forget_endpoint(ep)
+
+    def forget_endpoint(self, ep: Endpoint) -> None:
+        """Gone from this engine's view, not from the store (a new record whose commit failed: written nowhere)."""
         self.eps.pop(ep.id, None)
         mine = self._eps_of.get(ep.sandbox_id, {})
         mine.pop(ep.id, None)

@@ -13,7 +13,9 @@ live under a prefix (`/nsnet/` unless told), values are JSON; the gateway wants 
   (the caller watches again from the same revision).
 - Endpoints are tried in order; a connection error (refused, no route, no answer within `connect_timeout`)
   moves to the next one, and when none answers the error is one line naming them all. A request that was
-  sent and got no answer within `request_timeout` is not retried elsewhere: it may have been applied.
+  sent and got no answer within `request_timeout` is not retried elsewhere: it may have been applied. Only
+  `commit` sends it once more (a write in flight when the leader died waits out etcd's 7 s), and tells by
+  reading back whether the first one was applied.
 - TLS (`ca`, `cert`, `key`) for https endpoints; `user`/`password` take a token from /v3/auth/authenticate
   and take a new one when etcd says it expired.
 etcd refuses a Txn of more than 128 writes (its --max-txn-ops) or 1.5 MiB (--max-request-bytes) by default.
@@ -48,6 +50,10 @@ class EtcdError(NsnetError):
 
 class _Unavailable(EtcdError):
     """etcd has no leader for the moment (an election): worth asking again."""
+
+
+class _NoAnswer(EtcdError):
+    """A request sent that got no answer in time: it may have been applied."""
 
 
 class _Unauthenticated(EtcdError):
@@ -280,6 +286,14 @@ class EtcdKV:
         while True:
             try:
                 return self._call_once(path, body)
+            except _NoAnswer:
+                # A write in flight when the leader died gets no answer until etcd's own timeout (7 s, "request
+                # timed out, possibly due to previous leader failure"): sent once more, by a caller that can
+                # tell whether the first one was applied (`retried`), to a cluster that has a leader again.
+                if retried is None or retried:
+                    raise
+                retried.append(True)
+                deadline = time.monotonic() + ELECTION   # and wait out that election
             except _Unavailable:
                 if time.monotonic() > deadline:
                     raise
@@ -296,7 +310,7 @@ class EtcdKV:
                 data = response.read()
             except (TimeoutError, socket.timeout):
                 conn.close()
-                raise EtcdError(f"etcd at {endpoint.url} did not answer {path} within "
+                raise _NoAnswer(f"etcd at {endpoint.url} did not answer {path} within "
                                 f"{self._request_timeout:.1f} s") from None
             except (OSError, http.client.HTTPException) as e:
                 # The kept-alive connection was closed under us (etcd restarted, idle timeout): once more on a
