@@ -201,6 +201,16 @@ def proc_start(pid: int) -> int | None:
         return None
 
 
+def cpu_s(pid: int) -> float | None:
+    """The CPU time (user + system) process `pid` has used, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
