@@ -192,6 +192,29 @@ def test_an_overlays_namespace_outlives_its_daemon_and_goes_with_its_last_sandbo
     assert not os.listdir(os.path.join(b.root, "overlay"))
 
 
+def test_a_sandbox_that_asked_before_the_peer_existed_is_answered_at_once(two):
+    """B's sandbox pings an address before A's sandbox has it: its ARP goes unanswered, and the kernel would ask
+    again only after its retransmit time (5 s here, to tell the two apart). When A's sandbox arrives, B
+    programs it and announces it on the overlay's bridge: the waiting sandbox has its answer at once."""
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "--subnet", "10.9.0.0/24", "ov")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
+    b.exec("s2", "echo 5000 > /proc/sys/net/ipv4/neigh/eth0/retrans_time_ms")
+    a.nsnet("run", "-d", "--name", "base", "--", "sleep", "300")
+    ping = subprocess.Popen(["ip", "netns", "exec", b.ns, sys.executable, "-m", "nsnet", "--root", b.root, "exec", "s2",
+                             "--", "ping", "-c1", "-w10", "-i0.2", "10.9.0.50"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)                              # its ARP is out and unanswered
+        a.nsnet("network", "connect", "--ip", "10.9.0.50", "ov", "base")
+        connected = time.monotonic()
+        out, _ = ping.communicate(timeout=15)
+        answered_after = time.monotonic() - connected
+    finally:
+        ping.kill()
+    assert ping.returncode == 0, out
+    assert answered_after < 2.5, f"answered {answered_after:.1f} s after the attach: the kernel asked again"
+
+
 def test_overlay_mtu_follows_the_underlay(tag):
     with swarm_hosts(tag, mtu=1400) as (etcd, (a, b)):
         form([a, b])

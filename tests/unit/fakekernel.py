@@ -220,6 +220,9 @@ class FakeOverlayNs(FakeSandboxNs):
             port.up = True
         self.faults.batch((f"overlay: enslave {index} to {bridge_index}", enslave), (f"overlay: up {index}", up))
 
+    def announce(self, bridge, mac, ip):
+        self.announced = getattr(self, "announced", []) + [(bridge, mac, ip)]   # a frame sent: changes no state
+
     def _vxlan(self, index) -> Link:
         link = self.ns.by_index(index)
         if link is None:

@@ -25,6 +25,7 @@ leave (or arrive) by any link but the tunnel. There is no plaintext fallback. MT
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from ..errors import Conflict, KernelError, NsnetError
@@ -43,6 +44,9 @@ VXLAN_OVERHEAD = 50       # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 PREFIX = "nsov"           # every link of this driver: bridge, VXLAN link, sandboxes' near ends
 ENODEV = 19
 NS_FOLDER = "overlay"     # under $NSNET_ROOT: a record per network namespace of this driver
+
+
+log = logging.getLogger("nsnet.overlay")
 
 
 def vni_of(net: Network) -> int:
@@ -227,12 +231,23 @@ class OverlayDriver(Driver):
         try:
             for mac, ip, vtep in have - want:
                 ns.remove_peer(index, mac=mac, ip=ip, vtep=vtep)
-            for mac, ip, vtep in want - have:
+            added = want - have
+            for mac, ip, vtep in added:
                 ns.set_peer(index, mac=mac, ip=ip, vtep=vtep)
         except KernelError:
             self._programmed.pop(net.id, None)   # read back from the kernel next time
             raise
         self._programmed[net.id] = set(want)
+        self._announce(net, ns, added)
+
+    def _announce(self, net: Network, ns, added) -> None:
+        """The new peers announced on the bridge: a sandbox whose ARP for one came before its entry (a ping
+        sent the moment the attach returned on another host) is answered now, not after 1 s. Best effort."""
+        for mac, ip, _ in added:
+            try:
+                ns.announce(bridge_name(net), mac, ip)
+            except KernelError as e:
+                log.debug("overlay %s: announcing %s failed: %s", net.name, ip, e)
 
     def _wanted(self, net: Network) -> set[tuple[str, str, str]]:
         """(mac, ip, vtep) of the peers to program. Encrypted: the vtep is the node's tunnel address, and a

@@ -27,6 +27,14 @@ def probe_frame(src_mac: bytes, target: str) -> bytes:
     return eth + arp
 
 
+def announce_frame(mac: str, ip: str) -> bytes:
+    """Ethernet broadcast: `ip` is at `mac` (an unsolicited ARP reply). A neighbour entry already waiting
+    for `ip` takes it at once; none is made where there was none (arp_accept off)."""
+    sha, spa = bytes.fromhex(mac.replace(":", "")), ipaddress.IPv4Address(ip).packed
+    eth = BROADCAST + sha + struct.pack("!H", ETH_P_ARP)
+    return eth + struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, ARPOP_REPLY, sha, spa, BROADCAST, spa)
+
+
 def reply_from(frame: bytes, target: str) -> str | None:
     """The MAC in `frame` if it is an ARP reply saying it owns `target`."""
     if len(frame) < 42 or frame[12:14] != b"\x08\x06":

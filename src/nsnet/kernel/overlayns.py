@@ -19,7 +19,9 @@ import signal
 import subprocess
 import threading
 
-from . import links, netns, procs, sysctl, vxlan
+import socket
+
+from . import arp, links, netns, procs, sysctl, vxlan
 from .host import SandboxNs, verb
 
 # Written once inside, where they exist (br_netfilter's only when the kernel has it).
@@ -71,6 +73,7 @@ class OverlayNs(SandboxNs):
         super().__init__(pid, path)
         self.record, self.started = record, started
         self._holder = holder   # our child (a Popen) when this daemon made it: reaped when removed
+        self._packets: socket.socket | None = None   # for announcements, opened at first use
 
     @classmethod
     def make(cls, record: str) -> "OverlayNs":
@@ -133,7 +136,20 @@ class OverlayNs(SandboxNs):
             pass
         self.close()
 
+    def close(self) -> None:
+        if self._packets is not None:
+            self._packets.close()
+        super().close()
+
     # ---- verbs --------------------------------------------------------------------------------------
+
+    @verb
+    def announce(self, bridge: str, mac: str, ip: str) -> None:
+        """Tell the sandboxes on `bridge` that `ip` is at `mac` (a peer just programmed): one that already asked
+        for it, and would otherwise ask again only after the kernel's 1 s retransmit, has its answer now."""
+        if self._packets is None:
+            self._packets = netns.socket_in(self.fd, socket.AF_PACKET, socket.SOCK_RAW)
+        self._packets.sendto(arp.announce_frame(mac, ip), (bridge, arp.ETH_P_ARP))
 
     @verb
     def links(self) -> dict[str, dict]:
