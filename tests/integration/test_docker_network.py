@@ -14,6 +14,7 @@ from test_docker_ipam import records
 from test_lockout import PC, SSH, office
 
 from nsnet.engine.dockernet import ENDPOINT, NETWORK_LABEL
+from nsnet.engine.dockerpools import ADDRESS, POOL
 
 
 def run(docker, name: str, net: str, *args: str, cmd=("sleep", "3600")) -> None:
@@ -193,3 +194,34 @@ def test_nsnet_not_running_when_dockerd_starts(host, docker):
     assert ping(docker, "probe", "keep")
     for name in ("once", "stopped"):
         assert not docker.inspect("container", name)["State"]["Running"]
+
+
+def ping6(docker, container: str, target: str) -> bool:
+    return docker.docker("exec", container, "ping", "-6", "-c1", "-W2", target, check=False).returncode == 0
+
+
+def test_ipv6_containers_reach_each_other_by_address_and_name(host, docker):
+    """`--ipv6` on an nsnet network, with Docker's IPAM (its own IPv4 pool) and with nsnet's (both of nsnet's)."""
+    for i, ipam in enumerate(("default", "nsnet")):
+        net, subnet = f"v6{ipam}", f"fd42:{i + 7}::/64"
+        docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", ipam, "--ipv6", "--subnet", subnet, net)
+        a, b = f"a{i}", f"b{i}"
+        run(docker, a, net)
+        run(docker, b, net)
+        addr = docker.inspect("container", a)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
+        assert addr.startswith(subnet.split("/")[0].rstrip(":")), addr
+        nsnet_net = nsnet_network(host, docker, net)
+        assert nsnet_net["EnableIPv6"] is True
+        assert subnet in [c["Subnet"] for c in nsnet_net["IPAM"]["Config"]]
+        assert ping6(docker, b, addr), docker.docker("exec", b, "ip", "-6", "addr").stdout
+        assert ping6(docker, b, a)                                  # Docker's 127.0.0.11 answers AAAA
+        gateway6 = next(c["Gateway"] for c in nsnet_net["IPAM"]["Config"] if ":" in c["Subnet"])
+        assert f"default via {gateway6}" in docker.docker("exec", a, "ip", "-6", "route").stdout
+        assert ping6(docker, a, gateway6)
+        assert ping(docker, a, b)                                   # and IPv4 still
+    other = docker.inspect("container", "b1")["NetworkSettings"]["Networks"]["v6nsnet"]["GlobalIPv6Address"]
+    assert not ping6(docker, "a0", other)                           # networks stay apart in IPv6 too
+    docker.docker("rm", "-f", "a0", "b0", "a1", "b1")
+    docker.docker("network", "rm", "v6default", "v6nsnet")
+    assert records(host, ENDPOINT) == [] and records(host, POOL) == [] and records(host, ADDRESS) == []
+    assert not [n for n in _names(host) if n.startswith("docker-")]
