@@ -24,11 +24,15 @@ if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
     pytest.skip("needs dockerd and busybox (Debian's docker.io and busybox-static: scripts/setup.sh installs them)",
                 allow_module_level=True)
 
-START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
-mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
-exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
+DOCKERD = """exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
   --bridge=none --storage-driver vfs --shutdown-timeout 2
 """
+# A sleeper keeps the private mount namespace (its /run: containerd's shim sockets) for a dockerd started
+# again after one that died: as on a real host, where /run outlives dockerd.
+START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
+mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
+sleep 2147483647 & echo $! > {w}/mounts.pid
+""" + DOCKERD
 
 
 class Docker:
@@ -44,11 +48,18 @@ class Docker:
             f.write(START.format(w=self.w))
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, same_mounts: bool = False) -> None:
+        """dockerd in a new private mount namespace; with `same_mounts`, in the one the first start made."""
         log = open(os.path.join(self.w, "dockerd.log"), "a")
-        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m",
-                                      "--propagation", "private", "sh", os.path.join(self.w, "start.sh")],
-                                     stdout=log, stderr=log, start_new_session=True)
+        if same_mounts:
+            with open(os.path.join(self.w, "mounts.pid")) as f:
+                mounts = f"/proc/{f.read().strip()}/ns/mnt"
+            cmd = ["nsenter", f"--net=/run/netns/{self.host.ns}", f"--mount={mounts}", "--", "sh", "-c",
+                   DOCKERD.format(w=self.w)]
+        else:
+            cmd = ["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m", "--propagation", "private",
+                   "sh", os.path.join(self.w, "start.sh")]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while self.docker("version", check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -101,6 +112,18 @@ class Docker:
         os.kill(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=30)
         self.start()
+
+    def kill(self) -> None:
+        """dockerd killed -9 (an OOM kill, a crash): the shims and the containers are left as they are. Returns
+        once its containerd (which dies with it: a parent-death signal) is gone, even as a zombie: the next
+        dockerd would take a pid still there for a containerd still running, and time out on its socket."""
+        with open(os.path.join(self.w, "exec", "containerd", "containerd.pid")) as f:
+            containerd = int(f.read().strip())
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{containerd}") and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def log(self) -> str:
         with open(os.path.join(self.w, "dockerd.log")) as f:

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from conftest import changes, wait_for
+from conftest import changes, sh, wait_for
 from dockerd import IMAGE, docker  # noqa: F401 (a fixture)
 from test_docker_ipam import records
 from test_lockout import PC, SSH, office
@@ -225,3 +225,57 @@ def test_ipv6_containers_reach_each_other_by_address_and_name(host, docker):
     docker.docker("network", "rm", "v6default", "v6nsnet")
     assert records(host, ENDPOINT) == [] and records(host, POOL) == [] and records(host, ADDRESS) == []
     assert not [n for n in _names(host) if n.startswith("docker-")]
+
+
+def nsd_links(host) -> list[str]:
+    return [line.split(":")[1].strip().split("@")[0] for line in host.sh("ip -o link show").stdout.splitlines()
+            if ": nsd" in line]
+
+
+def in_container(docker, pid: int, cmd: str) -> bool:
+    """`cmd` run in a container's network namespace by the host's tools: dockerd need not be there."""
+    return sh(f"nsenter --net=/proc/{pid}/ns/net {cmd}", check=False).returncode == 0
+
+
+def test_dockerd_killed_9_under_running_containers(host, docker):
+    """dockerd dies hard and is started again (as systemd's Restart= does). Docker itself then stops the
+    containers still running (no live-restore), tells the drivers to remove their endpoints ("Removing stale
+    sandbox": Leave, DeleteEndpoint, ReleaseAddress) and starts again those its restart policy says: `always`,
+    and `on-failure` (the stop was exit 137), not `unless-stopped` (that stop counts as a manual one), exactly
+    as for a twin on Docker's own bridge driver."""
+    docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "app")
+    docker.docker("network", "create", "own")                    # Docker's bridge driver, Docker's IPAM
+    for name, policy in (("c1", "always"), ("c2", "unless-stopped"), ("c3", "on-failure")):
+        run(docker, name, "app", "--restart", policy)
+        run(docker, f"twin-{name}", "own", "--restart", policy)
+    run(docker, "once", "app")                                   # no restart policy
+    assert ping(docker, "c1", "c2")
+    old_links, old_eps = set(nsd_links(host)), {r["id"] for r in records(host, ENDPOINT)}
+    assert len(old_links) == len(old_eps) == 4
+    pid1 = docker.inspect("container", "c1")["State"]["Pid"]
+    c2 = docker.inspect("container", "c2")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+    docker.kill()
+    assert in_container(docker, pid1, f"ping -c1 -W2 {c2}")      # dockerd gone: the kernel keeps the traffic
+    docker.start(same_mounts=True)
+
+    def running() -> set:
+        return set(docker.docker("ps", "--format", "{{.Names}}").stdout.split())
+
+    want = {"c1", "c3", "twin-c1", "twin-c3"}
+    assert wait_for(lambda: running() == want, timeout=30), docker.docker("ps", "-a").stdout
+    for name in ("c2", "twin-c2", "once"):                       # stopped by Docker, left so, nsnet or not
+        state = docker.inspect("container", name)["State"]
+        assert state["ExitCode"] == 137 and state["Error"] == "", (name, state)
+    assert ping(docker, "c1", "c3") and ping(docker, "c3", "c1")
+    # nsnet holds the new endpoints only: the dead ones' records, veths and addresses are gone.
+    eps = records(host, ENDPOINT)
+    assert len(eps) == 2 and not old_eps & {r["id"] for r in eps}
+    assert set(nsd_links(host)) == {r["host_ifname"] for r in eps} and not old_links & set(nsd_links(host))
+    given = sorted(r["address"] for r in records(host, ADDRESS))
+    assert given == sorted(docker.inspect("container", c)["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+                           for c in ("c1", "c3"))
+    docker.docker("start", "c2")                                  # and what was left starts as ever
+    assert ping(docker, "c2", "c1")
+    docker.docker("rm", "-f", "c1", "c2", "c3", "once")
+    docker.docker("network", "rm", "app")
+    assert records(host, ENDPOINT) == [] and records(host, POOL) == [] and nsd_links(host) == []
