@@ -61,7 +61,7 @@ class Docker:
                    "sh", os.path.join(self.w, "start.sh")]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while self.docker("version", check=False).returncode != 0:
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = open(os.path.join(self.w, "dockerd.log")).read()[-1500:]
                 self.stop()
@@ -74,6 +74,13 @@ class Docker:
         for app in APPLETS:
             os.symlink("busybox", os.path.join(rootfs, "bin", app))
         sh(f"tar -C {rootfs} -c . | docker -H unix://{self.w}/docker.sock import - {IMAGE}")
+
+    def _answers(self) -> bool:
+        """Whether dockerd's API answers (at its start it may stall on plugin lookups for minutes)."""
+        try:
+            return self.docker("version", check=False, timeout=20).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def docker(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         p = subprocess.run(["docker", "-H", f"unix://{self.w}/docker.sock", *args], capture_output=True,

@@ -171,28 +171,42 @@ def test_dockerd_restarted_brings_its_networks_and_containers_back(host, docker)
 
 
 def test_nsnet_not_running_when_dockerd_starts(host, docker):
-    """Docker waits 15 s on each plugin lookup and then leaves the containers exited, restart policy or not;
-    nsnet's daemon, once started, starts those Docker would have started (dockerkick.py)."""
+    """Docker waits 15 s on each plugin lookup and then leaves the containers it tried to start exited; nsnet's
+    daemon, once started, starts those (dockerkick.py): `always`, and `on-failure` whose last run ended
+    non-zero (here: killed by dockerd's shutdown), even one a user stopped, as Docker does on its own bridge."""
     docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "app")
+    docker.docker("network", "create", "own")                # Docker's own bridge: what Docker does by itself
     run(docker, "keep", "app", "--restart", "always")
     run(docker, "once", "app")                              # no restart policy: Docker would not start it
     run(docker, "stopped", "app", "--restart", "unless-stopped")
     docker.docker("stop", "-t", "0", "stopped")             # a user stopped it: Docker would not start it
+    run(docker, "failing", "app", "--restart", "on-failure")
+    for name, net in (("failing-stopped", "app"), ("twin-failing-stopped", "own")):
+        run(docker, name, net, "--restart", "on-failure")
+        docker.docker("stop", "-t", "0", name)              # exit 137 by a user: on-failure ignores who
+    run(docker, "failing-done", "app", "--restart", "on-failure", cmd=("sh", "-c", "exit 0"))
+    assert wait_for(lambda: not docker.inspect("container", "failing-done")["State"]["Running"])
     os.kill(docker.proc.pid, signal.SIGTERM)
     docker.proc.wait(timeout=30)
     os.kill(host.daemon_pid(), signal.SIGKILL)              # its socket is left behind, refusing
-    docker.start(timeout=120)
-    state = docker.inspect("container", "keep")["State"]
-    assert not state["Running"] and "docker-plugin.sock" in state["Error"]
+    docker.start(timeout=240)
+    tried = {"keep", "failing", "failing-stopped"}
+    for name in tried:
+        state = docker.inspect("container", name)["State"]
+        assert not state["Running"] and "docker-plugin.sock" in state["Error"], (name, state)
+    for name in ("once", "stopped", "failing-done"):       # never tried: no error
+        assert docker.inspect("container", name)["State"]["Error"] == "", name
+    assert docker.inspect("container", "failing-done")["State"]["ExitCode"] == 0
+    assert docker.inspect("container", "twin-failing-stopped")["State"]["Running"]   # Docker's own quirk
     assert records(host, ENDPOINT) == []
     # nsnet's daemon starts, knowing where Docker answers (as Docker's clients do: DOCKER_HOST).
     host.sh(f"env DOCKER_HOST=unix://{docker.w}/docker.sock {sys.executable} -m nsnet --root {host.root} info")
-    assert wait_for(lambda: docker.inspect("container", "keep")["State"]["Running"], timeout=30), \
+    assert wait_for(lambda: all(docker.inspect("container", n)["State"]["Running"] for n in tried), timeout=30), \
         open(os.path.join(host.root, "daemon.log")).read()[-2000:]
-    assert len(records(host, ENDPOINT)) == 1
+    assert len(records(host, ENDPOINT)) == len(tried)
     run(docker, "probe", "app")
-    assert ping(docker, "probe", "keep")
-    for name in ("once", "stopped"):
+    assert ping(docker, "probe", "keep") and ping(docker, "probe", "failing")
+    for name in ("once", "stopped", "failing-done"):
         assert not docker.inspect("container", name)["State"]["Running"]
 
 
