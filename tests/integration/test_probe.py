@@ -185,6 +185,9 @@ def test_the_raw_dumps_read_what_pyroute2_reads(ssh_case):
     sh(f"ip -n {srv} route add fd00:99::/48 via fd00:42::1")
     sh(f"ip -n {srv} neigh add 172.42.10.7 lladdr 02:00:00:00:00:07 dev eth0 nud permanent")
     sh(f"ip -n {srv} -6 neigh add fd00:42::7 lladdr 02:00:00:00:00:07 dev eth0 nud reachable")
+    # Enough routes for a dump of many parts (the kernel fills a recv with at most 32 KiB).
+    batch = "".join(f"route add 10.{100 + i // 250}.{i % 250}.0/24 via 172.42.10.1\n" for i in range(1500))
+    subprocess.run(["ip", "-n", srv, "-batch", "-"], input=batch, text=True, check=True)
 
     def both():
         with IPRoute() as ipr:
@@ -199,6 +202,6 @@ def test_the_raw_dumps_read_what_pyroute2_reads(ssh_case):
     kinds = {(e.kind, str(e.network)) for e in raw}
     assert {("route", "10.8.0.0/16"), ("route", "10.9.0.0/16"), ("route", "fd00:99::/48"),
             ("address", "fd00:42::/64"), ("neighbour", "172.42.10.7/32"), ("neighbour", "fd00:42::7/128"),
-            ("peer", "172.22.10.119/32")} <= kinds
+            ("peer", "172.22.10.119/32"), ("route", "10.105.249.0/24")} <= kinds
     assert [(e.kind, str(e.network), e.detail, e.onlink) for e in raw] == \
            [(e.kind, str(e.network), e.detail, e.onlink) for e in slow]
