@@ -27,8 +27,8 @@ if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
 DOCKERD = """exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
   --bridge=none --storage-driver vfs --shutdown-timeout 2
 """
-# A sleeper keeps the private mount namespace (its /run: containerd's shim sockets) for a dockerd started
-# again after one that died: as on a real host, where /run outlives dockerd.
+# A sleeper keeps the private mount namespace (its /run: containerd's shim sockets) for dockerd started again,
+# after a stop or a kill: as on a real host, where /run outlives dockerd.
 START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
 mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
 sleep 2147483647 & echo $! > {w}/mounts.pid
@@ -48,12 +48,12 @@ class Docker:
             f.write(START.format(w=self.w))
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30, same_mounts: bool = False) -> None:
-        """dockerd in a new private mount namespace; with `same_mounts`, in the one the first start made."""
+    def start(self, timeout: float = 30) -> None:
+        """dockerd in a private mount namespace: the first start makes it, a later one enters it again."""
         log = open(os.path.join(self.w, "dockerd.log"), "a")
-        if same_mounts:
-            with open(os.path.join(self.w, "mounts.pid")) as f:
-                mounts = f"/proc/{f.read().strip()}/ns/mnt"
+        mounts = self._mounts()
+        if mounts:
+            self._wait_containerd_gone()
             cmd = ["nsenter", f"--net=/run/netns/{self.host.ns}", f"--mount={mounts}", "--", "sh", "-c",
                    DOCKERD.format(w=self.w)]
         else:
@@ -74,6 +74,27 @@ class Docker:
         for app in APPLETS:
             os.symlink("busybox", os.path.join(rootfs, "bin", app))
         sh(f"tar -C {rootfs} -c . | docker -H unix://{self.w}/docker.sock import - {IMAGE}")
+
+    def _mounts(self) -> str | None:
+        """The mount namespace the first start made, while its sleeper lives."""
+        try:
+            with open(os.path.join(self.w, "mounts.pid")) as f:
+                path = f"/proc/{int(f.read().strip())}/ns/mnt"
+            return path if os.path.exists(path) else None
+        except (OSError, ValueError):
+            return None
+
+    def _wait_containerd_gone(self, timeout: float = 20) -> None:
+        """The last dockerd's containerd gone, even as a zombie (it dies with dockerd: a parent-death signal):
+        the next dockerd would take its pid for a containerd still running, and time out on its socket."""
+        try:
+            with open(os.path.join(self.w, "exec", "containerd", "containerd.pid")) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _answers(self) -> bool:
         """Whether dockerd's API answers (at its start it may stall on plugin lookups for minutes)."""
@@ -121,16 +142,9 @@ class Docker:
         self.start()
 
     def kill(self) -> None:
-        """dockerd killed -9 (an OOM kill, a crash): the shims and the containers are left as they are. Returns
-        once its containerd (which dies with it: a parent-death signal) is gone, even as a zombie: the next
-        dockerd would take a pid still there for a containerd still running, and time out on its socket."""
-        with open(os.path.join(self.w, "exec", "containerd", "containerd.pid")) as f:
-            containerd = int(f.read().strip())
+        """dockerd killed -9 (an OOM kill, a crash): the shims and the containers are left as they are."""
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 20
-        while os.path.exists(f"/proc/{containerd}") and time.monotonic() < deadline:
-            time.sleep(0.1)
 
     def log(self) -> str:
         with open(os.path.join(self.w, "dockerd.log")) as f:

@@ -270,7 +270,7 @@ def test_dockerd_killed_9_under_running_containers(host, docker):
     c2 = docker.inspect("container", "c2")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
     docker.kill()
     assert in_container(docker, pid1, f"ping -c1 -W2 {c2}")      # dockerd gone: the kernel keeps the traffic
-    docker.start(same_mounts=True)
+    docker.start()
 
     def running() -> set:
         return set(docker.docker("ps", "--format", "{{.Names}}").stdout.split())
