@@ -4,7 +4,11 @@ dockerd (Debian's docker.io), the same run, calls interleaved round-robin so dri
 - `docker network create` (POST /networks/create; each network removed before the next round);
 - the network part of `docker run`: POST /containers/{id}/start of a created container on the network,
   less the same on `--network none` (Docker's own work without any network), and `docker network connect`
-  of a running container (CreateEndpoint, Join, the link moved into the container and configured).
+  of a running container (CreateEndpoint, Join, the link moved into the container and configured);
+- what nsnet's IPAM driver adds to `docker network create`, two ways: the median over rounds of each round's
+  difference (the variants of a round run back to back, so Docker's own drift, ±10 ms here, mostly cancels),
+  and the IPAM calls Docker makes for it (RequestPool, RequestAddress of the gateway) timed on nsnet's plugin
+  socket alone, in the same namespace beside the same dockerd.
 
 dockerd runs in a throwaway namespace with a private mount namespace (its /etc/docker/plugins a temp folder:
 the machine's Docker and its folders are never touched); nsnet's daemon in the same namespace. Reports only
@@ -52,7 +56,7 @@ class Api:
         return json.loads(payload) if payload and payload[:1] in b"[{" else None
 
 
-def start(h: Harness) -> tuple[Api, str]:
+def start(h: Harness) -> tuple[Api, str, str]:
     ns, w = h.netns("dockerdrv"), h.tempdir("dockerdrv")
     for d in ("data", "exec", "plugins", "etc-docker/plugins", "nsnet"):
         os.makedirs(os.path.join(w, d))
@@ -84,7 +88,7 @@ def start(h: Harness) -> tuple[Api, str]:
     os.symlink("busybox", os.path.join(rootfs, "bin", "sleep"))
     subprocess.run(f"tar -C {rootfs} -c . | docker -H unix://{w}/docker.sock import - {IMAGE}", shell=True,
                    check=True, capture_output=True)
-    return api, ns
+    return api, ns, os.path.join(root, "docker-plugin.sock")
 
 
 def _argv(pid: str) -> list[str]:
@@ -137,21 +141,54 @@ def measure(api: Api, rounds: int) -> dict:
             api.call("POST", f"/networks/n-{v}/disconnect", {"Container": host})
         for v in VARIANTS:
             api.call("DELETE", f"/networks/n-{v}")
-    return {k: summary(v) for k, v in out.items()}
+    results = {k: summary(v) for k, v in out.items()}
+    for driver in ("bridge", "nsnet"):
+        results[f"nsnet IPAM adds, {driver} (paired)"] = paired(out, f"create {driver}", f"create {driver}.nsnet-ipam")
+    return results
+
+
+def ipam_calls(plugin_sock: str, rounds: int) -> dict:
+    """RequestPool and the gateway's RequestAddress as Docker sends them, on one kept-alive connection as
+    Docker's; the pool released after each round (not timed)."""
+    api, out = Api(plugin_sock), []
+    gateway = {"RequestAddressType": "com.docker.network.gateway"}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        pool = _plugin(api, "/IpamDriver.RequestPool", {"AddressSpace": "nsnet-local", "Options": {}, "V6": False})
+        _plugin(api, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Options": gateway})
+        out.append(ms_since(t0))
+        _plugin(api, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})
+    return summary(out)
+
+
+def _plugin(api: Api, path: str, body: dict) -> dict:
+    if api.conn is None:
+        api.conn = _Unix(api.sock)
+    api.conn.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    answer = json.loads(api.conn.getresponse().read())
+    if answer.get("Error"):
+        raise DockerError(f"{path}: {answer['Error']}")
+    return answer
+
+
+def paired(samples: dict, a: str, b: str) -> dict:
+    """The median over rounds of b - a, each pair from one round."""
+    return summary([y - x for x, y in zip(samples[a], samples[b])])
 
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     h = Harness("docker-driver")
     try:
-        api, _ = start(h)
+        api, _, plugin_sock = start(h)
         results = measure(api, rounds)
+        results["IPAM calls of a create"] = ipam_calls(plugin_sock, rounds * 2)
     finally:
         h.close()
     none = results["start none"]["p50"]
     for key, s in results.items():
         extra = f"   network part {s['p50'] - none:6.1f}" if key.startswith("start ") and key != "start none" else ""
-        print(f"{key:28s} p50 {s['p50']:7.1f}  p95 {s['p95']:7.1f}  (n={s['n']}){extra}")
+        print(f"{key:34s} p50 {s['p50']:7.1f}  p95 {s['p95']:7.1f}  (n={s['n']}){extra}")
 
 
 if __name__ == "__main__":

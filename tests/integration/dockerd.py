@@ -24,11 +24,15 @@ if not (shutil.which("dockerd") and os.path.exists(BUSYBOX)):
     pytest.skip("needs dockerd and busybox (Debian's docker.io and busybox-static: scripts/setup.sh installs them)",
                 allow_module_level=True)
 
-START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
-mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
-exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
+DOCKERD = """exec dockerd --data-root {w}/data --exec-root {w}/exec --host unix://{w}/docker.sock --pidfile {w}/docker.pid \
   --bridge=none --storage-driver vfs --shutdown-timeout 2
 """
+# A sleeper keeps the private mount namespace (its /run: containerd's shim sockets) for dockerd started again,
+# after a stop or a kill: as on a real host, where /run outlives dockerd.
+START = """mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins
+mount --bind {w}/plugins /run/docker/plugins && mount --bind {w}/etc-docker /etc/docker
+sleep 2147483647 & echo $! > {w}/mounts.pid
+""" + DOCKERD
 
 
 class Docker:
@@ -45,12 +49,19 @@ class Docker:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
+        """dockerd in a private mount namespace: the first start makes it, a later one enters it again."""
         log = open(os.path.join(self.w, "dockerd.log"), "a")
-        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m",
-                                      "--propagation", "private", "sh", os.path.join(self.w, "start.sh")],
-                                     stdout=log, stderr=log, start_new_session=True)
+        mounts = self._mounts()
+        if mounts:
+            self._wait_containerd_gone()
+            cmd = ["nsenter", f"--net=/run/netns/{self.host.ns}", f"--mount={mounts}", "--", "sh", "-c",
+                   DOCKERD.format(w=self.w)]
+        else:
+            cmd = ["nsenter", f"--net=/run/netns/{self.host.ns}", "--", "unshare", "-m", "--propagation", "private",
+                   "sh", os.path.join(self.w, "start.sh")]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while self.docker("version", check=False).returncode != 0:
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = open(os.path.join(self.w, "dockerd.log")).read()[-1500:]
                 self.stop()
@@ -63,6 +74,34 @@ class Docker:
         for app in APPLETS:
             os.symlink("busybox", os.path.join(rootfs, "bin", app))
         sh(f"tar -C {rootfs} -c . | docker -H unix://{self.w}/docker.sock import - {IMAGE}")
+
+    def _mounts(self) -> str | None:
+        """The mount namespace the first start made, while its sleeper lives."""
+        try:
+            with open(os.path.join(self.w, "mounts.pid")) as f:
+                path = f"/proc/{int(f.read().strip())}/ns/mnt"
+            return path if os.path.exists(path) else None
+        except (OSError, ValueError):
+            return None
+
+    def _wait_containerd_gone(self, timeout: float = 20) -> None:
+        """The last dockerd's containerd gone, even as a zombie (it dies with dockerd: a parent-death signal):
+        the next dockerd would take its pid for a containerd still running, and time out on its socket."""
+        try:
+            with open(os.path.join(self.w, "exec", "containerd", "containerd.pid")) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        """Whether dockerd's API answers (at its start it may stall on plugin lookups for minutes)."""
+        try:
+            return self.docker("version", check=False, timeout=20).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def docker(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         p = subprocess.run(["docker", "-H", f"unix://{self.w}/docker.sock", *args], capture_output=True,
@@ -101,6 +140,11 @@ class Docker:
         os.kill(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=30)
         self.start()
+
+    def kill(self) -> None:
+        """dockerd killed -9 (an OOM kill, a crash): the shims and the containers are left as they are."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def log(self) -> str:
         with open(os.path.join(self.w, "dockerd.log")) as f:

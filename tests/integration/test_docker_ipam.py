@@ -4,14 +4,18 @@ namespace (a tmpfs over /run; /run/docker/plugins and /etc/docker bind-mounted f
 /work/shared/recipes/dockerd-in-netns.sh does, so nothing of the machine's own Docker is touched."""
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
+import shlex
 import signal
+import socket
 import sqlite3
 
+from conftest import sh
 from dockerd import IMAGE, docker  # noqa: F401 (a fixture)
-from test_lockout import PC, SSH, office
+from test_lockout import PC, PY, SERVER_IP, SSH, office
 
 from nsnet.engine.dockerpools import ADDRESS, POOL
 
@@ -99,3 +103,54 @@ def test_a_subnet_over_a_live_peer_is_refused_with_nsnets_reason(host, machines,
     assert "pass --ipam-opt allow-overlap=true" in p.stderr
     assert "bad" not in docker.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert records(host, POOL) == []
+
+
+class _Unix(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("nsnet", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def plugin(conn: _Unix, path: str, body: dict) -> dict:
+    """One call on nsnet's plugin socket, as Docker makes it (one kept-alive connection)."""
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    return json.loads(conn.getresponse().read())
+
+
+# A second session from the PC, from an address of its own (10.77.0.5) that nothing else on the server names.
+LATE_SESSION = f"""
+import socket, time
+c = socket.socket(); c.bind(("10.77.0.5", 0)); c.connect(("{SERVER_IP}", 22))
+print(c.recv(100).decode().strip(), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_route_or_peer_that_appeared_a_moment_before_request_pool_is_seen(host, machines, tmp_path):
+    """RequestPool reads the host's evidence at the call, not from a copy: a route made just before the
+    call, and a TCP session opened just before it, refuse the subnet; the route gone, the subnet is given."""
+    pc = office(host, machines)
+    host.nsnet("docker-plugin", "enable", "--dir", str(tmp_path))
+    conn = _Unix(os.path.join(host.root, "docker-plugin.sock"))
+    ask = {"AddressSpace": "nsnet-local", "Options": {}, "V6": False}
+    assert "PoolID" in plugin(conn, "/IpamDriver.RequestPool", dict(ask, Pool="10.59.0.0/24"))  # warm: the cache, if any
+    for i in range(60, 65):
+        host.sh(f"ip route add 10.{i}.0.0/16 via 172.42.10.1")
+        refused = plugin(conn, "/IpamDriver.RequestPool", dict(ask, Pool=f"10.{i}.1.0/24"))
+        assert f"a route to 10.{i}.0.0/16 via 172.42.10.1" in refused.get("Error", ""), refused
+        host.sh(f"ip route del 10.{i}.0.0/16")
+        given = plugin(conn, "/IpamDriver.RequestPool", dict(ask, Pool=f"10.{i}.1.0/24"))
+        assert given.get("Pool") == f"10.{i}.1.0/24", given
+    # A live peer from a range nothing else shows: its session is all the evidence there is.
+    sh(f"ip -n {pc} addr add 10.77.0.5/32 dev lo")
+    router = next(n for n in machines.names if "-router-" in n)
+    sh(f"ip -n {router} route add 10.77.0.5/32 via {PC}")
+    session = machines.spawn(pc, f"{PY} -c {shlex.quote(LATE_SESSION)}")
+    assert session.stdout.readline().strip() == "peer=10.77.0.5"
+    refused = plugin(conn, "/IpamDriver.RequestPool", dict(ask, Pool="10.77.0.0/24"))
+    assert "10.77.0.0/24 contains 10.77.0.5, the peer of a live SSH connection" in refused.get("Error", ""), refused
+    conn.close()

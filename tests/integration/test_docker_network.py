@@ -8,12 +8,13 @@ import os
 import signal
 import sys
 
-from conftest import changes, wait_for
+from conftest import changes, sh, wait_for
 from dockerd import IMAGE, docker  # noqa: F401 (a fixture)
 from test_docker_ipam import records
 from test_lockout import PC, SSH, office
 
 from nsnet.engine.dockernet import ENDPOINT, NETWORK_LABEL
+from nsnet.engine.dockerpools import ADDRESS, POOL
 
 
 def run(docker, name: str, net: str, *args: str, cmd=("sleep", "3600")) -> None:
@@ -170,26 +171,125 @@ def test_dockerd_restarted_brings_its_networks_and_containers_back(host, docker)
 
 
 def test_nsnet_not_running_when_dockerd_starts(host, docker):
-    """Docker waits 15 s on each plugin lookup and then leaves the containers exited, restart policy or not;
-    nsnet's daemon, once started, starts those Docker would have started (dockerkick.py)."""
+    """Docker waits 15 s on each plugin lookup and then leaves the containers it tried to start exited; nsnet's
+    daemon, once started, starts those (dockerkick.py): `always`, and `on-failure` whose last run ended
+    non-zero (here: killed by dockerd's shutdown), even one a user stopped, as Docker does on its own bridge."""
     docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "app")
+    docker.docker("network", "create", "own")                # Docker's own bridge: what Docker does by itself
     run(docker, "keep", "app", "--restart", "always")
     run(docker, "once", "app")                              # no restart policy: Docker would not start it
     run(docker, "stopped", "app", "--restart", "unless-stopped")
     docker.docker("stop", "-t", "0", "stopped")             # a user stopped it: Docker would not start it
+    run(docker, "failing", "app", "--restart", "on-failure")
+    for name, net in (("failing-stopped", "app"), ("twin-failing-stopped", "own")):
+        run(docker, name, net, "--restart", "on-failure")
+        docker.docker("stop", "-t", "0", name)              # exit 137 by a user: on-failure ignores who
+    run(docker, "failing-done", "app", "--restart", "on-failure", cmd=("sh", "-c", "exit 0"))
+    assert wait_for(lambda: not docker.inspect("container", "failing-done")["State"]["Running"])
     os.kill(docker.proc.pid, signal.SIGTERM)
     docker.proc.wait(timeout=30)
     os.kill(host.daemon_pid(), signal.SIGKILL)              # its socket is left behind, refusing
-    docker.start(timeout=120)
-    state = docker.inspect("container", "keep")["State"]
-    assert not state["Running"] and "docker-plugin.sock" in state["Error"]
+    docker.start(timeout=240)
+    tried = {"keep", "failing", "failing-stopped"}
+    for name in tried:
+        state = docker.inspect("container", name)["State"]
+        assert not state["Running"] and "docker-plugin.sock" in state["Error"], (name, state)
+    for name in ("once", "stopped", "failing-done"):       # never tried: no error
+        assert docker.inspect("container", name)["State"]["Error"] == "", name
+    assert docker.inspect("container", "failing-done")["State"]["ExitCode"] == 0
+    assert docker.inspect("container", "twin-failing-stopped")["State"]["Running"]   # Docker's own quirk
     assert records(host, ENDPOINT) == []
     # nsnet's daemon starts, knowing where Docker answers (as Docker's clients do: DOCKER_HOST).
     host.sh(f"env DOCKER_HOST=unix://{docker.w}/docker.sock {sys.executable} -m nsnet --root {host.root} info")
-    assert wait_for(lambda: docker.inspect("container", "keep")["State"]["Running"], timeout=30), \
+    assert wait_for(lambda: all(docker.inspect("container", n)["State"]["Running"] for n in tried), timeout=30), \
         open(os.path.join(host.root, "daemon.log")).read()[-2000:]
-    assert len(records(host, ENDPOINT)) == 1
+    assert len(records(host, ENDPOINT)) == len(tried)
     run(docker, "probe", "app")
-    assert ping(docker, "probe", "keep")
-    for name in ("once", "stopped"):
+    assert ping(docker, "probe", "keep") and ping(docker, "probe", "failing")
+    for name in ("once", "stopped", "failing-done"):
         assert not docker.inspect("container", name)["State"]["Running"]
+
+
+def ping6(docker, container: str, target: str) -> bool:
+    return docker.docker("exec", container, "ping", "-6", "-c1", "-W2", target, check=False).returncode == 0
+
+
+def test_ipv6_containers_reach_each_other_by_address_and_name(host, docker):
+    """`--ipv6` on an nsnet network, with Docker's IPAM (its own IPv4 pool) and with nsnet's (both of nsnet's)."""
+    for i, ipam in enumerate(("default", "nsnet")):
+        net, subnet = f"v6{ipam}", f"fd42:{i + 7}::/64"
+        docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", ipam, "--ipv6", "--subnet", subnet, net)
+        a, b = f"a{i}", f"b{i}"
+        run(docker, a, net)
+        run(docker, b, net)
+        addr = docker.inspect("container", a)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
+        assert addr.startswith(subnet.split("/")[0].rstrip(":")), addr
+        nsnet_net = nsnet_network(host, docker, net)
+        assert nsnet_net["EnableIPv6"] is True
+        assert subnet in [c["Subnet"] for c in nsnet_net["IPAM"]["Config"]]
+        assert ping6(docker, b, addr), docker.docker("exec", b, "ip", "-6", "addr").stdout
+        assert ping6(docker, b, a)                                  # Docker's 127.0.0.11 answers AAAA
+        gateway6 = next(c["Gateway"] for c in nsnet_net["IPAM"]["Config"] if ":" in c["Subnet"])
+        assert f"default via {gateway6}" in docker.docker("exec", a, "ip", "-6", "route").stdout
+        assert ping6(docker, a, gateway6)
+        assert ping(docker, a, b)                                   # and IPv4 still
+    other = docker.inspect("container", "b1")["NetworkSettings"]["Networks"]["v6nsnet"]["GlobalIPv6Address"]
+    assert not ping6(docker, "a0", other)                           # networks stay apart in IPv6 too
+    docker.docker("rm", "-f", "a0", "b0", "a1", "b1")
+    docker.docker("network", "rm", "v6default", "v6nsnet")
+    assert records(host, ENDPOINT) == [] and records(host, POOL) == [] and records(host, ADDRESS) == []
+    assert not [n for n in _names(host) if n.startswith("docker-")]
+
+
+def nsd_links(host) -> list[str]:
+    return [line.split(":")[1].strip().split("@")[0] for line in host.sh("ip -o link show").stdout.splitlines()
+            if ": nsd" in line]
+
+
+def in_container(docker, pid: int, cmd: str) -> bool:
+    """`cmd` run in a container's network namespace by the host's tools: dockerd need not be there."""
+    return sh(f"nsenter --net=/proc/{pid}/ns/net {cmd}", check=False).returncode == 0
+
+
+def test_dockerd_killed_9_under_running_containers(host, docker):
+    """dockerd dies hard and is started again (as systemd's Restart= does). Docker itself then stops the
+    containers still running (no live-restore), tells the drivers to remove their endpoints ("Removing stale
+    sandbox": Leave, DeleteEndpoint, ReleaseAddress) and starts again those its restart policy says: `always`,
+    and `on-failure` (the stop was exit 137), not `unless-stopped` (that stop counts as a manual one), exactly
+    as for a twin on Docker's own bridge driver."""
+    docker.docker("network", "create", "-d", "nsnet", "--ipam-driver", "nsnet", "app")
+    docker.docker("network", "create", "own")                    # Docker's bridge driver, Docker's IPAM
+    for name, policy in (("c1", "always"), ("c2", "unless-stopped"), ("c3", "on-failure")):
+        run(docker, name, "app", "--restart", policy)
+        run(docker, f"twin-{name}", "own", "--restart", policy)
+    run(docker, "once", "app")                                   # no restart policy
+    assert ping(docker, "c1", "c2")
+    old_links, old_eps = set(nsd_links(host)), {r["id"] for r in records(host, ENDPOINT)}
+    assert len(old_links) == len(old_eps) == 4
+    pid1 = docker.inspect("container", "c1")["State"]["Pid"]
+    c2 = docker.inspect("container", "c2")["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+    docker.kill()
+    assert in_container(docker, pid1, f"ping -c1 -W2 {c2}")      # dockerd gone: the kernel keeps the traffic
+    docker.start()
+
+    def running() -> set:
+        return set(docker.docker("ps", "--format", "{{.Names}}").stdout.split())
+
+    want = {"c1", "c3", "twin-c1", "twin-c3"}
+    assert wait_for(lambda: running() == want, timeout=30), docker.docker("ps", "-a").stdout
+    for name in ("c2", "twin-c2", "once"):                       # stopped by Docker, left so, nsnet or not
+        state = docker.inspect("container", name)["State"]
+        assert state["ExitCode"] == 137 and state["Error"] == "", (name, state)
+    assert ping(docker, "c1", "c3") and ping(docker, "c3", "c1")
+    # nsnet holds the new endpoints only: the dead ones' records, veths and addresses are gone.
+    eps = records(host, ENDPOINT)
+    assert len(eps) == 2 and not old_eps & {r["id"] for r in eps}
+    assert set(nsd_links(host)) == {r["host_ifname"] for r in eps} and not old_links & set(nsd_links(host))
+    given = sorted(r["address"] for r in records(host, ADDRESS))
+    assert given == sorted(docker.inspect("container", c)["NetworkSettings"]["Networks"]["app"]["IPAddress"]
+                           for c in ("c1", "c3"))
+    docker.docker("start", "c2")                                  # and what was left starts as ever
+    assert ping(docker, "c2", "c1")
+    docker.docker("rm", "-f", "c1", "c2", "c3", "once")
+    docker.docker("network", "rm", "app")
+    assert records(host, ENDPOINT) == [] and records(host, POOL) == [] and nsd_links(host) == []

@@ -169,3 +169,39 @@ def test_gather_follows_the_calling_threads_namespace(ssh_case):
     assert peers["172.42.10.112/32"].startswith("the peer of a live SSH connection from 172.22.10.119:")
     # The server's own view is not mixed in: its address is not the PC's.
     assert not any(e.kind == "address" and str(e.network) == "172.42.10.0/24" for e in ev)
+
+
+def test_the_raw_dumps_read_what_pyroute2_reads(ssh_case):
+    """The daemon's evidence reads addresses, routes and neighbours over its own dumps (kernel/rtdump.py):
+    the evidence must be the same as over pyroute2, with every kind of message it takes apart."""
+    from pyroute2 import IPRoute
+
+    from nsnet.kernel.rtdump import Dumps
+
+    srv, _ = ssh_case
+    sh(f"ip -n {srv} addr add fd00:42::112/64 dev eth0 nodad")
+    sh(f"ip -n {srv} route add 10.8.0.0/16 via 172.42.10.1 table 100")
+    sh(f"ip -n {srv} route add blackhole 10.9.0.0/16")
+    sh(f"ip -n {srv} route add fd00:99::/48 via fd00:42::1")
+    sh(f"ip -n {srv} neigh add 172.42.10.7 lladdr 02:00:00:00:00:07 dev eth0 nud permanent")
+    sh(f"ip -n {srv} -6 neigh add fd00:42::7 lladdr 02:00:00:00:00:07 dev eth0 nud reachable")
+    # Enough routes for a dump of many parts (the kernel fills a recv with at most 32 KiB).
+    batch = "".join(f"route add 10.{100 + i // 250}.{i % 250}.0/24 via 172.42.10.1\n" for i in range(1500))
+    subprocess.run(["ip", "-n", srv, "-batch", "-"], input=batch, text=True, check=True)
+
+    def both():
+        with IPRoute() as ipr:
+            slow = probe.gather(ipr, docker_socket=None)
+        raw = Dumps()
+        try:
+            return slow, probe.gather(raw, docker_socket=None)
+        finally:
+            raw.close()
+
+    slow, raw = in_netns(srv, both)
+    kinds = {(e.kind, str(e.network)) for e in raw}
+    assert {("route", "10.8.0.0/16"), ("route", "10.9.0.0/16"), ("route", "fd00:99::/48"),
+            ("address", "fd00:42::/64"), ("neighbour", "172.42.10.7/32"), ("neighbour", "fd00:42::7/128"),
+            ("peer", "172.22.10.119/32"), ("route", "10.105.249.0/24")} <= kinds
+    assert [(e.kind, str(e.network), e.detail, e.onlink) for e in raw] == \
+           [(e.kind, str(e.network), e.detail, e.onlink) for e in slow]

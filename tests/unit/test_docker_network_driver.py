@@ -100,7 +100,8 @@ def test_nsnet_starts_only_what_docker_would_have_started():
         return {"HostConfig": {"RestartPolicy": {"Name": policy}}, "State": state}
     assert should_start(doc("always", failed), sock) and should_start(doc("unless-stopped", failed), sock)
     assert not should_start(doc("no", failed), sock)                          # Docker would not either
-    assert not should_start(doc("on-failure", failed), sock)
+    assert should_start(doc("on-failure", failed), sock)      # Docker tried it: its last run ended non-zero
+    assert not should_start(doc("on-failure", {"Running": False, "Error": ""}), sock)   # exited 0: never tried
     assert not should_start(doc("always", {"Running": False, "Error": ""}), sock)   # a user stopped it
     assert not should_start(doc("always", dict(failed, Error="legacy plugin: … /other.sock …")), sock)
     assert not should_start({}, sock)

@@ -7,9 +7,15 @@ API answers only after that (45 s with one network and two containers); the cont
 manager never retries a start that failed while it restored its containers.
 
 So at its start nsnet's daemon waits (in the background) for Docker's API, then starts the exited containers
-whose restart policy says they should run (`always`, `unless-stopped`) and whose error names nsnet's plugin
-socket: exactly those Docker would have started had nsnet been there. Never one a user stopped (its
-Error is empty). Docker is found as its own clients find it (DOCKER_HOST, else /var/run/docker.sock).
+whose restart policy says they should run and whose error names nsnet's plugin socket: exactly those Docker
+tried to start and would have started had nsnet been there. Never one Docker left alone (its Error is empty:
+one with no policy, an `unless-stopped` one a user stopped). Docker is found as its own clients find it (DOCKER_HOST, else /var/run/docker.sock).
+
+`on-failure` too: a start that failed is no exit, and nsnet does not count it as one; but Docker tries an
+`on-failure` container at its start only when its last run did end non-zero (dockerd 20.10: one killed by
+dockerd's own shutdown, exit 137, is tried; one that exited 0 is not, and keeps an empty Error), so the error
+marks the start Docker had decided on. Docker's own quirk comes along: it tries a user-stopped `on-failure`
+container too (a manual stop only holds back `unless-stopped`), as it does on its own bridge driver.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import urllib.parse
 
 log = logging.getLogger("nsnet.daemon")
 
-POLICIES = ("always", "unless-stopped")
+POLICIES = ("always", "unless-stopped", "on-failure")   # those Docker tries at its start
 WAIT = 180.0   # s: Docker's start-up, stalled 15 s per plugin lookup, may take minutes with many containers
 
 

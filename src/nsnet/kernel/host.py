@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import KernelError
-from . import arp, conntrack, features, lan, links, probe, rtnl, sysctl, vxlan, wireguard
+from . import arp, conntrack, features, lan, links, probe, rtdump, rtnl, sysctl, vxlan, wireguard
 from .netns import entered
 
 log = logging.getLogger("nsnet.kernel")
@@ -110,6 +110,7 @@ class Kernel:
         self._ipr = IPRoute()
         self._rtnl = rtnl.Channel()
         self._ctnl: rtnl.Channel | None = None   # conntrack's netlink, opened at first use
+        self._dumps = rtdump.Dumps()             # the evidence's netlink reads
         self._sandboxes: dict[int, SandboxNs] = {}
         self._lock = threading.Lock()
         self.own_netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
@@ -168,7 +169,8 @@ class Kernel:
     @verb
     def evidence(self, *, reserved, docker_socket: str | None) -> list:
         """Evidence of the ranges in use on this host (kernel/probe.py), read in this namespace."""
-        return probe.gather(self.ipr, reserved=reserved, docker_socket=docker_socket)
+        self._on_owner()
+        return probe.gather(self._dumps, reserved=reserved, docker_socket=docker_socket)
 
     @verb
     def links(self) -> dict[str, dict]:
@@ -344,5 +346,6 @@ class Kernel:
             self.forget(pid)
         self._ipr.close()
         self._rtnl.close()
+        self._dumps.close()
         if self._ctnl is not None:
             self._ctnl.close()
