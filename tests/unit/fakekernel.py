@@ -114,6 +114,57 @@ def _set(obj, **kw):
     return lambda: [setattr(obj, k, v) for k, v in kw.items()]
 
 
+def _ensure(faults: "Faults", ns: Namespace, name: str, kind: str, alias: str, **kw) -> tuple[Link, bool]:
+    """Link `name` in `ns`, made if missing and marked with `alias` (links.add_marked: a link that cannot be
+    marked as ours is removed again)."""
+    link = ns.links.get(name)
+    if link is not None:
+        return link, False
+    faults.step(f"add {kind} {name} in {ns.label}")
+    link = ns.add(name, kind, **kw)
+    try:
+        faults.step(f"alias {name}")
+    except KernelError:
+        ns.remove(link)
+        raise
+    link.alias = alias
+    return link, True
+
+
+def _new_veth(faults: "Faults", ns: Namespace, name: str, sandbox, peer_name: str, *, mac, mtu) -> tuple[Link, Link]:
+    faults.step(f"veth {name} / {peer_name}")
+    if peer_name in sandbox.ns.links:
+        raise KernelError(EEXIST, f"{peer_name} exists in the sandbox")
+    near = ns.add(name, "veth", mtu=mtu)
+    peer = sandbox.ns.add(peer_name, "veth", mtu=mtu, mac=mac)
+    near.peer, peer.peer = peer, near
+    return near, peer
+
+
+def _plug_in(faults: "Faults", ns: Namespace, index: int, bridge_index: int, isolated: bool) -> None:
+    port, bridge = ns.by_index(index), ns.by_index(bridge_index)
+
+    def enslave():
+        if port is None:
+            raise KernelError(ENODEV, f"no link {index}")
+        if bridge is None or bridge.kind != "bridge":
+            raise KernelError(EINVAL, f"no bridge {bridge_index}")
+        port.master = bridge_index
+
+    def needs_port(**kw):
+        def do():
+            if port is None:
+                raise KernelError(ENODEV, f"no link {index}")
+            _set(port, **kw)()
+        return do
+
+    steps = [(f"enslave {index} to {bridge_index}", enslave)]
+    if isolated:
+        steps.append((f"isolate {index}", needs_port(isolated=True)))
+    steps.append((f"up {index}", needs_port(up=True)))
+    faults.batch(*steps)
+
+
 class FakeSandboxNs:
     def __init__(self, pid: int, faults: Faults):
         self.pid = pid
@@ -180,45 +231,17 @@ class FakeOverlayNs(FakeSandboxNs):
                 for n, lk in self.ns.links.items()}
 
     def ensure_bridge(self, name, *, mtu, alias):
-        link = self.ns.links.get(name)
-        created = link is None
-        if created:
-            self.faults.step(f"overlay: add bridge {name}")
-            link = self.ns.add(name, "bridge", mtu=mtu)
-            try:
-                self.faults.step(f"overlay: alias {name}")
-            except KernelError:
-                self.ns.remove(link)
-                raise
-            link.alias = alias
+        link, created = _ensure(self.faults, self.ns, name, "bridge", alias, mtu=mtu)
         self.faults.step(f"overlay: up {name}")
         link.up = True
         return link.index, created
 
     def new_veth(self, name, sandbox, peer_name, *, mac, mtu):
-        self.faults.step(f"overlay: veth {name} / {peer_name}")
-        if peer_name in sandbox.ns.links:
-            raise KernelError(EEXIST, f"{peer_name} exists in the sandbox")
-        near = self.ns.add(name, "veth", mtu=mtu)
-        peer = sandbox.ns.add(peer_name, "veth", mtu=mtu, mac=mac)
-        near.peer, peer.peer = peer, near
+        near, peer = _new_veth(self.faults, self.ns, name, sandbox, peer_name, mac=mac, mtu=mtu)
         return near.index, peer.index
 
     def plug_in(self, index, bridge_index):
-        port, bridge = self.ns.by_index(index), self.ns.by_index(bridge_index)
-
-        def enslave():
-            if port is None:
-                raise KernelError(ENODEV, f"no link {index}")
-            if bridge is None or bridge.kind != "bridge":
-                raise KernelError(ENODEV, f"no bridge {bridge_index}")
-            port.master = bridge_index
-
-        def up():
-            if port is None:
-                raise KernelError(ENODEV, f"no link {index}")
-            port.up = True
-        self.faults.batch((f"overlay: enslave {index} to {bridge_index}", enslave), (f"overlay: up {index}", up))
+        _plug_in(self.faults, self.ns, index, bridge_index, isolated=False)
 
     def announce(self, bridge, mac, ip):
         self.announced = getattr(self, "announced", []) + [(bridge, mac, ip)]   # a frame sent: changes no state
@@ -366,22 +389,8 @@ class FakeKernel:
             return False
         return self.delete_link(name)
 
-    def _ensure(self, name, kind, alias, **kw) -> tuple[Link, bool]:
-        link = self.ns.links.get(name)
-        if link is not None:
-            return link, False
-        self.faults.step(f"add {kind} {name}")
-        link = self.ns.add(name, kind, **kw)
-        try:   # links.add_marked: a link that cannot be marked as ours is removed again
-            self.faults.step(f"alias {name}")
-        except KernelError:
-            self.ns.remove(link)
-            raise
-        link.alias = alias
-        return link, True
-
     def ensure_bridge(self, name, *, mtu, addresses, alias):
-        link, created = self._ensure(name, "bridge", alias, mtu=mtu)
+        link, created = _ensure(self.faults, self.ns, name, "bridge", alias, mtu=mtu)
         for a in addresses:
             self.faults.step(f"address {a} on {name}")
             _add_address(link, a)
@@ -390,37 +399,12 @@ class FakeKernel:
         return link.index, created
 
     def new_veth(self, host_name, sandbox, peer_name, *, mac, mtu):
-        self.faults.step(f"veth {host_name} / {peer_name}")
-        if peer_name in sandbox.ns.links:
-            raise KernelError(EEXIST, f"{peer_name} exists in the sandbox")
-        host = self.ns.add(host_name, "veth", mtu=mtu)
-        peer = sandbox.ns.add(peer_name, "veth", mtu=mtu, mac=mac)
-        host.peer, peer.peer = peer, host
+        host, peer = _new_veth(self.faults, self.ns, host_name, sandbox, peer_name, mac=mac, mtu=mtu)
         self.no_ipv6(host_name)
         return host.index, peer.index
 
     def plug_in(self, index, bridge_index, *, isolated):
-        port, bridge = self.ns.by_index(index), self.ns.by_index(bridge_index)
-
-        def enslave():
-            if port is None:
-                raise KernelError(ENODEV, f"no link {index}")
-            if bridge is None or bridge.kind != "bridge":
-                raise KernelError(EINVAL, f"no bridge {bridge_index}")
-            port.master = bridge_index
-
-        def needs_port(**kw):
-            def do():
-                if port is None:
-                    raise KernelError(ENODEV, f"no link {index}")
-                _set(port, **kw)()
-            return do
-
-        steps = [(f"enslave {index} to {bridge_index}", enslave)]
-        if isolated:
-            steps.append((f"isolate {index}", needs_port(isolated=True)))
-        steps.append((f"up {index}", needs_port(up=True)))
-        self.faults.batch(*steps)
+        _plug_in(self.faults, self.ns, index, bridge_index, isolated)
 
     def veth_pair(self, name, peer, *, mtu, alias):
         self.faults.step(f"veth {name} / {peer}")
@@ -443,13 +427,13 @@ class FakeKernel:
         sandbox.ns.add(name, kind, mtu=mtu, parent=parent.name, mac=attrs.pop("address", None), attrs=attrs)
 
     def ensure_vlan(self, name, base, vid, *, alias):
-        link, _ = self._ensure(name, "vlan", alias, parent=base, attrs={"vlan_id": vid})
+        link, _ = _ensure(self.faults, self.ns, name, "vlan", alias, parent=base, attrs={"vlan_id": vid})
         self.faults.step(f"up {name}")
         link.up = True
         return link.index
 
     def ensure_shim(self, name, parent, address, *, alias):
-        link, _ = self._ensure(name, "macvlan", alias, parent=parent, attrs={"macvlan_mode": "bridge"})
+        link, _ = _ensure(self.faults, self.ns, name, "macvlan", alias, parent=parent, attrs={"macvlan_mode": "bridge"})
         self.faults.step(f"address {address}/32 on {name}")
         _add_address(link, f"{address}/32")
         self.faults.step(f"up {name}")
@@ -457,17 +441,8 @@ class FakeKernel:
         return link.index
 
     def ensure_vxlan(self, name, *, vni, local, port, mtu, master, alias, inside):
-        link = inside.ns.links.get(name)
-        created = link is None
-        if created:
-            self.faults.step(f"add vxlan {name} into {inside.ns.label}")
-            link = inside.ns.add(name, "vxlan", mtu=mtu, attrs={"vni": vni, "local": local, "port": port, "peers": []})
-            try:
-                self.faults.step(f"alias {name}")
-            except KernelError:
-                inside.ns.remove(link)
-                raise
-            link.alias = alias
+        link, created = _ensure(self.faults, inside.ns, name, "vxlan", alias, mtu=mtu,
+                                attrs={"vni": vni, "local": local, "port": port, "peers": []})
         self.faults.batch((f"enslave {name} to {master}", _set(link, master=master)), (f"up {name}", _set(link, up=True)))
         return link.index, created
 
