@@ -8,7 +8,10 @@ tests' swarmnet.py), one attachable overlay, a client sandbox on host A.
 - latency per new connection (connect, one answer, close) through the VIP vs to the same task's own
   address, alternating, N each, to a 1-replica service: p50 and p99;
 - throughput: iperf3 (one TCP stream, 5 s) from the client to a 1-replica iperf3 service, through its VIP
-  and to the task's address.
+  and to the task's address;
+- the routing mesh: iperf3 from outside the hosts (the switch's namespace) to a 1-replica iperf3 service's
+  ingress port on the host without its task (host DNAT, ingress sandbox, VXLAN to the task) and on the host
+  with it, against the same task's port published with mode=host (one DNAT on its own host).
 Docker Swarm is not run beside it: its engines do not run in namespaces in this harness (issue 15's note).
 """
 from __future__ import annotations
@@ -94,6 +97,8 @@ def main() -> int:
             out = json.loads(a.exec("c", f"iperf3 -J -t 5 -c {target}", timeout=60).stdout)
             gbps[label] = out["end"]["sum_received"]["bits_per_second"] / 1e9
 
+        mesh = routing_mesh(etcd, a, b)
+
         print(f"start: 5 tasks running {started:.2f} s after service create returned")
         print(f"spread: {n} connections over 5 tasks: {counts} (busiest {worst:.2f}x its fair share)")
         for label, key in (("vip", one), ("direct", direct)):
@@ -104,7 +109,39 @@ def main() -> int:
         print("throughput (Gbit/s, task on %s): vip %.2f / %.2f, direct %.2f / %.2f -> vip/direct %.0f %%" % (
             ptask["Node"], gbps["vip"], gbps["vip2"], gbps["direct"], gbps["direct2"],
             100 * (gbps["vip"] + gbps["vip2"]) / (gbps["direct"] + gbps["direct2"])))
+        print("routing mesh (Gbit/s, from outside, task on %s): via the other host %.2f / %.2f, via its host "
+              "%.2f / %.2f, mode=host %.2f / %.2f -> mesh via the other host / mode=host %.0f %%" % (
+                  mesh["node"], *mesh["other"], *mesh["same"], *mesh["host"],
+                  100 * sum(mesh["other"]) / sum(mesh["host"])))
     return 0
+
+
+def routing_mesh(etcd, a, b) -> dict:
+    """iperf3 from the switch's namespace to one iperf3 task: through the mesh on each host, and to the port
+    its own host publishes with mode=host. Two rounds, interleaved."""
+    a.nsnet("service", "create", "--name", "meshperf", "--replicas", "1", "--network", "ov",
+            "--publish", "published=5201,target=5201", "--", "iperf3", "-s")
+    a.nsnet("service", "create", "--name", "hostperf", "--replicas", "1", "--network", "ov",
+            "--publish", "published=5202,target=5201,mode=host", "--", "iperf3", "-s")
+    assert wait_for(lambda: replicas(a, "meshperf") == "1/1" and replicas(a, "hostperf") == "1/1", timeout=30)
+    [mtask] = a.json("service", "ps", "meshperf", "--format", "json")
+    [htask] = a.json("service", "ps", "hostperf", "--format", "json")
+    addr = {"host-a": "192.168.213.2", "host-b": "192.168.213.3"}
+    other = "host-b" if mtask["Node"] == "host-a" else "host-a"
+    time.sleep(2)   # the ingress sandboxes and their tables
+
+    def iperf(target: str, port: int) -> float:
+        import subprocess
+        p = subprocess.run(["ip", "netns", "exec", etcd.ns, "iperf3", "-J", "-t", "5", "-c", target, "-p", str(port)],
+                           capture_output=True, text=True, timeout=60)
+        return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    out = {"node": mtask["Node"], "other": [], "same": [], "host": []}
+    for _ in range(2):
+        out["other"].append(iperf(addr[other], 5201))
+        out["same"].append(iperf(addr[mtask["Node"]], 5201))
+        out["host"].append(iperf(addr[htask["Node"]], 5202))
+    return out
 
 
 if __name__ == "__main__":

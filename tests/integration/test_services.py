@@ -479,3 +479,33 @@ def test_a_taken_port_and_bad_publish_specs_are_refused(two):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_mesh_is_repaired_a_late_node_a_restart_a_killed_ingress_sandbox(tag):
+    with swarm_hosts(tag, count=3) as (etcd, (a, b, c)):
+        form([a, b])
+        overlay(a, b, "ov")
+        create(a, "web", "--network", "ov", "-p", "8084:8080", replicas=1)
+        assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=15)
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)
+
+        # a node that joins once the mesh exists gets its ingress sandbox, and answers
+        c.nsnet("swarm", "join", "--advertise-addr", f"{SWITCH}.4", "--store", f"etcd://{SWITCH}.1:2379",
+                "--node-name", "host-c")
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(c), 8084, 3)) == {"web-1"}, timeout=15)
+
+        # b's daemon killed: the data plane goes on; started again, it holds the port again and follows changes
+        os.kill(b.daemon_pid(), signal.SIGKILL)
+        assert hosts_of(ask_from_outside(etcd, address_of(b), 8084, 5)) == {"web-1"}
+        b.nsnet("ps")
+        assert wait_for(lambda: b.nsnet("run", "--rm", "-p", "8084:80", "--", "true", check=False).returncode != 0, timeout=5)
+        a.nsnet("service", "update", "--publish-add", "8085:8080", "web")
+        for h in (a, b, c):
+            assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8085, 3)) == {"web-1"}, timeout=10)
+
+        # b's ingress sandbox killed: made again
+        [sbox] = [s for s in b.json("ps", "--format", "json") if s["Name"].lstrip("/") == "ingress-sbox"]
+        os.kill(sbox["State"]["Pid"], signal.SIGKILL)
+        assert wait_for(lambda: any(s["Name"].lstrip("/") == "ingress-sbox" and s["Id"] != sbox["Id"]
+                                    for s in b.json("ps", "--format", "json")), timeout=10)
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)

@@ -326,12 +326,17 @@ class Services:
         taken.update({(p["Protocol"], p["PublishedPort"]): "this service" for p in kept})
         out = publish.assign(ports, taken)
         for p in out:
-            try:
-                host_ports.hold(PortMapping("0.0.0.0", p["PublishedPort"], p["PublishedPort"], p["Protocol"])).close()
-            except Conflict:
-                raise Conflict(f"port {p['PublishedPort']}/{p['Protocol']} is already in use on the host of this "
-                               f"node") from None
+            self._check_free_here(p)
         return out
+
+    @staticmethod
+    def _check_free_here(p: dict) -> None:
+        """Held by no program of this node's host (bound, then let go at once)."""
+        try:
+            host_ports.hold(PortMapping("0.0.0.0", p["PublishedPort"], p["PublishedPort"], p["Protocol"])).close()
+        except Conflict:
+            raise Conflict(f"port {p['PublishedPort']}/{p['Protocol']} is already in use on the host of this "
+                           f"node") from None
 
     def _taken(self, kv, sid: str) -> dict[tuple[str, int], str]:
         """(proto, port) -> who publishes it in the swarm, besides service `sid`."""
