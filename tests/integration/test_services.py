@@ -397,6 +397,16 @@ def test_mode_host_publishes_only_where_a_task_runs(two):
     p = a.nsnet("service", "scale", "hw=3", check=False)
     assert p.returncode != 0 and "mode=host" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
+    # a host-mode port added: every task replaced (the old one stops first: it may hold a port on that node)
+    old = sorted(t["ID"] for t in running_tasks(a, "hw"))
+    a.nsnet("service", "update", "--publish-add", "published=8086,target=8080,mode=host", "hw")
+    assert wait_for(lambda: replicas(a, "hw") == "2/2" and len(a.json("service", "ps", "hw", "--format", "json")) == 2,
+                    timeout=15)
+    assert not set(old) & {t["ID"] for t in running_tasks(a, "hw")}
+    for h in (a, b):
+        for port in (8081, 8086):
+            assert wait_for(lambda: len(hosts_of(ask_from_outside(etcd, address_of(h), port, 3))) == 1, timeout=10)
+
 
 def test_publish_add_and_rm(two):
     etcd, a, b = two
@@ -439,8 +449,8 @@ def test_a_taken_port_and_bad_publish_specs_are_refused(two):
     create(a, "web", "--network", "ov", "-p", "9091:8080", replicas=1)
     assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=15)
     assert wait_for(lambda: "ingress-sbox" in a.nsnet("ps").stdout and "ingress-sbox" in b.nsnet("ps").stdout, timeout=10)
-    assert wait_for(lambda: f"ports/" in "".join(etcd_keys(etcd, "ports/")), timeout=5)
-    time.sleep(1.5)   # the nodes' runners have written their sandboxes' ports (ports/<node>)
+    assert wait_for(lambda: any(["tcp", 9090, "local"] in v["ports"] for v in etcd_keys(etcd, "ports/").values()),
+                    timeout=5)   # host-b's runner wrote its sandboxes' ports (ports/<node>)
     for args, says in (
             (["service", "create", "--name", "x", "-p", "9090:8080", "--", "sleep", "1"],
              "port 9090/tcp is already in use by sandbox local on node host-b"),
@@ -460,6 +470,7 @@ def test_a_taken_port_and_bad_publish_specs_are_refused(two):
             (["service", "update", "--publish-add", "9090:8080", "web"], "sandbox local on node host-b"),
             (["service", "update", "--publish-rm", "9999", "web"], "no published port 9999/tcp to remove"),
             (["run", "-d", "--name", "y", "-p", "9091:80", "--", "sleep", "1"], "9091"),
+            (["network", "rm", "ingress"], "network ingress is in use by service web"),
     ):
         before, before_b, keys = a.state(), b.state(), etcd_keys(etcd, "")
         p = a.nsnet(*args, check=False)
