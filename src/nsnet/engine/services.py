@@ -5,7 +5,10 @@ etcd holds it all, beside the swarm's networks (keys under EtcdKV's prefix):
   virtual IPs, one address per network, each claimed as `addresses/<network id>/<ip>` as an endpoint's is;
 - `names/service/<name>`: the name's claim;
 - `tasks/<id>`: one replica: service, slot, `node`, desired state (running | shutdown) and the current
-  state the node that runs it writes (running, its addresses per network, failed with an error, complete).
+  state the node that runs it writes (running, its addresses per network, failed with an error, complete);
+- `published/<proto>/<port>`: a published port's claim (engine/publish.py: a port is the whole swarm's), and
+  `ports/<node>`: the ports that node's own sandboxes publish with `-p`, written by its task runner, so that
+  a service never takes one of them. The routing mesh itself is engine/ingress.py.
 
 Placement is decided once, by the writer of the task, in an etcd transaction: `service create` and `scale`
 create tasks with a compare (the key must not exist) in the same commit as the service's new revision
