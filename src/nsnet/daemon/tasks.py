@@ -105,6 +105,7 @@ class TaskRunner:
     def step(self) -> None:
         link = self.engine.swarm
         if link is None:   # left the swarm (--force: its sandbox was taken off `ingress`): no mesh here
+            self._ports_written = None   # (leaving deleted its `ports/<node>`)
             with self.engine.lock:
                 sb = ingress.sandbox(self.engine.state)
             if sb is not None:
@@ -132,10 +133,18 @@ class TaskRunner:
             log.info("tasks: sandbox %s runs no task of this node: stopping it", sb.name)
             self._remove(sb)
         self.ingress.sync(services)
+        self._write_ports(kv, me)
+
+    def _write_ports(self, kv, me: str) -> None:
+        """`ports/<node>` says what this node's own sandboxes publish; no key while they publish nothing (a
+        node that never publishes writes nothing). Read back once, after a start."""
         with self.engine.lock:
-            mine = {"ports": local_ports(self.engine.state)}
+            mine = local_ports(self.engine.state)
+        if self._ports_written is None:
+            entry = kv.get(f"ports/{me}")
+            self._ports_written = entry.value["ports"] if entry is not None else []
         if mine != self._ports_written:
-            kv.commit([Op(f"ports/{me}", mine)])
+            kv.commit([Op(f"ports/{me}", {"ports": mine} if mine else None)])
             self._ports_written = mine
 
     # ---- one task ------------------------------------------------------------------------------------
