@@ -30,10 +30,11 @@ from common import Figure, Harness, Skip, sweep_leftovers, write_json  # noqa: E
 FIGURES = {
     "1": "fig_attach", "2": "fig_scaling", "3": "fig_netcreate", "4": "fig_cli",
     "5": "fig_ipam", "6": "fig_dns", "7": "fig_dataplane", "8": "fig_overlay", "9": "fig_encrypted",
+    "10": "fig_services",
 }
 # The data plane first, on a machine not yet busy tearing down earlier figures' namespaces; then the cheap
 # ones; the long scaling run last.
-RUN_ORDER = ["7", "8", "9", "5", "1", "3", "4", "6", "2"]
+RUN_ORDER = ["7", "8", "9", "10", "5", "1", "3", "4", "6", "2"]
 DOCKER_FIGS = {"1", "2", "3", "4", "7"}
 
 
@@ -111,10 +112,14 @@ def _fmt(v, unit: str, p95=None) -> str:
     return f"{v:g} {unit}"
 
 
+def _order(key: str) -> int:
+    return int(key) if key.isdigit() else 1000   # figure 10 after 9, not after 1
+
+
 def table(figs: dict[str, Figure]) -> str:
     head = ("Fig", "Measure", "nsnet", "Peer", "Peer figure", "Ratio", "Target", "Verdict", "Reps")
     rows = []
-    for key in sorted(figs):
+    for key in sorted(figs, key=_order):
         for r in figs[key].rows:
             rows.append((r.figure, r.measure, _fmt(r.value, r.unit, r.p95), r.peer or "",
                          _fmt(r.peer_value, r.unit, r.peer_p95) if r.peer else "", r.ratio_text, r.target,
@@ -139,7 +144,7 @@ def table(figs: dict[str, Figure]) -> str:
     lines.append("")
     lines.append("Latencies are p50/p95 ms. Ratio: how nsnet compares with the peer on that line (faster/slower, or "
                  "nsnet's share of the peer's throughput).")
-    for key in sorted(figs):
+    for key in sorted(figs, key=_order):
         f = figs[key]
         for s in f.skipped:
             lines.append(f"[fig {key}] skipped: {s}")

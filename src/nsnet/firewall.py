@@ -301,3 +301,32 @@ def render_no_vips() -> str:
     """The VIP table gone from a sandbox (no service on its networks any more)."""
     table = {"table": {"family": "ip", "name": VIP_TABLE}}
     return json.dumps({"nftables": [{"add": table}, {"delete": table}]})
+
+
+# ---- the routing mesh, inside a node's ingress sandbox (engine/ingress.py) ------------------------------
+
+INGRESS_TABLE = "nsnet_ingress"
+
+
+def render_ingress(ports: dict[tuple[str, int], tuple[int, list[str]]]) -> str:
+    """Inside the ingress sandbox: a connection to published port P (the host DNATed it here, to P) goes to
+    one of the service's running tasks on the `ingress` network, port T, picked at random (as render_vips),
+    and leaves from the sandbox's own `ingress` address (masquerade), so that the task's reply comes back
+    through here to be un-NATed. `ports`: (proto, P) -> (T, the tasks' addresses). A port with no task in
+    rotation refuses at once. Replaces the table whole."""
+    t = _Table("ip", INGRESS_TABLE)
+    prerouting = []
+    for i, ((proto, port), (target, backends)) in enumerate(sorted(ports.items())):
+        chain = f"port{i}"
+        prerouting.append([_match(_field(proto, "dport"), port), {"goto": {"target": chain}}])
+        if backends:
+            pick = {"map": {"key": {"numgen": {"mode": "random", "mod": len(backends), "offset": 0}},
+                            "data": {"set": [[k, ip] for k, ip in enumerate(backends)]}}}
+            # the protocol matched again: a DNAT to a port needs it in its own rule
+            t.chain(chain, [[_match({"meta": {"key": "l4proto"}}, proto),
+                             {"dnat": {"family": "ip", "addr": pick, "port": target}}]])
+        else:
+            t.chain(chain, [[{"reject": {"type": "icmp", "expr": "port-unreachable"}}]])
+    t.chain("prerouting", prerouting, hook=("nat", "prerouting", PRIO_DSTNAT))
+    t.chain("postrouting", [[_match(CT_STATUS, "dnat", "in"), MASQUERADE]], hook=("nat", "postrouting", PRIO_SRCNAT))
+    return t.text()

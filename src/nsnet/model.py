@@ -185,7 +185,7 @@ def network_json(net: Network, members: list[tuple[Sandbox, Endpoint]]) -> dict:
         "IPAM": {"Driver": "default", "Options": {}, "Config": config},
         "Internal": net.internal,
         "Attachable": net.attachable,
-        "Ingress": False,
+        "Ingress": net.scope == "swarm" and net.name == "ingress",   # the routing mesh's (engine/ingress.py)
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": False,
         "Containers": containers,

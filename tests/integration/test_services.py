@@ -297,3 +297,226 @@ def test_update_moves_a_service_to_another_network_without_downtime(two):
         p = a.nsnet("service", "update", *args, "web", check=False)
         assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
         assert changes(before, a.state()) == {} and etcd_keys(etcd, "services/") == keys
+
+
+# ---- published ports: the routing mesh (ingress) and mode=host ---------------------------------------------
+
+SWITCH = "192.168.213"   # swarmnet.py's underlay: the switch (etcd's namespace) at .1, host i at .2+i
+
+
+@pytest.fixture
+def three(tag):
+    with swarm_hosts(tag, count=3) as (etcd, hosts):
+        form(hosts)
+        yield (etcd, *hosts)
+
+
+def address_of(host) -> str:
+    """The host's underlay address: where a client outside the hosts reaches its published ports."""
+    return host.sh("ip -4 -o addr show dev up0").stdout.split()[3].split("/")[0]
+
+
+def ask_from_outside(etcd, target: str, port: int, n: int) -> list[str]:
+    """n connections from the switch's namespace (a client on none of the hosts) to target:port; each
+    answer, 'refused', or 'fail ...'."""
+    script = (f"import socket\nfor i in range({n}):\n"
+              f"    try:\n        c = socket.create_connection(({target!r}, {port}), timeout=2)\n"
+              f"        print(c.recv(100).decode().strip() or 'empty'); c.close()\n"
+              f"    except ConnectionRefusedError:\n        print('refused')\n"
+              f"    except OSError as e:\n        print('fail', e)\n")
+    return subprocess.run(["ip", "netns", "exec", etcd.ns, sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=120).stdout.splitlines()
+
+
+def node_of_tasks(host, name) -> list[str]:
+    return sorted(t["Node"] for t in running_tasks(host, name))
+
+
+def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
+    etcd, a, b, c = three
+    overlay(a, b, "--attachable", "ov")
+    create(a, "web", "--network", "ov", "--publish", "published=8080,target=8080", replicas=2)
+    assert wait_for(lambda: replicas(c, "web") == "2/2", timeout=15), c.nsnet("service", "ps", "web").stdout
+    assert node_of_tasks(a, "web") == ["host-a", "host-b"]        # host-c runs none
+
+    # Docker's shapes: the ingress network, the PORTS column, Endpoint.Ports and Spec.EndpointSpec.Ports
+    mesh = {n["Name"]: n for n in c.json("network", "ls", "--format", "json")}.get("ingress")
+    assert mesh is not None, c.nsnet("network", "ls").stdout
+    doc = c.json("network", "inspect", "ingress")[0]
+    assert doc["Ingress"] is True and doc["Driver"] == "overlay" and doc["Scope"] == "swarm"
+    assert "*:8080->8080/tcp" in a.nsnet("service", "ls").stdout
+    port = {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8080, "PublishMode": "ingress"}
+    svc = b.json("service", "inspect", "web")[0]
+    assert svc["Endpoint"]["Ports"] == [port] and svc["Spec"]["EndpointSpec"]["Ports"] == [port]
+    assert svc["Endpoint"]["Spec"]["Ports"] == [port]
+
+    # from outside the hosts: every node answers, the one without a task too, and reaches both tasks
+    for h in (c, a, b):
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8080, 30)) == {"web-1", "web-2"},
+                        timeout=10), (h.ns, ask_from_outside(etcd, address_of(h), 8080, 10))
+    answers = ask_from_outside(etcd, address_of(c), 8080, 60)
+    assert all(x.startswith("host=web-") for x in answers), [x for x in answers if not x.startswith("host=")][:5]
+    # and from the node itself, through its loopback
+    local = c.sh(f"{sys.executable} {NETCHECK} ask tcp 127.0.0.1 8080", check=False).stdout
+    assert local.startswith("host=web-"), local
+
+    # a task on host-c too (scale up): in rotation through the mesh as well
+    a.nsnet("service", "scale", "web=3")
+    assert wait_for(lambda: replicas(a, "web") == "3/3", timeout=15)
+    assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(a), 8080, 45)) == {"web-1", "web-2", "web-3"},
+                    timeout=10)
+
+    # rm: the port stops answering everywhere, each node's ingress sandbox goes with the last ingress port
+    a.nsnet("service", "rm", "web")
+    for h in (a, b, c):
+        assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8080, 1)) == {"refused"}, timeout=10)
+        assert wait_for(lambda: "ingress-sbox" not in h.nsnet("ps", "-a").stdout, timeout=10), h.nsnet("ps", "-a").stdout
+    assert etcd_keys(etcd, "published/") == {}
+
+
+def test_mode_host_publishes_only_where_a_task_runs(two):
+    etcd, a, b = two
+    overlay(a, b, "ov")
+    create(a, "hw", "--network", "ov", "--publish", "published=8081,target=8080,mode=host", replicas=1)
+    assert wait_for(lambda: replicas(a, "hw") == "1/1", timeout=15)
+    [node] = node_of_tasks(a, "hw")
+    there, elsewhere = (a, b) if node == "host-a" else (b, a)
+    assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(there), 8081, 5)) == {"hw-1"}, timeout=10)
+    assert set(ask_from_outside(etcd, address_of(elsewhere), 8081, 5)) == {"refused"}
+    assert "ingress-sbox" not in a.nsnet("ps", "-a").stdout + b.nsnet("ps", "-a").stdout   # no mesh for host mode
+    assert "PORTS" in a.nsnet("service", "ls").stdout and "8081" not in a.nsnet("service", "ls").stdout   # as Docker's
+    assert a.json("service", "inspect", "hw")[0]["Endpoint"]["Ports"] == [
+        {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8081, "PublishMode": "host"}]
+
+    # one task per node: a second replica goes to the other node and publishes there too
+    a.nsnet("service", "scale", "hw=2")
+    assert wait_for(lambda: replicas(a, "hw") == "2/2", timeout=15)
+    assert node_of_tasks(a, "hw") == ["host-a", "host-b"]
+    for h in (a, b):
+        assert wait_for(lambda: len(hosts_of(ask_from_outside(etcd, address_of(h), 8081, 3))) == 1, timeout=10)
+    p = a.nsnet("service", "scale", "hw=3", check=False)
+    assert p.returncode != 0 and "mode=host" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+    # a host-mode port added: every task replaced (the old one stops first: it may hold a port on that node)
+    old = sorted(t["ID"] for t in running_tasks(a, "hw"))
+    a.nsnet("service", "update", "--publish-add", "published=8086,target=8080,mode=host", "hw")
+    assert wait_for(lambda: replicas(a, "hw") == "2/2" and len(a.json("service", "ps", "hw", "--format", "json")) == 2,
+                    timeout=15)
+    assert not set(old) & {t["ID"] for t in running_tasks(a, "hw")}
+    for h in (a, b):
+        for port in (8081, 8086):
+            assert wait_for(lambda: len(hosts_of(ask_from_outside(etcd, address_of(h), port, 3))) == 1, timeout=10)
+
+
+def test_publish_add_and_rm(two):
+    etcd, a, b = two
+    overlay(a, b, "ov")
+    create(a, "web", "--network", "ov", replicas=2)
+    assert wait_for(lambda: replicas(a, "web") == "2/2", timeout=15)
+    assert set(ask_from_outside(etcd, address_of(b), 8082, 1)) == {"refused"}
+
+    a.nsnet("service", "update", "--publish-add", "8082:8080", "web")      # the tasks join ingress (replaced)
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and len(b.json("service", "ps", "web", "--format", "json")) == 2,
+                    timeout=20)
+    for h in (a, b):
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8082, 30)) == {"web-1", "web-2"},
+                        timeout=10), ask_from_outside(etcd, address_of(h), 8082, 5)
+    # a second ingress port: no task replaced, answers at once on both
+    ids = sorted(t["ID"] for t in running_tasks(a, "web"))
+    b.nsnet("service", "update", "--publish-add", "published=8083,target=8080", "web")
+    for h in (a, b):
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8083, 20)) == {"web-1", "web-2"},
+                        timeout=10)
+    assert sorted(t["ID"] for t in running_tasks(a, "web")) == ids
+    assert "*:8082->8080/tcp, *:8083->8080/tcp" in a.nsnet("service", "ls").stdout
+
+    a.nsnet("service", "update", "--publish-rm", "published=8082,target=8080", "web")
+    for h in (a, b):
+        assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8082, 1)) == {"refused"}, timeout=10)
+        assert hosts_of(ask_from_outside(etcd, address_of(h), 8083, 10)) <= {"web-1", "web-2"}
+    assert [p["PublishedPort"] for p in a.json("service", "inspect", "web")[0]["Endpoint"]["Ports"]] == [8083]
+    a.nsnet("service", "update", "--publish-rm", "8080", "web")            # by target port, as Docker
+    for h in (a, b):
+        assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8083, 1)) == {"refused"}, timeout=10)
+        assert wait_for(lambda: "ingress-sbox" not in h.nsnet("ps", "-a").stdout, timeout=10)
+    assert etcd_keys(etcd, "published/") == {}
+
+
+def test_a_taken_port_and_bad_publish_specs_are_refused(two):
+    etcd, a, b = two
+    overlay(a, b, "ov")
+    b.nsnet("run", "-d", "--name", "local", "-p", "9090:80", "--", "sleep", "300")   # a sandbox of host-b's own
+    create(a, "web", "--network", "ov", "-p", "9091:8080", replicas=1)
+    assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=15)
+    assert wait_for(lambda: "ingress-sbox" in a.nsnet("ps").stdout and "ingress-sbox" in b.nsnet("ps").stdout, timeout=10)
+    assert wait_for(lambda: any(["tcp", 9090, "local"] in v["ports"] for v in etcd_keys(etcd, "ports/").values()),
+                    timeout=5)   # host-b's runner wrote its sandboxes' ports (ports/<node>)
+    for args, says in (
+            (["service", "create", "--name", "x", "-p", "9090:8080", "--", "sleep", "1"],
+             "port 9090/tcp is already in use by sandbox local on node host-b"),
+            (["service", "create", "--name", "x", "-p", "published=9091,target=80", "--", "sleep", "1"],
+             "port 9091/tcp is already in use by service web as an ingress port"),
+            (["service", "create", "--name", "x", "-p", "9091:80,mode=host", "--", "sleep", "1"], "invalid publish spec"),
+            (["service", "create", "--name", "x", "-p", "published=1,target=2,mode=bridge", "--", "sleep", "1"],
+             "must be either 'ingress' or 'host'"),
+            (["service", "create", "--name", "x", "-p", "published=1,proto=udp,target=2", "--", "sleep", "1"],
+             "invalid field key 'proto'"),
+            (["service", "create", "--name", "x", "-p", "published=80", "--", "sleep", "1"], "missing mandatory field 'target'"),
+            (["service", "create", "--name", "x", "-p", "80:70000", "--", "sleep", "1"], "not a port"),
+            (["service", "create", "--name", "x", "-p", "80-81:80-81", "--", "sleep", "1"], "port ranges"),
+            (["service", "create", "--name", "x", "-p", "127.0.0.1:80:80", "--", "sleep", "1"], "host IP"),
+            (["service", "create", "--name", "x", "-p", "80:80/sctp", "--", "sleep", "1"], "invalid protocol"),
+            (["service", "create", "--name", "x", "-p", "9095:80", "-p", "9095:81", "--", "sleep", "1"], "published twice"),
+            (["service", "update", "--publish-add", "9090:8080", "web"], "sandbox local on node host-b"),
+            (["service", "update", "--publish-rm", "9999", "web"], "no published port 9999/tcp to remove"),
+            (["run", "-d", "--name", "y", "-p", "9091:80", "--", "sleep", "1"], "9091"),
+            (["network", "rm", "ingress"], "network ingress is in use by service web"),
+    ):
+        before, before_b, keys = a.state(), b.state(), etcd_keys(etcd, "")
+        p = a.nsnet(*args, check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {} and changes(before_b, b.state()) == {}, args
+        assert {k: v for k, v in etcd_keys(etcd, "").items() if not k.startswith(("alive/", "evidence/"))} == \
+               {k: v for k, v in keys.items() if not k.startswith(("alive/", "evidence/"))}, args
+    # a port some program of host-a's holds (not nsnet's): refused on host-a, where it is checked
+    holder = subprocess.Popen(["ip", "netns", "exec", a.ns, sys.executable, "-c",
+                               "import socket,time\ns=socket.socket(); s.bind(('0.0.0.0', 9092)); s.listen(); time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        before, keys = a.state(), etcd_keys(etcd, "services/")
+        p = a.nsnet("service", "create", "--name", "x", "-p", "9092:80", "--", "sleep", "1", check=False)
+        assert p.returncode != 0 and "9092/tcp is already in use on the host" in p.stderr, p.stderr
+        assert changes(before, a.state()) == {} and etcd_keys(etcd, "services/") == keys
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_mesh_is_repaired_a_late_node_a_restart_a_killed_ingress_sandbox(tag):
+    with swarm_hosts(tag, count=3) as (etcd, (a, b, c)):
+        form([a, b])
+        overlay(a, b, "ov")
+        create(a, "web", "--network", "ov", "-p", "8084:8080", replicas=1)
+        assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=15)
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)
+
+        # a node that joins once the mesh exists gets its ingress sandbox, and answers
+        c.nsnet("swarm", "join", "--advertise-addr", f"{SWITCH}.4", "--store", f"etcd://{SWITCH}.1:2379",
+                "--node-name", "host-c")
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(c), 8084, 3)) == {"web-1"}, timeout=15)
+
+        # b's daemon killed: the data plane goes on; started again, it holds the port again and follows changes
+        os.kill(b.daemon_pid(), signal.SIGKILL)
+        assert hosts_of(ask_from_outside(etcd, address_of(b), 8084, 5)) == {"web-1"}
+        b.nsnet("ps")
+        assert wait_for(lambda: b.nsnet("run", "--rm", "-p", "8084:80", "--", "true", check=False).returncode != 0, timeout=5)
+        a.nsnet("service", "update", "--publish-add", "8085:8080", "web")
+        for h in (a, b, c):
+            assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8085, 3)) == {"web-1"}, timeout=10)
+
+        # b's ingress sandbox killed: made again
+        [sbox] = [s for s in b.json("ps", "--format", "json") if s["Name"].lstrip("/") == "ingress-sbox"]
+        os.kill(sbox["State"]["Pid"], signal.SIGKILL)
+        assert wait_for(lambda: any(s["Name"].lstrip("/") == "ingress-sbox" and s["Id"] != sbox["Id"]
+                                    for s in b.json("ps", "--format", "json")), timeout=10)
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)

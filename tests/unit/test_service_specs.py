@@ -45,7 +45,8 @@ def test_a_bad_spec_is_one_line(body, says):
 
 def test_a_spec_takes_dockers_defaults():
     assert parse_spec({"Name": "web", "Cmd": ["sleep", "1"]}) == {
-        "replicas": 1, "endpoint_mode": "vip", "restart": "any", "env": [], "cmd": ["sleep", "1"], "networks": []}
+        "replicas": 1, "endpoint_mode": "vip", "restart": "any", "env": [], "cmd": ["sleep", "1"], "networks": [],
+        "ports": []}
 
 
 def test_restart_conditions():

@@ -155,6 +155,8 @@ def _service_parsers(sub) -> None:
     c.add_argument("--endpoint-mode", choices=["vip", "dnsrr"])
     c.add_argument("-e", "--env", action="append", default=[])
     c.add_argument("--restart-condition", choices=["any", "on-failure", "none"])
+    c.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC",
+                   help="published=P,target=T[,protocol=tcp|udp][,mode=ingress|host], or P:T[/tcp|udp]")
     c.add_argument("command", nargs=argparse.REMAINDER)
     ls = sv.add_parser("ls", aliases=["list"])
     ls.add_argument("-q", "--quiet", action="store_true")
@@ -173,6 +175,9 @@ def _service_parsers(sub) -> None:
     u.add_argument("--replicas", type=int)
     u.add_argument("--network-add", action="append", default=[])
     u.add_argument("--network-rm", action="append", default=[])
+    u.add_argument("--publish-add", action="append", default=[], metavar="SPEC")
+    u.add_argument("--publish-rm", action="append", default=[], metavar="SPEC",
+                   help="a published port, by its target port (and its published port, when given)")
     u.add_argument("--update-parallelism", type=int)
     u.add_argument("--update-delay", type=_duration_ms, metavar="DURATION", help="e.g. 2s, 500ms (default 0s)")
 
@@ -333,7 +338,8 @@ def cmd_service(client: Client, args) -> int:
     if verb == "create":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         body = {"Name": args.name, "Replicas": args.replicas, "Networks": args.network, "Env": args.env,
-                "EndpointMode": args.endpoint_mode, "RestartCondition": args.restart_condition, "Cmd": command}
+                "EndpointMode": args.endpoint_mode, "RestartCondition": args.restart_condition, "Cmd": command,
+                "Publish": args.publish}
         print(client.post("/services", body)["ID"])
     elif verb == "ls":
         output.services(client.get("/services"), quiet=args.quiet, fmt=args.format)
@@ -344,6 +350,7 @@ def cmd_service(client: Client, args) -> int:
     elif verb == "update":
         client.post(api_path("services", args.service, "update"),
                     {"Replicas": args.replicas, "NetworkAdd": args.network_add, "NetworkRm": args.network_rm,
+                     "PublishAdd": args.publish_add, "PublishRm": args.publish_rm,
                      "Parallelism": args.update_parallelism, "DelayMs": args.update_delay})
         print(args.service)
     elif verb == "scale":

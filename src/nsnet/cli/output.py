@@ -61,8 +61,14 @@ def services(docs: list[dict], *, quiet: bool, fmt: str | None) -> None:
         print(json.dumps(docs, indent=2))
     else:
         rows = [[d["ID"][:12], d["Spec"]["Name"], "replicated",
-                 f"{d['Running']}/{d['Spec']['Mode']['Replicated']['Replicas']}", ""] for d in docs]
+                 f"{d['Running']}/{d['Spec']['Mode']['Replicated']['Replicas']}", _ingress_ports(d)] for d in docs]
         print(table(["ID", "NAME", "MODE", "REPLICAS", "PORTS"], rows))
+
+
+def _ingress_ports(doc: dict) -> str:
+    """As Docker's PORTS column: the routing mesh's ports (host-mode ones are each node's, not shown)."""
+    return ", ".join(f"*:{p['PublishedPort']}->{p['TargetPort']}/{p['Protocol']}"
+                     for p in doc["Endpoint"]["Ports"] if p["PublishMode"] == "ingress")
 
 
 def tasks(docs: list[dict], *, fmt: str | None) -> None:

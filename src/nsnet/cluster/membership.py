@@ -271,9 +271,10 @@ class Cluster:
 
 
 def _node_keys(kv, node_id: str) -> list[Op]:
-    """The deletes of a node's own keys: its record, lease key, evidence, Down mark, and what it publishes
-    for a driver (`drivers/<driver>/node/<node id>`, e.g. its tunnel's public key)."""
-    return ([Op(f"{kind}/{node_id}", None) for kind in ("nodes", "alive", "evidence", "down")] +
+    """The deletes of a node's own keys: its record, lease key, evidence, Down mark, its sandboxes' published
+    ports (engine/services.py), and what it publishes for a driver (`drivers/<driver>/node/<node id>`, e.g.
+    its tunnel's public key)."""
+    return ([Op(f"{kind}/{node_id}", None) for kind in ("nodes", "alive", "evidence", "down", "ports")] +
             [Op(e.key, None) for e in kv.list("drivers/") if e.key.endswith(f"/node/{node_id}")])
 
 

@@ -75,6 +75,7 @@ SERVICE_CREATE = {"type": "object", "fields": {
     "Name": dict(SHORT, required=True), "Replicas": REPLICAS, "Networks": {"type": "list", "items": SHORT, "max": 64},
     "EndpointMode": SHORT, "RestartCondition": SHORT, "Env": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096},
     "Cmd": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096, "required": True},
+    "Publish": SHORTS,   # Docker's --publish / -p forms, parsed by engine/publish.py
 }}
 
 # (method, path) -> {"query": {name: schema}, "body": schema or None (no body at all)}.
@@ -117,7 +118,7 @@ ENDPOINTS = {
         "Replicas": dict(REPLICAS, required=True)}}},
     ("GET", "/services/{ref}/tasks"): {"query": {}, "body": None},
     ("POST", "/services/{ref}/update"): {"query": {}, "body": {"type": "object", "fields": {
-        "Replicas": REPLICAS, "NetworkAdd": SHORTS, "NetworkRm": SHORTS,
+        "Replicas": REPLICAS, "NetworkAdd": SHORTS, "NetworkRm": SHORTS, "PublishAdd": SHORTS, "PublishRm": SHORTS,
         "Parallelism": {"type": "int", "min": -2**31, "max": 2**31}, "DelayMs": {"type": "int", "min": 0, "max": 3600_000}}}},
 }
 

@@ -9,18 +9,20 @@ and once a second; each step makes the node match etcd:
 - a task sandbox whose task is not ours any more (moved while this node was Down, or gone) is stopped;
 - the tasks of Down nodes are moved to Ready ones (engine/services.move_orphans; etcd's compare picks one
   mover);
-- the VIP tables of the local sandboxes follow the rotation (Services.sync_lb), on a thread of their own
-  (`swarm-lb`): a step that starts or stops sandboxes takes longer than DRAIN, and a table must not wait
-  for it.
+- the VIP tables of the local sandboxes and the routing mesh's table in the ingress sandbox follow the
+  rotation (Services.sync_lb), on a thread of their own (`swarm-lb`): a step that starts or stops sandboxes
+  takes longer than DRAIN, and a table must not wait for it;
+- this node's ingress sandbox is there while any service publishes an ingress port (engine/ingress.py), and
+  the ports its own sandboxes publish are written to `ports/<node>` (a service never takes one of them).
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 
-from ..engine.services import move_orphans, task_name, update_task
+from ..engine import ingress, publish
+from ..engine.services import TASK_SANDBOX, local_ports, move_orphans, task_name, update_task
 from ..errors import NsnetError
 from ..store import CompareFailed, Op
 
@@ -31,8 +33,6 @@ DRAIN = 0.5           # s: from a task leaving the rotation (desired shutdown) t
 RESTART_DELAY = 1.0   # s: a task that keeps exiting is started again at most this often
 STOP_TIMEOUT = 2.0    # s: SIGTERM, then SIGKILL
 READY_GRACE = 2.0     # s: a task that never listens on TCP counts as running after this long
-
-TASK_SANDBOX = re.compile(r"^[^.]+\.\d+\.([0-9a-f]{25})$")   # task_name(): NAME.SLOT.TASKID
 
 
 def should_restart(condition: str, code: int | None) -> bool:
@@ -68,6 +68,8 @@ class TaskRunner:
         self._shutdown_seen: dict[str, float] = {}   # task id -> when this node first saw it told to stop
         self._last_start: dict[str, float] = {}
         self._exits: dict[str, int | None] = {}      # task id -> exit code of its sandbox this node reaped
+        self._ports_written = None                   # what `ports/<node>` says, as this node last wrote it
+        self.ingress = ingress.IngressSandbox(self.engine, daemon.run_sandbox, self._remove)
         self.engine.services.listeners.append(self.poke)
         self._thread = threading.Thread(target=self._run, name="swarm-tasks", daemon=True)
         self._lb_thread = threading.Thread(target=self._run_lb, name="swarm-lb", daemon=True)
@@ -102,7 +104,14 @@ class TaskRunner:
 
     def step(self) -> None:
         link = self.engine.swarm
-        if link is None or not link.loaded.is_set():
+        if link is None:   # left the swarm (--force: its sandbox was taken off `ingress`): no mesh here
+            self._ports_written = None   # (leaving deleted its `ports/<node>`)
+            with self.engine.lock:
+                sb = ingress.sandbox(self.engine.state)
+            if sb is not None:
+                self._remove(sb)
+            return
+        if not link.loaded.is_set():
             return
         kv, me = link.kv, self.engine.state.node
         with self.engine.lock:
@@ -123,6 +132,20 @@ class TaskRunner:
         for sb in local.values():   # its task is not this node's any more, or gone
             log.info("tasks: sandbox %s runs no task of this node: stopping it", sb.name)
             self._remove(sb)
+        self.ingress.sync(services)
+        self._write_ports(kv, me)
+
+    def _write_ports(self, kv, me: str) -> None:
+        """`ports/<node>` says what this node's own sandboxes publish; no key while they publish nothing (a
+        node that never publishes writes nothing). Read back once, after a start."""
+        with self.engine.lock:
+            mine = local_ports(self.engine.state)
+        if self._ports_written is None:
+            entry = kv.get(f"ports/{me}")
+            self._ports_written = entry.value["ports"] if entry is not None else []
+        if mine != self._ports_written:
+            kv.commit([Op(f"ports/{me}", {"ports": mine} if mine else None)])
+            self._ports_written = mine
 
     # ---- one task ------------------------------------------------------------------------------------
 
@@ -159,9 +182,10 @@ class TaskRunner:
         tid, spec = t["id"], svc["spec"]
         self._last_start[tid] = time.monotonic()
         self._exits.pop(tid, None)
-        nets = [{"Network": n, "ServiceTask": True} for n in spec["networks"]]
+        nets = [{"Network": n, "ServiceTask": True} for n in self._networks(spec)]
         body = {"Name": task_name(svc["name"], t), "Hostname": f"{svc['name']}-{t['slot']}", "Cmd": command(spec),
-                **({"Networks": nets} if nets else {})}
+                **({"Networks": nets} if nets else {}),
+                "Ports": [f"{p['PublishedPort']}:{p['TargetPort']}/{p['Protocol']}" for p in publish.host(spec.get("ports", []))]}
         ours = lambda doc: doc["node"] == self.engine.state.node and doc["desired"] == "running"
         try:
             sb = self.d.run_sandbox(body).sandbox
@@ -200,7 +224,16 @@ class TaskRunner:
             self.engine.stop_sandbox(sb.id, STOP_TIMEOUT)
         self.engine.remove_sandbox(sb.id, force=True)
 
+    def _networks(self, spec: dict) -> list[str]:
+        """The service's networks, and `ingress` when it publishes a port there (the routing mesh reaches its
+        tasks on it)."""
+        with self.engine.lock:
+            mesh = ingress.network(self.engine.state)
+        on_mesh = mesh is not None and publish.ingress(spec.get("ports", [])) and mesh.id not in spec["networks"]
+        return spec["networks"] + ([mesh.id] if on_mesh else [])
+
     def _addresses(self, sb, svc: dict) -> dict[str, str]:
+        nets = self._networks(svc["spec"])
         with self.engine.lock:
             return {ep.network_id: ep.ipv4.split("/")[0] for ep in self.engine.state.endpoints_of_sandbox(sb)
-                    if ep.network_id in svc["spec"]["networks"] and ep.ipv4}
+                    if ep.network_id in nets and ep.ipv4}

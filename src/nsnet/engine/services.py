@@ -5,7 +5,10 @@ etcd holds it all, beside the swarm's networks (keys under EtcdKV's prefix):
   virtual IPs, one address per network, each claimed as `addresses/<network id>/<ip>` as an endpoint's is;
 - `names/service/<name>`: the name's claim;
 - `tasks/<id>`: one replica: service, slot, `node`, desired state (running | shutdown) and the current
-  state the node that runs it writes (running, its addresses per network, failed with an error, complete).
+  state the node that runs it writes (running, its addresses per network, failed with an error, complete);
+- `published/<proto>/<port>`: a published port's claim (engine/publish.py: a port is the whole swarm's), and
+  `ports/<node>`: the ports that node's own sandboxes publish with `-p`, written by its task runner, so that
+  a service never takes one of them. The routing mesh itself is engine/ingress.py.
 
 Placement is decided once, by the writer of the task, in an etcd transaction: `service create` and `scale`
 create tasks with a compare (the key must not exist) in the same commit as the service's new revision
@@ -23,16 +26,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import secrets
 import time
 
 from .. import requests as rq
 from ..dns.records import Record
 from ..errors import Conflict, NotFound, NsnetError
-from ..firewall import render_no_vips, render_vips
+from ..firewall import render_ingress, render_no_vips, render_vips
+from ..kernel import ports as host_ports
 from ..kernel.nft import run_first_in
+from ..model import PortMapping
 from ..store import CompareFailed, Op
 from ..store.records import address_key
+from . import ingress, publish
 
 log = logging.getLogger("nsnet.services")
 
@@ -41,6 +48,7 @@ MODES = ("vip", "dnsrr")
 MAX_REPLICAS = 100     # tasks created in one etcd transaction (etcd takes 128 writes)
 BATCH_WAIT = 30.0      # s: a rolling update waits this long for a batch's new tasks to run, then pauses
 RACES = 5              # commits retried when another node wrote the same keys at the same moment
+TASK_SANDBOX = re.compile(r"^[^.]+\.\d+\.([0-9a-f]{25})$")   # task_name(): NAME.SLOT.TASKID
 
 
 def new_id() -> str:
@@ -78,25 +86,63 @@ def parse_spec(body: dict) -> dict:
     if not body.get("Cmd"):
         raise NsnetError("no command given: nsnet service create [OPTIONS] -- CMD [ARGS...]")
     replicas = 1 if body.get("Replicas") is None else body["Replicas"]
+    ports = [publish.parse(s) for s in body.get("Publish") or []]
+    publish.check_own(ports)
     return {"replicas": check_replicas(replicas), "endpoint_mode": mode, "restart": restart,
-            "env": list(body.get("Env") or []), "cmd": list(body["Cmd"]), "networks": []}
+            "env": list(body.get("Env") or []), "cmd": list(body["Cmd"]), "networks": [], "ports": ports}
 
 
-def spread(count: int, ready: dict[str, str], tasks: list[dict]) -> list[str]:
+def spread(count: int, ready: dict[str, str], tasks: list[dict], one_per_node: str | None = None) -> list[str]:
     """The nodes for `count` new tasks: each to the Ready node (id -> name) running the fewest tasks that
-    want to run, ties by name. Pure: the caller commits the choice with a compare."""
+    want to run, ties by name. `one_per_node`: that service's ID, whose tasks publish host-mode ports, so
+    that no node runs two of them (each holds the port on its node). Pure: the caller commits the choice
+    with a compare."""
     if not ready:
         raise NsnetError("no node is Ready to run tasks", 503)
     load = {n: 0 for n in ready}
     for t in tasks:
         if t["desired"] == "running" and t["node"] in load:
             load[t["node"]] += 1
+    free = set(ready) - {t["node"] for t in tasks if t["desired"] == "running" and t.get("service_id") == one_per_node}
     out = []
     for _ in range(count):
-        node = min(ready, key=lambda n: (load[n], ready[n], n))
+        if one_per_node and not free:
+            raise NsnetError(f"no node left for a task: a port published in mode=host is held by one task per node, "
+                             f"and the {len(ready)} Ready nodes run one each", 503)
+        node = min(free if one_per_node else ready, key=lambda n: (load[n], ready[n], n))
         load[node] += 1
+        free.discard(node)
         out.append(node)
     return out
+
+
+def one_per_node(svc: dict) -> str | None:
+    """The service's ID when its tasks publish host-mode ports (spread's constraint), else None."""
+    return svc["id"] if publish.host(svc["spec"].get("ports", [])) else None
+
+
+def task_shape(spec: dict) -> tuple:
+    """What a task's sandbox is built with besides the networks: on `ingress` or not, its host-mode ports.
+    A change of either replaces the tasks (an update of the ingress ports alone does not)."""
+    ports = spec.get("ports", [])
+    return bool(publish.ingress(ports)), sorted((p["Protocol"], p["PublishedPort"], p["TargetPort"]) for p in publish.host(ports))
+
+
+def serves_swarm(name: str) -> bool:
+    """Is a sandbox of this name a task or the ingress sandbox (its ports are a service's, not the host's)?"""
+    return name == ingress.SANDBOX or TASK_SANDBOX.match(name) is not None
+
+
+def local_ports(state) -> list[list]:
+    """The ports this node's own sandboxes publish (not tasks'): [proto, port, sandbox name], what the node
+    writes to `ports/<node>` so that a service never publishes a port some node's sandbox holds."""
+    return sorted([p.proto, p.host_port, sb.name] for sb in state.sbs.values()
+                  if sb.state == "running" and not serves_swarm(sb.name) for p in sb.ports if p.host_port)
+
+
+def claim_key(p: dict) -> str:
+    """A published port's claim in etcd: two services committing the same port at once, one wins."""
+    return f"published/{p['Protocol']}/{p['PublishedPort']}"
 
 
 def in_rotation(t: dict, alive: set[str]) -> bool:
@@ -122,6 +168,8 @@ class Services:
         self.tasks: dict[str, dict] = {}
         self.listeners: list = []             # called (no arguments) when services, tasks or endpoints changed
         self._applied: dict[str, str | None] = {}   # sandbox id -> the VIP ruleset in force in it
+        self._mesh_applied = None                    # (sandbox id, pid, ruleset) in force in the ingress sandbox
+        self._mesh_error = ""                        # the last reason it could not be written, said once
         engine.feed.sources.append(self.records)
         engine.state.endpoint_saved.append(lambda ep: self._poke())
 
@@ -148,7 +196,9 @@ class Services:
 
     def check_unused(self, net) -> None:
         """A network a service is on is not removed (its VIP and its tasks' requests name it), as Docker."""
-        users = sorted(s["name"] for s in self.services.values() if net.id in s["spec"]["networks"])
+        mesh = ingress.network(self.e.state)
+        users = sorted(s["name"] for s in self.services.values() if net.id in s["spec"]["networks"]
+                       or (mesh is not None and net.id == mesh.id and publish.ingress(s["spec"].get("ports", []))))
         if users:
             raise Conflict(f"network {net.name} is in use by service {', '.join(users)}: remove the service "
                            f"or update it with --network-rm first")
@@ -157,13 +207,14 @@ class Services:
         """The resolver's records: `tasks.NAME` for every running task (and `NAME` with dnsrr), `NAME` for
         the VIP on each of the service's networks."""
         st, out = self.e.state, []
+        mesh = ingress.network(st)   # no names on the routing mesh's network, as Docker's
         for t in self.tasks.values():
             svc = self.services.get(t["service_id"])
             if svc is None or not in_rotation(t, st.alive):
                 continue
             names = (f"tasks.{svc['name']}".lower(),) + ((svc["name"].lower(),) if svc["spec"]["endpoint_mode"] == "dnsrr" else ())
             out += [Record(f"task:{t['id']}", net_id, names, ipv4=ip) for net_id, ip in t["addresses"].items()
-                    if net_id in st.nets]
+                    if net_id in st.nets and (mesh is None or net_id != mesh.id)]
         for svc in self.services.values():
             out += [Record(f"vip:{svc['id']}", net_id, (svc["name"].lower(),), ipv4=vip.split("/")[0])
                     for net_id, vip in svc["vips"].items() if net_id in st.nets]
@@ -194,12 +245,36 @@ class Services:
                     todo.append((sb.id, sb.pid, want))
             for sid in [s for s in self._applied if s not in st.sbs or st.sbs[s].state != "running"]:
                 del self._applied[sid]
+            mesh = self._mesh_table()
         for sid, pid, want in todo:
             try:
                 run_first_in(f"/proc/{pid}/ns/net", want or render_no_vips())
                 self._applied[sid] = want
             except (NsnetError, OSError) as e:
                 log.warning("sandbox %s: its service VIPs could not be written: %s", sid[:12], e)
+        if mesh is not None and mesh != self._mesh_applied:
+            try:
+                run_first_in(f"/proc/{mesh[1]}/ns/net", mesh[2])
+                self._mesh_applied = mesh
+            except (NsnetError, OSError) as e:
+                if str(e) != self._mesh_error:   # once per cause: this is tried again at every change and tick
+                    log.warning("ingress: the routing mesh's table could not be written: %s", e)
+                self._mesh_error = str(e)
+
+    def _mesh_table(self):
+        """(sandbox id, pid, ruleset) for this node's running ingress sandbox: each ingress port to the
+        addresses on `ingress` of its service's tasks in rotation; None when there is no such sandbox."""
+        st = self.e.state
+        sb, net = ingress.sandbox(st), ingress.network(st)
+        if sb is None or net is None or sb.state != "running" or not sb.pid:
+            return None
+        ports = {}
+        for svc in self.services.values():
+            backends = sorted(t["addresses"][net.id] for t in self.tasks.values()
+                              if t["service_id"] == svc["id"] and in_rotation(t, st.alive) and net.id in t["addresses"])
+            for p in publish.ingress(svc["spec"].get("ports", [])):
+                ports[(p["Protocol"], p["PublishedPort"])] = (p["TargetPort"], backends)
+        return sb.id, sb.pid, render_ingress(ports)
 
     # ---- use cases (API threads) -------------------------------------------------------------------------
 
@@ -215,15 +290,19 @@ class Services:
         if kv.get(f"names/service/{name}") is not None:
             raise Conflict(f"service {name} already exists")
         sid = new_id()
+        spec["ports"] = self._publishable(kv, spec["ports"], [], sid)
         for attempt in range(RACES):
+            nodes = spread(spec["replicas"], self._ready(kv), [t.value for t in kv.list("tasks/")],
+                           sid if publish.host(spec["ports"]) else None)
+            if attempt == 0 and publish.ingress(spec["ports"]):
+                self._mesh_network()   # last: everything else is checked (bad input changes nothing)
             vips = self._take_vips(kv, nets) if spec["endpoint_mode"] == "vip" else {}
             now = _now()
             doc = {"id": sid, "name": name, "created": now, "updated": now, "version": 1, "spec": spec, "vips": vips}
-            tasks = [self._task(doc, slot, node)
-                     for slot, node in enumerate(spread(spec["replicas"], self._ready(kv),
-                                                         [t.value for t in kv.list("tasks/")]), start=1)]
+            tasks = [self._task(doc, slot, node) for slot, node in enumerate(nodes, start=1)]
             ops = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
                    + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{sid}"}, expect=0) for n, v in vips.items()]
+                   + [Op(claim_key(p), {"id": sid}, expect=0) for p in spec["ports"]]
                    + [Op(f"tasks/{t['id']}", t, expect=0) for t in tasks])
             try:
                 kv.commit(ops)
@@ -233,8 +312,66 @@ class Services:
                 self._give_back(vips)
                 if kv.get(f"names/service/{name}") is not None:
                     raise Conflict(f"service {name} already exists") from None
+                taken = next((p for p in spec["ports"] if kv.get(claim_key(p)) is not None), None)
+                if taken is not None:
+                    raise Conflict(f"port {taken['PublishedPort']}/{taken['Protocol']} was just published by "
+                                   f"another service") from None
                 # a VIP another node took at the same moment: read the claims again (in _take_vips)
         raise Conflict(f"service {name}: its addresses kept being taken by other nodes; try again")
+
+    def _publishable(self, kv, ports: list[dict], kept: list[dict], sid: str) -> list[dict]:
+        """`ports` (new to service `sid`, which keeps `kept`) checked free on every node and given their
+        published ports: not another service's (etcd), not a sandbox's `-p` on any node (each node's
+        `ports/<node>`, this node's own state), not held on this node's host by anything else."""
+        if not ports:
+            return []
+        taken = self._taken(kv, sid)
+        taken.update({(p["Protocol"], p["PublishedPort"]): "this service" for p in kept})
+        out = publish.assign(ports, taken)
+        for p in out:
+            self._check_free_here(p)
+        return out
+
+    @staticmethod
+    def _check_free_here(p: dict) -> None:
+        """Held by no program of this node's host (bound, then let go at once)."""
+        try:
+            host_ports.hold(PortMapping("0.0.0.0", p["PublishedPort"], p["PublishedPort"], p["Protocol"])).close()
+        except Conflict:
+            raise Conflict(f"port {p['PublishedPort']}/{p['Protocol']} is already in use on the host of this "
+                           f"node") from None
+
+    def _taken(self, kv, sid: str) -> dict[tuple[str, int], str]:
+        """(proto, port) -> who publishes it in the swarm, besides service `sid`."""
+        taken = {}
+        for e in kv.list("services/"):
+            if e.value["id"] != sid:
+                for p in e.value["spec"].get("ports", []):
+                    mode = "an ingress" if p["PublishMode"] == publish.INGRESS else "a host-mode"
+                    taken[(p["Protocol"], p["PublishedPort"])] = f"service {e.value['name']} as {mode} port"
+        names = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/")}
+        for e in kv.list("ports/"):
+            if _tail(e.key) in names:
+                for proto, port, who in e.value.get("ports", []):
+                    taken[(proto, port)] = f"sandbox {who} on node {names[_tail(e.key)]}"
+        with self.e.lock:   # this node's own, as they are now (its record may be a second old)
+            for proto, port, who in local_ports(self.e.state):
+                taken[(proto, port)] = f"sandbox {who} on node {names.get(self.e.state.node, 'here')}"
+        return taken
+
+    def _mesh_network(self):
+        """The swarm's `ingress` network, made now when no service has needed it yet."""
+        with self.e.lock:
+            net = ingress.network(self.e.state)
+            local = next((n for n in self.e.state.nets.values() if n.name == ingress.NETWORK), None)
+        if net is not None:
+            return net
+        if local is not None:
+            raise Conflict(f"a network of this node is named {ingress.NETWORK}: the routing mesh needs that name "
+                           f"for the swarm's ingress network; remove it, or publish with mode=host")
+        net = self.e.create_network({"Name": ingress.NETWORK, "Driver": "overlay"})
+        log.info("made the swarm's ingress network %s (%s)", net.id[:12], net.subnets[0].subnet)
+        return net
 
     def scale(self, ref: str, replicas) -> dict:
         kv = self._kv()
@@ -249,7 +386,7 @@ class Services:
             if replicas > len(live):
                 taken = {t.value["slot"] for t in live}
                 slots = [s for s in range(1, replicas + len(taken) + 1) if s not in taken][:replicas - len(live)]
-                nodes = spread(len(slots), self._ready(kv), [t.value for t in kv.list("tasks/")])
+                nodes = spread(len(slots), self._ready(kv), [t.value for t in kv.list("tasks/")], one_per_node(doc))
                 ops += [Op(f"tasks/{t['id']}", t, expect=0) for t in (self._task(doc, s, n) for s, n in zip(slots, nodes))]
             else:   # the highest slots stop: each leaves the rotation first (the runner's DRAIN)
                 ops += [Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision) for t in live[replicas:]]
@@ -289,26 +426,40 @@ class Services:
                 raise NsnetError(f"service {doc['name']} is not on network {net.name}")
         if len({n.id for n in added}) != len(added) or len({n.id for n in removed}) != len(removed):
             raise Conflict("a network is given twice")
-        if not added and not removed:
+        old_ports = doc["spec"].get("ports", [])
+        unpublish = [publish.parse(x) for x in body.get("PublishRm") or []]
+        kept = publish.removing(old_ports, unpublish)
+        fresh = self._publishable(kv, [publish.parse(x) for x in body.get("PublishAdd") or []], kept, doc["id"])
+        if not added and not removed and not unpublish and not fresh:
             return self.scale(doc["id"], replicas) if replicas is not None else doc
+        ports = kept + fresh
+        if publish.ingress(fresh):
+            self._mesh_network()   # last: everything else is checked (bad input changes nothing)
         vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
         gone = {n.id for n in removed}
         new = {**doc, "version": doc["version"] + 1, "updated": _now(),
-               "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added]},
+               "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added],
+                        "ports": ports},
                "vips": {**{n: v for n, v in doc["vips"].items() if n not in gone}, **vips}}
         ops = ([Op(entry.key, new, expect=entry.mod_revision)]
                + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{doc['id']}"}, expect=0) for n, v in vips.items()]
-               + [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items() if n in gone])
+               + [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items() if n in gone]
+               + [Op(claim_key(p), {"id": doc["id"]}, expect=0) for p in fresh]
+               + [Op(claim_key(p), None) for p in old_ports if p not in kept])
         try:
             kv.commit(ops)
         except CompareFailed:
             self._give_back(vips)
-            raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses were taken); try again") from None
+            raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses or ports were taken); try "
+                           f"again") from None
         self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
-        self._roll(kv, new, parallelism, delay)
+        if added or removed or task_shape(doc["spec"]) != task_shape(new["spec"]):
+            self._roll(kv, new, parallelism, delay, stop_first=bool(publish.host(old_ports) or publish.host(ports)))
         return self.scale(doc["id"], replicas) if replicas is not None else new
 
-    def _roll(self, kv, svc: dict, parallelism: int, delay: float) -> None:
+    def _roll(self, kv, svc: dict, parallelism: int, delay: float, stop_first: bool = False) -> None:
+        """`stop_first`: a batch's old tasks stop before its new ones start (host-mode ports: an old task
+        holds its port on its node, where the new one may have to run)."""
         while True:
             entries = [t for t in kv.list("tasks/") if t.value["service_id"] == svc["id"]]
             old = sorted((t.value for t in entries if t.value["desired"] == "running"
@@ -318,7 +469,12 @@ class Services:
             if kv.get(f"services/{svc['id']}") is None:
                 raise NotFound(f"service {svc['name']} was removed during its update")
             batch = old[:parallelism]
-            nodes = spread(len(batch), self._ready(kv), [t.value for t in kv.list("tasks/")])
+            if stop_first:
+                for t in batch:
+                    update_task(kv, t["id"], {"desired": "shutdown"}, lambda doc: doc["desired"] == "running")
+                self._wait(lambda: all(kv.get(f"tasks/{t['id']}") is None for t in batch),
+                           f"update of service {svc['name']} paused: an old task did not stop")
+            nodes = spread(len(batch), self._ready(kv), [t.value for t in kv.list("tasks/")], one_per_node(svc))
             fresh = [self._task(svc, t["slot"], node) for t, node in zip(batch, nodes)]
             kv.commit([Op(f"tasks/{t['id']}", t, expect=0) for t in fresh])
             deadline = time.monotonic() + BATCH_WAIT
@@ -331,9 +487,17 @@ class Services:
                 if all(e.value["state"] == "running" for e in now):
                     break
                 time.sleep(0.05)
-            for t in batch:
+            for t in [] if stop_first else batch:
                 update_task(kv, t["id"], {"desired": "shutdown"}, lambda doc: doc["desired"] == "running")
             time.sleep(delay)
+
+    @staticmethod
+    def _wait(done, why: str) -> None:
+        deadline = time.monotonic() + BATCH_WAIT
+        while not done():
+            if time.monotonic() > deadline:
+                raise NsnetError(f"{why} within {BATCH_WAIT:.0f} s", 500)
+            time.sleep(0.05)
 
     def remove(self, ref: str) -> str:
         """The service, its name and VIPs go at once; its tasks are told to shut down (each node stops its
@@ -345,6 +509,7 @@ class Services:
             alive = self._alive(kv)
             ops = [Op(entry.key, None, expect=entry.mod_revision), Op(f"names/service/{doc['name']}", None)]
             ops += [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items()]
+            ops += [Op(claim_key(p), None) for p in doc["spec"].get("ports", [])]
             for t in kv.list("tasks/"):
                 if t.value["service_id"] != doc["id"]:
                     continue
@@ -447,7 +612,7 @@ class Services:
     @staticmethod
     def _doc(svc: dict) -> dict:
         """Docker's service inspect document, as far as it applies."""
-        spec = svc["spec"]
+        spec, ports = svc["spec"], svc["spec"].get("ports", [])
         return {"ID": svc["id"], "Version": {"Index": svc["version"]}, "CreatedAt": svc["created"],
                 "UpdatedAt": svc["updated"],
                 "Spec": {"Name": svc["name"], "Labels": {},
@@ -455,8 +620,8 @@ class Services:
                                           "RestartPolicy": {"Condition": spec["restart"]},
                                           "Networks": [{"Target": n} for n in spec["networks"]]},
                          "Mode": {"Replicated": {"Replicas": spec["replicas"]}},
-                         "EndpointSpec": {"Mode": spec["endpoint_mode"]}},
-                "Endpoint": {"Spec": {"Mode": spec["endpoint_mode"]}, "Ports": [],
+                         "EndpointSpec": {"Mode": spec["endpoint_mode"], "Ports": ports}},
+                "Endpoint": {"Spec": {"Mode": spec["endpoint_mode"], "Ports": ports}, "Ports": ports,
                              "VirtualIPs": [{"NetworkID": n, "Addr": v} for n, v in svc["vips"].items()]}}
 
 
