@@ -54,6 +54,12 @@ def switch_port(tag: str, i: int) -> str:
     return f"p{i}{tag}"
 
 
+def network_names(host: Host) -> set[str]:
+    """The networks `network ls` shows on `host`, by name (a name may be a part of another row's driver or
+    scope, e.g. "ov" of "overlay": the table's text is no test)."""
+    return {n["Name"] for n in host.json("network", "ls", "--format", "json")}
+
+
 def form(hosts: list[Host], store: str = STORE) -> None:
     """The first host inits the swarm, the others join; node names host-a, host-b, ..."""
     for i, h in enumerate(hosts):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import changes, wait_for
-from swarmnet import NET, form, needs_etcd, swarm_hosts, switch_port
+from swarmnet import NET, form, needs_etcd, network_names, swarm_hosts, switch_port
 
 pytestmark = needs_etcd
 HERE = os.path.dirname(__file__)
@@ -51,7 +51,7 @@ def peers(host, vni) -> set[tuple[str, str, str]]:
 def create_overlay(a, b, *args):
     """Create on A; seen on B (etcd's watch)."""
     a.nsnet("network", "create", "-d", "overlay", *args)
-    assert wait_for(lambda: args[-1] in b.nsnet("network", "ls").stdout, timeout=2)
+    assert wait_for(lambda: args[-1] in network_names(b), timeout=2)
 
 
 def test_sandboxes_on_two_hosts_share_an_overlay(two):
@@ -63,16 +63,16 @@ def test_sandboxes_on_two_hosts_share_an_overlay(two):
     doc = b.json("network", "inspect", "ov")[0]
     assert (doc["Driver"], doc["Scope"], doc["Attachable"]) == ("overlay", "swarm", True)
     subnet = doc["IPAM"]["Config"][0]["Subnet"]
-    assert subnet == "10.0.0.0/24", subnet          # Docker's swarm pool, 10.0.0.0/8 as /24s
+    assert subnet == "10.0.1.0/24", subnet          # Docker's swarm pool, 10.0.0.0/8 as /24s: the first is ingress's
     vni = doc["Options"][VNI_KEY]
-    assert vni == "4097"
+    assert vni == "4097"                            # as Docker's: ingress has 4096
 
     b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--network-alias", "web", "--",
             sys.executable, NETCHECK, "serve", "tcp", "8080")
     a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
     e1, e2 = net_of(a, "s1", "ov"), net_of(b, "s2", "ov")
     ip1, ip2 = e1["IPAddress"], e2["IPAddress"]
-    assert ip1 != ip2 and {ip1, ip2} <= {"10.0.0.2", "10.0.0.3"}
+    assert ip1 != ip2 and {ip1, ip2} <= {"10.0.1.2", "10.0.1.3"}
     assert e1["Gateway"] == ""                      # as Docker's overlay: the way out is the gateway bridge
 
     # the data plane: nothing learnt, nothing flooded; each host holds exactly the other's sandbox
@@ -110,7 +110,7 @@ def test_sandboxes_on_two_hosts_share_an_overlay(two):
     b.nsnet("rm", "-f", "s2")
     assert wait_for(lambda: not peers(a, vni) and not b.overlay_holders(), timeout=2)
     assert wait_for(lambda: a.nsnet("network", "rm", "ov", check=False).returncode == 0, timeout=2)
-    assert wait_for(lambda: "ov" not in b.nsnet("network", "ls").stdout, timeout=2)
+    assert wait_for(lambda: "ov" not in network_names(b), timeout=2)
 
 
 def test_attach_rules_and_bad_input(two):
@@ -134,7 +134,7 @@ def test_attach_rules_and_bad_input(two):
     assert p.returncode != 0 and "sandboxes c are on its networks" in p.stderr, p.stderr
     b.nsnet("network", "disconnect", "ov", "c")
     b.nsnet("swarm", "leave")
-    assert "ov" not in b.nsnet("network", "ls").stdout
+    assert "ov" not in network_names(b)
     p = b.nsnet("network", "create", "-d", "overlay", "w", check=False)
     assert p.returncode != 0 and "need a swarm" in p.stderr, p.stderr
 
@@ -269,7 +269,7 @@ def test_etcd_down_traffic_flows_changes_fail_at_once_then_the_node_catches_up(t
     # the node catches up by itself: B's network, made as soon as etcd is back, reaches A; A attaches again
     assert wait_for(lambda: b.nsnet("network", "create", "-d", "overlay", "--attachable", "ov2",
                                     check=False).returncode == 0, timeout=15, interval=0.5)
-    assert wait_for(lambda: "ov2" in a.nsnet("network", "ls").stdout, timeout=5)
+    assert wait_for(lambda: "ov2" in network_names(a), timeout=5)
     a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--", "sleep", "300")
     assert wait_for(lambda: b.exec("s2", "ping -c1 -W1 s3", check=False).returncode == 0, timeout=5)
 
@@ -305,18 +305,21 @@ def test_a_three_member_etcd_with_one_member_down_changes_nothing(tag):
 
 
 def test_a_subnet_in_use_on_any_node_is_never_an_overlays(tag):
-    """Host B's users are on 10.0.0.0/24 (a link of B's holds 10.0.0.7/24): an overlay created on A skips
-    that /24, although A sees nothing there. An --internal overlay gets no way out."""
+    """Host A's users are on 10.0.0.0/24 (a link of A's holds 10.0.0.7/24): the ingress network that A's swarm
+    init makes takes the next /24, 10.0.1.0/24. Host B's are on 10.0.2.0/24: an overlay created on A skips that
+    /24 too, although A sees nothing there. An --internal overlay gets no way out."""
     with swarm_hosts(tag) as (etcd, (a, b)):
-        b.sh("ip link add lan0 type veth peer name lan1")
-        b.sh("ip addr add 10.0.0.7/24 dev lan0")
-        b.sh("ip link set lan0 up")
+        for h, cidr in ((a, "10.0.0.7/24"), (b, "10.0.2.7/24")):
+            h.sh("ip link add lan0 type veth peer name lan1")
+            h.sh(f"ip addr add {cidr} dev lan0")
+            h.sh("ip link set lan0 up")
         form([a, b])
-        assert wait_for(lambda: "10.0.0.0/24" in etcd_text(etcd, "evidence/"), timeout=5)
+        assert b.json("network", "inspect", "ingress")[0]["IPAM"]["Config"][0]["Subnet"] == "10.0.1.0/24"
+        assert wait_for(lambda: "10.0.2.0/24" in etcd_text(etcd, "evidence/"), timeout=5)
         create_overlay(a, b, "--attachable", "ov")
-        assert a.json("network", "inspect", "ov")[0]["IPAM"]["Config"][0]["Subnet"] == "10.0.1.0/24"
-        p = a.nsnet("network", "create", "-d", "overlay", "--subnet", "10.0.0.0/24", "x", check=False)
-        assert p.returncode != 0 and "10.0.0.0/24" in p.stderr and "host-b" in p.stderr, p.stderr
+        assert a.json("network", "inspect", "ov")[0]["IPAM"]["Config"][0]["Subnet"] == "10.0.3.0/24"
+        p = a.nsnet("network", "create", "-d", "overlay", "--subnet", "10.0.2.0/24", "x", check=False)
+        assert p.returncode != 0 and "10.0.2.0/24" in p.stderr and "host-b" in p.stderr, p.stderr
 
         create_overlay(a, b, "--attachable", "--internal", "inside")
         a.nsnet("run", "-d", "--name", "i1", "--network", "inside", "--hostname", "deep", "--", "sleep", "300")

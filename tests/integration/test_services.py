@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import changes, wait_for
-from swarmnet import form, needs_etcd, swarm_hosts
+from swarmnet import form, needs_etcd, network_names, swarm_hosts
 
 pytestmark = needs_etcd
 HERE = os.path.dirname(__file__)
@@ -41,7 +41,7 @@ def etcd_keys(etcd, prefix: str) -> dict:
 
 def overlay(a, b, *args):
     a.nsnet("network", "create", "-d", "overlay", *args)
-    assert wait_for(lambda: args[-1] in b.nsnet("network", "ls").stdout, timeout=2)
+    assert wait_for(lambda: args[-1] in network_names(b), timeout=2)
     return a.json("network", "inspect", args[-1])[0]
 
 
@@ -97,7 +97,7 @@ def test_a_service_across_two_hosts_vip_names_scale_rm(two):
     assert doc["Spec"]["TaskTemplate"]["Networks"] == [{"Target": ov["Id"]}]
     assert doc["Spec"]["Mode"]["Replicated"]["Replicas"] == 3 and doc["Endpoint"]["Spec"]["Mode"] == "vip"
     [vip] = doc["Endpoint"]["VirtualIPs"]
-    assert vip["NetworkID"] == ov["Id"] and vip["Addr"].startswith("10.0.0.") and vip["Addr"].endswith("/24")
+    assert vip["NetworkID"] == ov["Id"] and vip["Addr"].startswith("10.0.1.") and vip["Addr"].endswith("/24")
     vip_ip = vip["Addr"].split("/")[0]
     ips = task_ips(b, "web", ov["Id"])
     assert len(set(ips)) == 3 and vip_ip not in ips
@@ -328,6 +328,12 @@ def ask_from_outside(etcd, target: str, port: int, n: int) -> list[str]:
                           text=True, timeout=120).stdout.splitlines()
 
 
+def mesh_sandbox(host) -> dict | None:
+    """The host's ingress sandbox (nsnet's own: `ps` does not list it, as `docker ps` does not Docker's)."""
+    p = host.nsnet("inspect", "ingress-sbox", check=False)
+    return json.loads(p.stdout)[0] if p.returncode == 0 else None
+
+
 def node_of_tasks(host, name) -> list[str]:
     return sorted(t["Node"] for t in running_tasks(host, name))
 
@@ -335,15 +341,18 @@ def node_of_tasks(host, name) -> list[str]:
 def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
     etcd, a, b, c = three
     overlay(a, b, "--attachable", "ov")
+    # the ingress network is there from swarm init (Docker's shape), but nothing is built for it yet
+    doc = c.json("network", "inspect", "ingress")[0]
+    assert doc["Ingress"] is True and doc["Driver"] == "overlay" and doc["Scope"] == "swarm"
+    assert not any(h.overlay_holders() or mesh_sandbox(h) for h in (a, b, c))
     create(a, "web", "--network", "ov", "--publish", "published=8080,target=8080", replicas=2)
     assert wait_for(lambda: replicas(c, "web") == "2/2", timeout=15), c.nsnet("service", "ps", "web").stdout
     assert node_of_tasks(a, "web") == ["host-a", "host-b"]        # host-c runs none
 
-    # Docker's shapes: the ingress network, the PORTS column, Endpoint.Ports and Spec.EndpointSpec.Ports
-    mesh = {n["Name"]: n for n in c.json("network", "ls", "--format", "json")}.get("ingress")
-    assert mesh is not None, c.nsnet("network", "ls").stdout
-    doc = c.json("network", "inspect", "ingress")[0]
-    assert doc["Ingress"] is True and doc["Driver"] == "overlay" and doc["Scope"] == "swarm"
+    # Docker's shapes: the PORTS column, Endpoint.Ports and Spec.EndpointSpec.Ports; no ingress-sbox in `ps`
+    assert c.json("network", "inspect", "ingress")[0]["Id"] == doc["Id"]
+    assert wait_for(lambda: mesh_sandbox(c) is not None, timeout=10)
+    assert "ingress-sbox" not in c.nsnet("ps", "-a").stdout + json.dumps(c.json("ps", "-a", "--format", "json"))
     assert "*:8080->8080/tcp" in a.nsnet("service", "ls").stdout
     port = {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8080, "PublishMode": "ingress"}
     svc = b.json("service", "inspect", "web")[0]
@@ -360,17 +369,27 @@ def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
     local = c.sh(f"{sys.executable} {NETCHECK} ask tcp 127.0.0.1 8080", check=False).stdout
     assert local.startswith("host=web-"), local
 
+    # host-c leaves while the port is published: its ingress sandbox is nsnet's own, not counted (as Docker's)
+    c.nsnet("swarm", "leave")
+    assert set(ask_from_outside(etcd, address_of(c), 8080, 1)) == {"refused"}
+    assert mesh_sandbox(c) is None and "ingress" not in network_names(c) and not c.overlay_holders()
+    assert hosts_of(ask_from_outside(etcd, address_of(a), 8080, 20)) == {"web-1", "web-2"}
+    c.nsnet("swarm", "join", "--advertise-addr", address_of(c), "--store", f"etcd://{SWITCH}.1:2379",
+            "--node-name", "host-c")
+
     # a task on host-c too (scale up): in rotation through the mesh as well
     a.nsnet("service", "scale", "web=3")
     assert wait_for(lambda: replicas(a, "web") == "3/3", timeout=15)
     assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(a), 8080, 45)) == {"web-1", "web-2", "web-3"},
                     timeout=10)
 
-    # rm: the port stops answering everywhere, each node's ingress sandbox goes with the last ingress port
+    # rm: the port stops answering everywhere, each node's ingress sandbox goes with the last ingress port;
+    # the network stays (as Docker's)
     a.nsnet("service", "rm", "web")
     for h in (a, b, c):
         assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8080, 1)) == {"refused"}, timeout=10)
-        assert wait_for(lambda: "ingress-sbox" not in h.nsnet("ps", "-a").stdout, timeout=10), h.nsnet("ps", "-a").stdout
+        assert wait_for(lambda: mesh_sandbox(h) is None, timeout=10)
+        assert "ingress" in network_names(h)
     assert etcd_keys(etcd, "published/") == {}
 
 
@@ -383,7 +402,7 @@ def test_mode_host_publishes_only_where_a_task_runs(two):
     there, elsewhere = (a, b) if node == "host-a" else (b, a)
     assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(there), 8081, 5)) == {"hw-1"}, timeout=10)
     assert set(ask_from_outside(etcd, address_of(elsewhere), 8081, 5)) == {"refused"}
-    assert "ingress-sbox" not in a.nsnet("ps", "-a").stdout + b.nsnet("ps", "-a").stdout   # no mesh for host mode
+    assert mesh_sandbox(a) is None and mesh_sandbox(b) is None   # no mesh for host mode
     assert "PORTS" in a.nsnet("service", "ls").stdout and "8081" not in a.nsnet("service", "ls").stdout   # as Docker's
     assert a.json("service", "inspect", "hw")[0]["Endpoint"]["Ports"] == [
         {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8081, "PublishMode": "host"}]
@@ -438,8 +457,20 @@ def test_publish_add_and_rm(two):
     a.nsnet("service", "update", "--publish-rm", "8080", "web")            # by target port, as Docker
     for h in (a, b):
         assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8083, 1)) == {"refused"}, timeout=10)
-        assert wait_for(lambda: "ingress-sbox" not in h.nsnet("ps", "-a").stdout, timeout=10)
+        assert wait_for(lambda: mesh_sandbox(h) is None, timeout=10)
     assert etcd_keys(etcd, "published/") == {}
+
+    # nothing publishes: `network rm ingress` is allowed (Docker asks first), on every node; the next ingress
+    # port makes it again
+    assert wait_for(lambda: a.nsnet("network", "rm", "ingress", check=False).returncode == 0, timeout=2)
+    assert wait_for(lambda: "ingress" not in network_names(b), timeout=2)
+    b.nsnet("service", "update", "--publish-add", "8087:8080", "web")
+    assert b.json("network", "inspect", "ingress")[0]["Ingress"] is True
+    assert wait_for(lambda: replicas(a, "web") == "2/2" and len(b.json("service", "ps", "web", "--format", "json")) == 2,
+                    timeout=20)
+    for h in (a, b):
+        assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8087, 20)) == {"web-1", "web-2"},
+                        timeout=10), ask_from_outside(etcd, address_of(h), 8087, 5)
 
 
 def test_a_taken_port_and_bad_publish_specs_are_refused(two):
@@ -448,7 +479,7 @@ def test_a_taken_port_and_bad_publish_specs_are_refused(two):
     b.nsnet("run", "-d", "--name", "local", "-p", "9090:80", "--", "sleep", "300")   # a sandbox of host-b's own
     create(a, "web", "--network", "ov", "-p", "9091:8080", replicas=1)
     assert wait_for(lambda: replicas(a, "web") == "1/1", timeout=15)
-    assert wait_for(lambda: "ingress-sbox" in a.nsnet("ps").stdout and "ingress-sbox" in b.nsnet("ps").stdout, timeout=10)
+    assert wait_for(lambda: mesh_sandbox(a) is not None and mesh_sandbox(b) is not None, timeout=10)
     assert wait_for(lambda: any(["tcp", 9090, "local"] in v["ports"] for v in etcd_keys(etcd, "ports/").values()),
                     timeout=5)   # host-b's runner wrote its sandboxes' ports (ports/<node>)
     for args, says in (
@@ -515,8 +546,7 @@ def test_the_mesh_is_repaired_a_late_node_a_restart_a_killed_ingress_sandbox(tag
             assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8085, 3)) == {"web-1"}, timeout=10)
 
         # b's ingress sandbox killed: made again
-        [sbox] = [s for s in b.json("ps", "--format", "json") if s["Name"].lstrip("/") == "ingress-sbox"]
+        sbox = mesh_sandbox(b)
         os.kill(sbox["State"]["Pid"], signal.SIGKILL)
-        assert wait_for(lambda: any(s["Name"].lstrip("/") == "ingress-sbox" and s["Id"] != sbox["Id"]
-                                    for s in b.json("ps", "--format", "json")), timeout=10)
+        assert wait_for(lambda: (mesh_sandbox(b) or sbox)["Id"] != sbox["Id"], timeout=10)
         assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)

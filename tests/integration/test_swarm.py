@@ -16,7 +16,7 @@ from nsnet.store.etcd import EtcdKV
 
 from conftest import Host, changes, wait_for
 from etcdserver import ETCD
-from swarmnet import NET, STORE, swarm_hosts
+from swarmnet import NET, STORE, network_names, swarm_hosts
 
 if not os.path.exists(ETCD):
     pytest.skip("etcd is not installed (Debian's etcd-server: scripts/setup.sh)", allow_module_level=True)
@@ -73,6 +73,16 @@ def test_two_hosts_join_see_each_other_and_a_killed_daemon_goes_down(swarm):
     b_id = b.json("info")["Swarm"]["NodeID"]
     assert a.json("node", "inspect", "host-b")[0]["ID"] == b_id
 
+    # as Docker's swarm init: the swarm's `ingress` overlay, from the first /24 of the pool, listed on every
+    # node; nothing is built for it anywhere until a service publishes a port
+    for h in (a, b):
+        mesh = {n["Name"]: n for n in h.json("network", "ls", "--format", "json")}.get("ingress")
+        assert mesh is not None and (mesh["Driver"], mesh["Scope"]) == ("overlay", "swarm"), h.nsnet("network", "ls").stdout
+        doc = h.json("network", "inspect", "ingress")[0]
+        assert doc["Ingress"] is True and doc["IPAM"]["Config"][0]["Subnet"] == "10.0.0.0/24"
+        assert doc["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4096"   # Docker's
+        assert not h.overlay_holders() and h.nsnet("inspect", "ingress-sbox", check=False).returncode != 0
+
     # kill -9: B's lease is no longer renewed, and A sees B Down within the TTL (10 s) + 1 s
     os.kill(b.daemon_pid(), signal.SIGKILL)
     killed = time.monotonic()
@@ -95,7 +105,8 @@ def test_two_hosts_join_see_each_other_and_a_killed_daemon_goes_down(swarm):
     b.nsnet("swarm", "leave")
     assert node_ls(a) == {"host-a": ("Ready", f"{NET}.2")}
     assert swarm_file(b) is None and b.json("info")["Swarm"]["LocalNodeState"] == "inactive"
-    a.nsnet("swarm", "leave")   # the last node: the swarm goes too, and the store takes a new one
+    assert "ingress" not in network_names(b)
+    a.nsnet("swarm", "leave")   # the last node: the swarm goes too (its ingress network), the store takes a new one
     assert etcd_keys(etcd) == {}
 
 

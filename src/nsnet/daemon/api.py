@@ -7,6 +7,7 @@ import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..cluster import request as swarm_request
+from ..engine import ingress
 from ..engine.cni import DECODING_FAILURE as CNI_DECODING, SUPPORTED as CNI_VERSIONS, CniError
 from ..errors import Conflict, NsnetError, NotFound
 from ..kernel import procs
@@ -101,6 +102,8 @@ def network_disconnect(d, ref, query, body, peer):
 def sandboxes(d, query, body, peer):
     docs = []
     for s in d.engine.list_sandboxes(query.get("all", False)):
+        if s.name == ingress.SANDBOX:
+            continue   # nsnet's own, as Docker's: `ps` never lists it (inspect and `network inspect` show it)
         try:
             docs.append(d.engine.inspect_sandbox(s.id))
         except NotFound:
@@ -177,7 +180,9 @@ def cni(d, query, body, peer):
 
 @route("POST", "/swarm/init")
 def swarm_init(d, query, body, peer):
-    return {"NodeID": d.cluster.init(swarm_request(body, join=False))}
+    node = d.cluster.init(swarm_request(body, join=False))
+    ingress.make_at_init(d.engine)   # the swarm's routing-mesh network, as Docker's swarm init makes it
+    return {"NodeID": node}
 
 
 @route("POST", "/swarm/join")

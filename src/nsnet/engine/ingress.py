@@ -1,14 +1,22 @@
 """The routing mesh on each node (issue 17): the swarm's `ingress` overlay and this node's ingress sandbox.
 
 Docker's shape, with nftables for IPVS. The swarm's overlay named `ingress` carries the mesh (Docker's
-Ingress network; nsnet makes it when a service first publishes a port in ingress mode, not at swarm init:
-a swarm that publishes nothing keeps its first /24 and builds no overlay on any node). While any service
-publishes an ingress port, every node of the swarm runs one sandbox, `ingress-sbox`, on `ingress` and on the
-node's gateway bridge (which any overlay sandbox gets). It publishes each ingress port P as P:P, as any
-sandbox's `-p`: the host holds P with a socket and DNATs it to the sandbox's gateway-bridge address. Inside
-it, firewall.render_ingress DNATs P to one of the service's running tasks on `ingress` (port T) and
-masquerades to its own `ingress` address, so that the reply comes back through it; its command turns
-forwarding on in its namespace. The tasks of a service with an ingress port join `ingress`.
+Ingress network). As Docker's, it is made at `swarm init` (`make_at_init`), from the first clear /24 of the
+swarm's pool (10.0.0.0/24 with the default pool: the first other overlay gets 10.0.1.0/24) and with Docker's
+VXLAN ID 4096, and every node lists it; but nothing is built for it on any node (no overlay namespace, no
+sandbox) until a service publishes a port in ingress mode. `network rm ingress` is refused while a service
+publishes one (engine/services.py), allowed otherwise (Docker asks first; nsnet does not); the next service
+that publishes an ingress port makes it again (`ensure_network`). The last node to leave the swarm takes it
+with it (engine/swarmcases.py).
+
+While any service publishes an ingress port, every node of the swarm runs one sandbox, `ingress-sbox`, on
+`ingress` and on the node's gateway bridge (which any overlay sandbox gets). It is nsnet's own, as Docker's:
+`ps` does not list it and `swarm leave` does not count it (it goes with the swarm's networks). It publishes
+each ingress port P as P:P, as any sandbox's `-p`: the host holds P with a socket and DNATs it to the
+sandbox's gateway-bridge address. Inside it, firewall.render_ingress DNATs P to one of the service's running
+tasks on `ingress` (port T) and masquerades to its own `ingress` address, so that the reply comes back
+through it; its command turns forwarding on in its namespace. The tasks of a service with an ingress port
+join `ingress`. When the last publishing service goes, each node's ingress sandbox goes; the network stays.
 
 Repair is the task runner's step (daemon/tasks.py, every second and at each change): a node that joined
 before the ingress existed, or whose ingress sandbox died, gets one; after a daemon restart the sandbox is
@@ -19,7 +27,8 @@ from __future__ import annotations
 import logging
 import socket
 
-from ..errors import Conflict
+from ..drivers.overlay import VNI_KEY
+from ..errors import Conflict, NsnetError
 from ..kernel import ports as host_ports
 from ..model import Network, PortMapping, Sandbox
 from . import publish
@@ -30,6 +39,8 @@ NETWORK = "ingress"
 SANDBOX = "ingress-sbox"
 # Forwarding on in its own namespace (/proc/sys/net is the writer's network namespace), then wait.
 COMMAND = ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && exec sleep infinity"]
+VNI = "4096"        # Docker's ingress VXLAN ID (its other overlays, as nsnet's, start at 4097)
+LOAD_WAIT = 5.0     # s: at swarm init, for the first read of the swarm's state (its networks and names)
 
 
 def network(state) -> Network | None:
@@ -38,6 +49,36 @@ def network(state) -> Network | None:
 
 def sandbox(state) -> Sandbox | None:
     return next((s for s in state.sbs.values() if s.name == SANDBOX), None)
+
+
+def ensure_network(e) -> Network:
+    """The swarm's `ingress` network; made now when there is none (removed by `network rm ingress`, or not
+    made at swarm init)."""
+    with e.lock:
+        net = network(e.state)
+        if net is not None:
+            return net
+        local = next((n for n in e.state.nets.values() if n.name == NETWORK), None)
+        vni_taken = any(n.options.get(VNI_KEY) == VNI for n in e.state.nets.values())
+    if local is not None:
+        raise Conflict(f"a network of this node is named {NETWORK}: the routing mesh needs that name for the "
+                       f"swarm's ingress network; remove it, or publish with mode=host")
+    net = e.create_network({"Name": NETWORK, "Driver": "overlay", "Options": {} if vni_taken else {VNI_KEY: VNI}})
+    log.info("made the swarm's ingress network %s (%s)", net.id[:12], net.subnets[0].subnet)
+    return net
+
+
+def make_at_init(e) -> None:
+    """`swarm init`: the swarm's ingress network, as Docker's. When it cannot be made (e.g. a local network
+    of that name), init stands and the first service that publishes an ingress port tries again."""
+    link = e.swarm
+    try:
+        if link is None or not link.loaded.wait(LOAD_WAIT):
+            raise NsnetError("the swarm's state was not read in time")
+        ensure_network(e)
+    except NsnetError as err:
+        log.warning("swarm init: the ingress network was not made: %s; the first service that publishes an "
+                    "ingress port makes it", err)
 
 
 def wanted_ports(services: dict[str, dict]) -> list[PortMapping]:

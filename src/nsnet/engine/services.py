@@ -295,7 +295,7 @@ class Services:
             nodes = spread(spec["replicas"], self._ready(kv), [t.value for t in kv.list("tasks/")],
                            sid if publish.host(spec["ports"]) else None)
             if attempt == 0 and publish.ingress(spec["ports"]):
-                self._mesh_network()   # last: everything else is checked (bad input changes nothing)
+                ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
             vips = self._take_vips(kv, nets) if spec["endpoint_mode"] == "vip" else {}
             now = _now()
             doc = {"id": sid, "name": name, "created": now, "updated": now, "version": 1, "spec": spec, "vips": vips}
@@ -359,20 +359,6 @@ class Services:
                 taken[(proto, port)] = f"sandbox {who} on node {names.get(self.e.state.node, 'here')}"
         return taken
 
-    def _mesh_network(self):
-        """The swarm's `ingress` network, made now when no service has needed it yet."""
-        with self.e.lock:
-            net = ingress.network(self.e.state)
-            local = next((n for n in self.e.state.nets.values() if n.name == ingress.NETWORK), None)
-        if net is not None:
-            return net
-        if local is not None:
-            raise Conflict(f"a network of this node is named {ingress.NETWORK}: the routing mesh needs that name "
-                           f"for the swarm's ingress network; remove it, or publish with mode=host")
-        net = self.e.create_network({"Name": ingress.NETWORK, "Driver": "overlay"})
-        log.info("made the swarm's ingress network %s (%s)", net.id[:12], net.subnets[0].subnet)
-        return net
-
     def scale(self, ref: str, replicas) -> dict:
         kv = self._kv()
         replicas = check_replicas(replicas)
@@ -434,7 +420,7 @@ class Services:
             return self.scale(doc["id"], replicas) if replicas is not None else doc
         ports = kept + fresh
         if publish.ingress(fresh):
-            self._mesh_network()   # last: everything else is checked (bad input changes nothing)
+            ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
         vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
         gone = {n.id for n in removed}
         new = {**doc, "version": doc["version"] + 1, "updated": _now(),

@@ -26,6 +26,7 @@ from ..model import Endpoint, Network, from_dict
 from ..cluster.membership import drop_endpoints
 from ..store import Compacted, CompareFailed, Event, Op
 from ..store.records import local_key
+from . import ingress
 from .addresses import endpoint_addresses
 
 log = logging.getLogger("nsnet.swarm")
@@ -275,7 +276,9 @@ def _live_peers(st) -> dict[str, tuple]:
 
 
 def check_can_leave(st) -> None:
-    on = sorted({sb.name for sb in st.sbs.values() for net in st.requested_networks(sb) if st.shared(net)})
+    """Refused while a sandbox of the user's is on a swarm network (the ingress sandbox is nsnet's own)."""
+    on = sorted({sb.name for sb in st.sbs.values() for net in st.requested_networks(sb)
+                 if st.shared(net) and sb.name != ingress.SANDBOX})
     if on:
         raise Conflict(f"cannot leave the swarm: sandboxes {', '.join(on)} are on its networks; remove them "
                        f"or disconnect them first")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import NsnetError
 from ..facts import Evidence
 from ..model import Network
-from . import swarm
+from . import ingress, swarm
 from .thread import on_kernel_thread
 
 log = logging.getLogger("nsnet.engine")
@@ -25,18 +26,37 @@ class SwarmCases:
 
     @on_kernel_thread
     def unshare(self, force: bool = False) -> None:
-        """This host left its swarm: refused while a sandbox here is on a swarm network (`force`: it was
-        removed, and its sandboxes lose those networks); the swarm's networks leave this host (not the store)."""
+        """This host left its swarm: refused while a sandbox of the user's here is on a swarm network
+        (`force`: it was removed, and its sandboxes lose those networks); the ingress sandbox goes; the
+        swarm's networks leave this host (not the store: but the last node takes `ingress` with it)."""
         with self.lock:
             if force:
                 swarm.drop_local_endpoints(self)
             swarm.check_can_leave(self.state)
+            mesh = ingress.sandbox(self.state)
+            if mesh is not None:
+                self.remove_sandbox(mesh.id, force=True)
+            if not force:
+                self._drop_ingress_if_last()
             link, self.swarm = self.swarm, None
         if link is not None:
             link.stop()
         with self.lock:
             swarm.forget_all(self)
             self.store.share(None)
+
+    def _drop_ingress_if_last(self) -> None:
+        """The last node leaves: the swarm goes, and the ingress network it made at init with it (a user's
+        networks stay in the store, as ever)."""
+        net = ingress.network(self.state)
+        if net is None or self.swarm is None:
+            return
+        try:
+            if any(e.key != f"nodes/{self.state.node}" for e in self.swarm.kv.list("nodes/")):
+                return
+            self.remove_network(net.id)
+        except NsnetError as e:   # etcd away (leave says so next), or a service still publishes on it
+            log.warning("swarm leave: the ingress network stays in the store: %s", e)
 
     @on_kernel_thread
     def apply_swarm(self, link, view, gone: set[str] | None) -> None:
