@@ -2,6 +2,7 @@
 NSNET_ROOT, wired to etcd's namespace by veths on a bridge there (192.168.213.0/24). Membership, liveness
 (Down within the lease's TTL + 1 s when a daemon is killed or its host cut off, Ready again when it restarts
 or is reconnected, without a new join),
+the swarm's `ingress` network made at init (as Docker's) and gone with the last node,
 leave, and bad input refused in one line with nothing changed."""
 import json
 import os

@@ -104,7 +104,7 @@ class TaskRunner:
 
     def step(self) -> None:
         link = self.engine.swarm
-        if link is None:   # left the swarm (--force: its sandbox was taken off `ingress`): no mesh here
+        if link is None:   # left the swarm (a plain leave removed its ingress sandbox; --force took it off `ingress`)
             self._ports_written = None   # (leaving deleted its `ports/<node>`)
             with self.engine.lock:
                 sb = ingress.sandbox(self.engine.state)
