@@ -193,6 +193,11 @@ class FakeSandboxNs:
                 steps.append((f"sandbox: default via {gw}", lambda gw=gw, dst=dst: self.ns.routes.__setitem__(dst, f"via {gw} dev {link.name}")))
         self.faults.batch(*steps)
 
+    def ready(self, index) -> None:
+        """A read (the real one syncs the link's carrier change): noted with whether its far end was up."""
+        link = self._link(index)
+        self.readied = getattr(self, "readied", []) + [(link.name, bool(link.peer and link.peer.up))]
+
     def default_routes_on(self, index, *, ipv4, ipv6) -> None:
         link = self._link(index)
         for want, dst in ((ipv4, "0.0.0.0/0"), (ipv6, "::/0")):

@@ -346,3 +346,21 @@ def test_encrypted_overlay_first_join_fails_at_each_call_and_leave_undoes_it(tmp
         local.append(ep)
         return kernel, lambda: d.join(net, ep, sandbox, True), lambda: d.leave(net, ep, sandbox)
     assert each_failure(scenario) >= 10
+
+
+def test_a_join_waits_until_the_sandboxs_link_can_send(tmp_path):
+    """The sandbox's link is synced (SandboxNs.ready) once its veth's other end is up on the bridge: before the
+    kernel's link-watch work has run for it, a link whose carrier just came on drops what it sends (a
+    sandbox's first ARP lost, sent again 1 s later)."""
+    kernel, d, net = bridge_with_ports(0)
+    ep, sandbox = endpoint(net, 1), kernel.sandbox(2000)
+    d.join(net, ep, sandbox, True)
+    assert sandbox.readied == [("eth0", True)]
+
+    local: list[Endpoint] = []
+    kernel, d, net = overlay_world(tmp_path, local)
+    ep, sandbox = endpoint(net, 1), kernel.sandbox(2001)
+    d.plan_endpoint(net, ep)
+    local.append(ep)
+    d.join(net, ep, sandbox, True)
+    assert sandbox.readied == [("eth0", True)]

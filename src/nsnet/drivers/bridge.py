@@ -148,6 +148,7 @@ class BridgeDriver(Driver):
                 # it, and plugs back every port of the network that is on no bridge: this one too.
                 self._fabrics.pop(net.id, None)
                 self._fabric(net)
+            sandbox.ready(peer_index)
         except BaseException as e:
             if new_leaf is not None:  # built for this port alone: it goes with the failed join
                 self._remove_leaf(net, new_leaf)

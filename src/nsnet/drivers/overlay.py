@@ -280,6 +280,7 @@ class OverlayDriver(Driver):
                 raise
             self._bridges.pop(net.id, None)   # deleted behind our back: build it again
             ns.plug_in(near, self._ensure(net))
+        sandbox.ready(peer_index)
 
     def leave(self, net: Network, ep: Endpoint, sandbox=None) -> None:
         ns = self._netns(net, make=False)

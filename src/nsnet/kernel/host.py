@@ -85,6 +85,14 @@ class SandboxNs:
                                ipv6=ipv6)
 
     @verb
+    def ready(self, index: int) -> None:
+        """Link `index` sends when this returns. A link whose carrier just came on (its veth's other end came
+        up) drops what it sends until the kernel's link-watch work has run for it (its queue is attached
+        then), which under load came up to 1 s late: a sandbox's first ARP lost and sent again a second
+        later. A getlink runs that work for the link now (rtnl_getlink syncs it)."""
+        self.rtnl.call(rtnl.get_link_by_index(index))
+
+    @verb
     def default_routes_on(self, index: int, *, ipv4: bool, ipv6: bool) -> None:
         lan.default_routes_on(self.ipr, index, ipv4=ipv4, ipv6=ipv6)
 
