@@ -44,7 +44,7 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def _call(sock: str, method: str, path: str, timeout: float = 10.0):
+def call(sock: str, method: str, path: str, timeout: float = 10.0):
     conn = _UnixHTTP(sock, timeout)
     try:
         conn.request(method, path)
@@ -60,10 +60,10 @@ def _call(sock: str, method: str, path: str, timeout: float = 10.0):
 def stranded(sock: str, plugin_sock: str) -> list[dict]:
     """The containers Docker could not start for want of nsnet's plugin (one inspect each)."""
     filters = urllib.parse.quote(json.dumps({"status": ["exited", "created"]}))
-    _, listing = _call(sock, "GET", f"/containers/json?all=1&filters={filters}")
+    _, listing = call(sock, "GET", f"/containers/json?all=1&filters={filters}")
     out = []
     for c in listing:
-        status, doc = _call(sock, "GET", f"/containers/{c['Id']}/json")
+        status, doc = call(sock, "GET", f"/containers/{c['Id']}/json")
         if status != 200:
             continue
         if should_start(doc, plugin_sock):
@@ -88,23 +88,29 @@ def start_stranded(sock: str | None, plugin_sock: str, wait: float = WAIT) -> li
         return []
 
 
-def _start_stranded(sock: str | None, plugin_sock: str, wait: float) -> list[str]:
+def answers(sock: str | None, wait: float, every: float = 1.0) -> bool:
+    """Whether Docker's API answers on `sock` within `wait` s."""
     if not sock:
-        return []
+        return False
     deadline = time.monotonic() + wait
     while True:
         try:
-            if os.path.exists(sock) and _call(sock, "GET", "/_ping", timeout=2)[0] == 200:
-                break
+            if os.path.exists(sock) and call(sock, "GET", "/_ping", timeout=2)[0] == 200:
+                return True
         except (OSError, http.client.HTTPException):
             pass
         if time.monotonic() > deadline:
-            return []
-        time.sleep(1)
+            return False
+        time.sleep(every)
+
+
+def _start_stranded(sock: str | None, plugin_sock: str, wait: float) -> list[str]:
+    if not answers(sock, wait):
+        return []
     started = []
     for doc in stranded(sock, plugin_sock):
         name = doc.get("Name", "").lstrip("/") or doc["Id"][:12]
-        status, body = _call(sock, "POST", f"/containers/{doc['Id']}/start", timeout=60)
+        status, body = call(sock, "POST", f"/containers/{doc['Id']}/start", timeout=60)
         if status in (204, 304):
             started.append(name)
             log.info("docker: started container %s, which Docker could not start without nsnet", name)

@@ -18,7 +18,7 @@ from ..engine.swarm import Member
 from ..errors import NsnetError
 from ..kernel.probe import docker_socket
 from ..kernel.procs import Launch, alive
-from . import dockerkick
+from . import dockerkick, dockersweep
 from .dockerplugin import SOCKET as PLUGIN_SOCKET, PluginHandler
 from .httpd import Handler, Server
 from .tasks import TaskRunner
@@ -118,6 +118,7 @@ def serve(root: str) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     crashpoints.arm(os.environ.pop(crashpoints.ENV, None))  # popped: its sandboxes must not inherit it
+    gap, period = dockersweep.timings(os.environ.pop(dockersweep.ENV, None))
     # Each sandbox holds a few fds (its namespace, netlink and resolver sockets, a pidfd): a thousand
     # sandboxes need more than the usual soft limit of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -138,6 +139,9 @@ def serve(root: str) -> int:
                      daemon=True).start()
     # Containers dockerd left exited because this daemon was not running when it started: started now.
     threading.Thread(target=dockerkick.start_stranded, args=(docker_socket(), plugin_sock), name="docker-kick",
+                     daemon=True).start()
+    # Endpoints and addresses Docker forgot (its clean-up found nsnet down): released once Docker shows them nowhere.
+    threading.Thread(target=dockersweep.run, args=(daemon.engine, docker_socket(), gap, period), name="docker-sweep",
                      daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("nsnet daemon %s serving %s and Docker's plugin protocol on %s", os.getpid(), sock, plugin_sock)

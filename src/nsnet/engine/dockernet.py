@@ -264,6 +264,26 @@ class DockerNets:
             log.info("docker network driver: %s", line)
         return done
 
+    # ---- what Docker forgot (engine/dockerreclaim.py) ------------------------------------------------
+
+    def held(self) -> dict[str, str]:
+        """Docker's endpoints nsnet holds: endpoint id -> Docker's id of its network."""
+        with self.lock:
+            return {eid: net.labels.get(NETWORK_LABEL) for eid, ep in self.eps.items()
+                    if (net := self.e.state.nets.get(ep["network"])) is not None}
+
+    @on_kernel_thread
+    def reclaim(self, eid: str) -> bool:
+        """Drop an endpoint Docker forgot: its record, its veth, its published ports."""
+        with self.lock:
+            ep = self.eps.get(eid)
+            if ep is None:
+                return False
+            self._drop(ep)
+            log.info("docker network driver: endpoint %s (%s, %s) reclaimed: Docker shows it nowhere", eid[:12],
+                     ep["ipv4"], ep["host_ifname"])
+            return True
+
     # ---- records ---------------------------------------------------------------------------------
 
     def _endpoint(self, eid: str) -> tuple[dict, Network]:

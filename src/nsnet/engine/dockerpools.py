@@ -10,6 +10,7 @@ the same evidence as `nsnet network create`.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 from typing import Callable
 
@@ -48,9 +49,14 @@ class DockerPools:
         self._forget_flows = forget_flows
         self.pools: dict[str, dict] = {d["id"]: d for d in store.list(POOL)}
         self.used: dict[str, set] = {pid: set() for pid in self.pools}
+        # Each grant of an address gets a serial: the reclaim (dockerreclaim.py) tells an address held since
+        # its first look from the same address released and given again meanwhile.
+        self._serials = itertools.count()
+        self.serial: dict[tuple, int] = {}   # (pool id, address) -> the serial of its grant
         for d in store.list(ADDRESS):
             if d["pool"] in self.used:
                 self.used[d["pool"]].add(ipaddress.ip_address(d["address"]))
+                self.serial[(d["pool"], d["address"])] = next(self._serials)
         self._plans: dict[str, AddressPool] = {}   # pool id -> its address plan over used[pool id]
 
     def evidence(self) -> list[Evidence]:
@@ -105,6 +111,7 @@ class DockerPools:
             with self.store.transaction():
                 for addr in self.used[pool_id]:
                     self.store.delete(ADDRESS, _address_id(pool_id, addr))
+                    self.serial.pop((pool_id, str(addr)), None)
                 self.store.delete(POOL, pool_id)
             given_up = list(self.used.pop(pool_id))
             if pool["gateway"]:
@@ -129,6 +136,7 @@ class DockerPools:
                 ip = plan.reserve(ip, used) if ip is not None else plan.allocate(used)
                 self.store.put(ADDRESS, _address_id(pool_id, ip), {"pool": pool_id, "address": str(ip)})
                 used.add(ip)
+                self.serial[(pool_id, str(ip))] = next(self._serials)
             return f"{ip}/{subnet.prefixlen}"
 
     def _gateway(self, pool: dict, subnet, ip):
@@ -155,12 +163,35 @@ class DockerPools:
                 pool["gateway"] = None
                 self._plans.pop(pool_id, None)
             elif ip in self.used[pool_id]:
-                self.store.delete(ADDRESS, _address_id(pool_id, ip))
-                self.used[pool_id].discard(ip)
-                self._plan(pool).release(ip)
+                self._release(pool, ip)
             else:
                 return
             self._forget_flows([ip])
+
+    def _release(self, pool: dict, ip) -> None:
+        self.store.delete(ADDRESS, _address_id(pool["id"], ip))
+        self.used[pool["id"]].discard(ip)
+        self.serial.pop((pool["id"], str(ip)), None)
+        self._plan(pool).release(ip)
+
+    # ---- what Docker forgot (engine/dockerreclaim.py) ----------------------------------------------
+
+    def held(self) -> tuple[dict, dict]:
+        """The addresses given to Docker, (pool id, address) -> serial, and the pools' subnets."""
+        with self.lock:
+            return dict(self.serial), {pid: p["subnet"] for pid, p in self.pools.items()}
+
+    @on_kernel_thread
+    def reclaim(self, pool_id: str, address: str, serial: int) -> bool:
+        """Release an address Docker forgot, if it is still the grant the looks saw."""
+        with self.lock:
+            if self.serial.get((pool_id, address)) != serial:
+                return False
+            self._release(self.pools[pool_id], ipaddress.ip_address(address))
+            self._forget_flows([ipaddress.ip_address(address)])
+            log.info("docker ipam: address %s of pool %s (%s) reclaimed: Docker shows it nowhere", address,
+                     pool_id[:12], self.pools[pool_id]["subnet"])
+            return True
 
     # ---- lookups ---------------------------------------------------------------------------------
 
