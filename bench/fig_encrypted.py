@@ -17,7 +17,7 @@ import time
 
 from common import Figure, Skip, have, sh, verdict
 from fig_dataplane import _client
-from fig_overlay import NET, _etcd, _wire
+from fig_overlay import NET, seen_by, swarm_of
 from peer_nsnet import NsnetEngine
 
 BARE_PORT = 51821   # the hand-built tunnel's: nsnet's own is on 51820 of the same addresses
@@ -35,7 +35,7 @@ def _bare_tunnel(h, a: NsnetEngine, b: NsnetEngine) -> str:
         public = sh(["wg", "pubkey"], eng.ns, input=private).stdout.strip()
         keys.append((path, public))
     for i, (eng, other) in enumerate(((a, b), (b, a))):
-        me, peer, name = f"{NET}.{2 + i}", f"{NET}.{3 - i}", f"f9wg{'ab'[i]}"
+        peer, name = f"{NET}.{3 - i}", f"f9wg{'ab'[i]}"
         # not captured: the process that stays would hold the pipes open
         sh(["wireguard-go", name], eng.ns, env={**os.environ, "LOG_LEVEL": "error"}, capture=False)
         h.defer(lambda ns=eng.ns, name=name: sh(["ip", "link", "del", name], ns, check=False))
@@ -76,24 +76,13 @@ def run(ctx) -> Figure:
     if not os.path.isdir(WG_RUN):   # wireguard-go makes it for its control sockets: gone with the figure
         h.defer(_remove_if_empty, WG_RUN)
     mark = h.mark()
-    sw = h.netns("f9sw")
-    a, b = NsnetEngine(h, "f9a"), NsnetEngine(h, "f9b")
-    _wire(h, sw, [a, b])
-    _etcd(h, sw)
-    for attempt in range(5):
-        if a.cli(["swarm", "init", "--advertise-addr", f"{NET}.2", "--store", f"etcd://{NET}.1:2379",
-                  "--node-name", "a"], check=attempt == 4).returncode == 0:
-            break
-        time.sleep(0.5)
-    b.cli(["swarm", "join", "--advertise-addr", f"{NET}.3", "--store", f"etcd://{NET}.1:2379", "--node-name", "b"])
+    _, (a, b) = swarm_of(h, "f9sw", ["f9a", "f9b"], ["a", "b"])
     a.create_network("sec", Driver="overlay", Attachable=True, Options={"encrypted": ""})
     a.create_network("ov", Driver="overlay", Attachable=True)
     for eng in (a, b):   # nsnet's tunnels: wireguard-go outlives its namespace, it ends with its link
         h.defer(lambda ns=eng.ns: [sh(["ip", "link", "del", n], ns, check=False) for n in
                                    re.findall(r"^\d+: (nswg\w+):", sh(["ip", "-o", "link"], ns, check=False).stdout, re.M)])
-    deadline = time.monotonic() + 5
-    while not {"sec", "ov"} <= {n["Name"] for n in b.api.get("/networks")} and time.monotonic() < deadline:
-        time.sleep(0.02)
+    seen_by(b, {"sec", "ov"})
 
     a.run("srv", "sec", ["iperf3", "-s", "-p", "5201"])
     a.run("psrv", "ov", ["iperf3", "-s", "-p", "5201"])

@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import time
-import urllib.request
 
 from types import SimpleNamespace
 
@@ -75,6 +74,30 @@ def _wire(h, sw: str, hosts: list[NsnetEngine]) -> None:
         sh(["ip", "addr", "add", f"{NET}.{i + 2}/24", "dev", "up0"], eng.ns)
         sh(["ip", "link", "set", "up0", "up"], eng.ns)
         sh(["ip", "link", "set", port, "master", "sw0", "up"], sw)
+
+
+def swarm_of(h, switch: str, tags: list[str], nodes: list[str]) -> tuple[str, list[NsnetEngine]]:
+    """nsnet hosts (engine tags `tags`) on one switch namespace that also runs etcd, formed into one swarm:
+    host i at NET.(i+2) named nodes[i], the first one by `swarm init`. (The switch's namespace, the hosts.)"""
+    sw = h.netns(switch)
+    hosts = [NsnetEngine(h, tag) for tag in tags]
+    _wire(h, sw, hosts)
+    _etcd(h, sw)
+    for i, (eng, node) in enumerate(zip(hosts, nodes)):
+        verb = "init" if i == 0 else "join"
+        for attempt in range(5):   # the underlay's first connection has now and then waited out etcd's 1 s connect
+            if eng.cli(["swarm", verb, "--advertise-addr", f"{NET}.{i + 2}", "--store", f"etcd://{NET}.1:2379",
+                        "--node-name", node], check=attempt == 4).returncode == 0:
+                break
+            time.sleep(0.5)
+    return sw, hosts
+
+
+def seen_by(b: NsnetEngine, names: set[str], timeout: float = 5.0) -> None:
+    """Wait until host B lists the swarm networks `names` (made on another host)."""
+    deadline = time.monotonic() + timeout
+    while not names <= {n["Name"] for n in b.api.get("/networks")} and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _bare_vxlan(h, a: NsnetEngine, b: NsnetEngine) -> str:
@@ -153,20 +176,9 @@ def run(ctx) -> Figure:
         peer = _docker_swarm(ctx, n)
         fig.notes.append(f"Docker Swarm: dockerd {peer['version']} x 2, swarm mode, an attachable overlay")
     mark = h.mark()
-    sw = h.netns("f8sw")
-    a, b = NsnetEngine(h, "f8a"), NsnetEngine(h, "f8b")
-    _wire(h, sw, [a, b])
-    _etcd(h, sw)
-    for attempt in range(5):   # the underlay's first connection has now and then waited out etcd's 1 s connect
-        if a.cli(["swarm", "init", "--advertise-addr", f"{NET}.2", "--store", f"etcd://{NET}.1:2379",
-                  "--node-name", "a"], check=attempt == 4).returncode == 0:
-            break
-        time.sleep(0.5)
-    b.cli(["swarm", "join", "--advertise-addr", f"{NET}.3", "--store", f"etcd://{NET}.1:2379", "--node-name", "b"])
+    _, (a, b) = swarm_of(h, "f8sw", ["f8a", "f8b"], ["a", "b"])
     a.create_network("ov", Driver="overlay", Attachable=True)
-    deadline = time.monotonic() + 5
-    while "ov" not in [n["Name"] for n in b.api.get("/networks")] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    seen_by(b, {"ov"})
 
     # throughput, rounds of (overlay, bare VXLAN), the share taken per round
     a.run("srv", "ov", ["iperf3", "-s", "-p", "5201"])
@@ -232,18 +244,7 @@ def run(ctx) -> Figure:
 def _scale(ctx, fig: Figure) -> None:
     h = ctx.h
     n_hosts, per_host = (4, 10) if ctx.quick else (10, 50)
-    sw = h.netns("f8ssw")
-    hosts = [NsnetEngine(h, f"f8s{i}") for i in range(n_hosts)]
-    _wire(h, sw, hosts)
-    _etcd(h, sw)
-    store = f"etcd://{NET}.1:2379"
-    for i, eng in enumerate(hosts):
-        verb = "init" if i == 0 else "join"
-        for attempt in range(5):
-            if eng.cli(["swarm", verb, "--advertise-addr", f"{NET}.{i + 2}", "--store", store, "--node-name", f"h{i}"],
-                       check=attempt == 4).returncode == 0:
-                break
-            time.sleep(0.5)
+    _, hosts = swarm_of(h, "f8ssw", [f"f8s{i}" for i in range(n_hosts)], [f"h{i}" for i in range(n_hosts)])
     # 500 sandboxes need more than the pool's /24
     hosts[0].create_network("ov", subnet="10.128.0.0/20", Driver="overlay", Attachable=True)
     for eng in hosts:

@@ -24,7 +24,7 @@ import time
 
 from common import PY, Figure, Skip, have, sh, verdict
 from fig_dataplane import _client
-from fig_overlay import NET, _etcd, _pct, _wire
+from fig_overlay import NET, _pct, seen_by, swarm_of
 from peer_nsnet import NsnetEngine
 
 CLIENT = r'''
@@ -79,20 +79,9 @@ def run(ctx) -> Figure:
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
     n = 300 if q else 1000
-    sw = h.netns("f10sw")
-    a, b = NsnetEngine(h, "f10a"), NsnetEngine(h, "f10b")
-    _wire(h, sw, [a, b])
-    _etcd(h, sw)
-    for attempt in range(5):   # as figure 8: the underlay's first connection may wait out etcd's 1 s connect
-        if a.cli(["swarm", "init", "--advertise-addr", f"{NET}.2", "--store", f"etcd://{NET}.1:2379",
-                  "--node-name", "a"], check=attempt == 4).returncode == 0:
-            break
-        time.sleep(0.5)
-    b.cli(["swarm", "join", "--advertise-addr", f"{NET}.3", "--store", f"etcd://{NET}.1:2379", "--node-name", "b"])
+    sw, (a, b) = swarm_of(h, "f10sw", ["f10a", "f10b"], ["a", "b"])
     a.create_network("ov", Driver="overlay", Attachable=True)
-    deadline = time.monotonic() + 5
-    while "ov" not in [x["Name"] for x in b.api.get("/networks")] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    seen_by(b, {"ov"})
     client = a.run("c", "ov")
 
     # start and spread

@@ -184,9 +184,10 @@ def test_an_overlays_namespace_outlives_its_daemon_and_goes_with_its_last_sandbo
     assert b.overlay_holders() == [holder]
     assert a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0
 
+    pids = [b.json("inspect", name)[0]["State"]["Pid"] for name in ("s2", "s3")]   # (a CLI call starts the daemon)
     os.kill(b.daemon_pid(), signal.SIGKILL)
-    for name in ("s2", "s3"):                      # B's sandboxes end while no daemon runs there
-        os.kill(b.json("inspect", name)[0]["State"]["Pid"], signal.SIGKILL)
+    for pid in pids:                               # B's sandboxes end while no daemon runs there
+        os.kill(pid, signal.SIGKILL)
     b.nsnet("ps")
     assert wait_for(lambda: not b.overlay_holders() and not peers(a, vni), timeout=3), b.overlay_holders()
     assert not os.listdir(os.path.join(b.root, "overlay"))
