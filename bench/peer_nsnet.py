@@ -111,6 +111,25 @@ class NsnetEngine:
                 found.append((rec["pid"], rec["started"]))
         return found
 
+    def recorded_sandboxes(self) -> list[tuple[int, int]]:
+        """(pid, start time) of every sandbox in the engine's store, nsnet's own too (the API does not list a
+        swarm's ingress sandbox, as Docker's `ps` does not)."""
+        import sqlite3
+
+        found = []
+        try:
+            con = sqlite3.connect(os.path.join(self.root, "state.db"))
+            try:
+                for (doc,) in con.execute("SELECT value FROM kv WHERE key LIKE 'local/sandbox/%'"):
+                    sb = json.loads(doc)
+                    if sb.get("pid") and sb.get("pid_start"):
+                        found.append((sb["pid"], sb["pid_start"]))
+            finally:
+                con.close()
+        except sqlite3.Error:
+            pass
+        return found
+
     def stop(self) -> None:
         """Stop the daemon and every sandbox process it ran (by pid, checked by start time)."""
         if self.daemon_pid and (proc_start(self.daemon_pid) != self._daemon_start or os.environ.get("NSNET_BENCH_DEBUG")):
@@ -131,6 +150,7 @@ class NsnetEngine:
             terminate(self.daemon_pid, self._daemon_start, timeout=5)
             self.daemon_pid = None
         pids.update({f"overlay {pid}": (pid, started) for pid, started in self.overlay_holders()})
+        pids.update({f"recorded {pid}": (pid, started) for pid, started in self.recorded_sandboxes()})
         for pid, started in pids.values():  # SIGKILL at once: `sleep` has nothing to save
             if pid and proc_start(pid) == started and started is not None:
                 try:
