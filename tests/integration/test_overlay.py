@@ -48,6 +48,13 @@ def peers(host, vni) -> set[tuple[str, str, str]]:
     return {(mac, ip, fdb.get(mac)) for ip, mac in neigh}
 
 
+def one_each(a, b, net="ov") -> str:
+    """Sandbox s1 on host A and s2 on host B, both on `net`; s2's address there."""
+    a.nsnet("run", "-d", "--name", "s1", "--network", net, "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", net, "--", "sleep", "300")
+    return net_of(b, "s2", net)["IPAddress"]
+
+
 def create_overlay(a, b, *args):
     """Create on A; seen on B (etcd's watch)."""
     a.nsnet("network", "create", "-d", "overlay", *args)
@@ -143,9 +150,7 @@ def test_a_dead_daemon_leaves_the_other_hosts_and_comes_back(two):
     etcd, a, b = two
     create_overlay(a, b, "--attachable", "ov")
     vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
-    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
-    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
-    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    ip2 = one_each(a, b)
     assert wait_for(lambda: len(peers(a, vni)) == 1 and getent(a, "s1", "s2") == [ip2], timeout=3)
 
     os.kill(b.daemon_pid(), signal.SIGKILL)
@@ -247,9 +252,7 @@ def test_node_rm_of_a_dead_host_frees_its_addresses(two):
 def test_etcd_down_traffic_flows_changes_fail_at_once_then_the_node_catches_up(two):
     etcd, a, b = two
     create_overlay(a, b, "--attachable", "ov")
-    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
-    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
-    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    ip2 = one_each(a, b)
     assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=3)
 
     etcd.kill(0)
@@ -364,9 +367,7 @@ def test_a_host_cut_off_leaves_the_others_and_comes_back(two):
     etcd, a, b = two
     create_overlay(a, b, "--attachable", "ov")
     vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
-    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
-    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--", "sleep", "300")
-    ip2 = net_of(b, "s2", "ov")["IPAddress"]
+    ip2 = one_each(a, b)
     assert wait_for(lambda: len(peers(a, vni)) == 1, timeout=3)
     b.sh("ip link set up0 down")                   # B's daemon runs on, but reaches nothing
     cut = time.monotonic()

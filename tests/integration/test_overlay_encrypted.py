@@ -75,6 +75,14 @@ def ping(host, sandbox, ip, ok=True):
     assert (p.returncode == 0) == ok, p.stdout
 
 
+
+def sealed_pair(a, b) -> None:
+    """An encrypted overlay `sec` made on A, with sandbox s1 on A and s2 on B."""
+    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "sec", "--", "sleep", "300")
+    assert wait_for(lambda: "sec" in b.nsnet("network", "ls").stdout, timeout=2)
+    b.nsnet("run", "-d", "--name", "s2", "--network", "sec", "--", "sleep", "300")
+
 def test_an_encrypted_overlay_never_shows_a_payload_on_the_wire(two):
     etcd, a, b = two
     a.nsnet("network", "create", "-d", "overlay", "--attachable", "plain")
@@ -126,10 +134,7 @@ def test_a_node_whose_tunnel_is_down_sends_nothing_in_clear(two):
     the encrypted network's VXLAN out in clear; the firewall's guard drops it. Without the guard (its chain
     deleted, the control) the same ping does leak."""
     etcd, a, b = two
-    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
-    a.nsnet("run", "-d", "--name", "s1", "--network", "sec", "--", "sleep", "300")
-    assert wait_for(lambda: "sec" in b.nsnet("network", "ls").stdout, timeout=2)
-    b.nsnet("run", "-d", "--name", "s2", "--network", "sec", "--", "sleep", "300")
+    sealed_pair(a, b)
     ip1 = net_of(a, "s1", "sec")["IPAddress"]
     assert wait_for(lambda: b.exec("s2", f"ping -c1 -W1 {ip1}", check=False).returncode == 0, timeout=5)
 
@@ -145,10 +150,7 @@ def test_a_node_whose_tunnel_is_down_sends_nothing_in_clear(two):
 
 def test_a_removed_node_loses_its_peers_at_once(two):
     etcd, a, b = two
-    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
-    a.nsnet("run", "-d", "--name", "s1", "--network", "sec", "--", "sleep", "300")
-    assert wait_for(lambda: "sec" in b.nsnet("network", "ls").stdout, timeout=2)
-    b.nsnet("run", "-d", "--name", "s2", "--network", "sec", "--", "sleep", "300")
+    sealed_pair(a, b)
     wg_a = tunnel_of(a)
     assert wait_for(lambda: len(a.sh(f"wg show {wg_a} peers").stdout.split()) == 1, timeout=5)
     os.kill(b.daemon_pid(), signal.SIGKILL)           # B's tunnel lives on (wireguard-go): only A can end it
@@ -227,10 +229,7 @@ def test_bad_input_changes_nothing(two, monkeypatch, tmp_path):
 
 def test_a_killed_daemon_leaves_its_tunnel_up_and_a_restart_keeps_its_key(two):
     etcd, a, b = two
-    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
-    a.nsnet("run", "-d", "--name", "s1", "--network", "sec", "--", "sleep", "300")
-    assert wait_for(lambda: "sec" in b.nsnet("network", "ls").stdout, timeout=2)
-    b.nsnet("run", "-d", "--name", "s2", "--network", "sec", "--", "sleep", "300")
+    sealed_pair(a, b)
     ip2 = net_of(b, "s2", "sec")["IPAddress"]
     assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=5)
     wg_b = tunnel_of(b)

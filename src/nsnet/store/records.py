@@ -152,8 +152,7 @@ class Records:
         shared_part, own = split(kind, doc)
         ops = [Op(record_key(kind, id_), shared_part)]
         new = claims(kind, doc)
-        stored = None if fresh else self._current(record_key(kind, id_), shared) if kind in CLAIMING else None
-        old = claims(kind, stored)
+        old = [] if fresh or kind not in CLAIMING else claims(kind, self._current(record_key(kind, id_), shared))
         ops += [Op(key, None) for key in old if key not in new]
         pending = getattr(self._local, "ops", None) or {}
         for key in new:
