@@ -70,6 +70,21 @@ def captured(etcd, port_index: int, udp_port: int, during, seconds: float = 3.0)
         cap.wait()
 
 
+def tunnel_buffers(host) -> list[tuple[int, int]]:
+    """(receive, send) buffer bytes of the UDP sockets on the tunnel's port in the host's namespace."""
+    out = host.sh(f"ss -uamnH sport = :{WG_PORT}").stdout
+    return [(int(r), int(t)) for r, t in re.findall(r"rb(\d+),t\d+,tb(\d+)", out)]
+
+
+def assert_wide(host) -> None:
+    """Upstream wireguard-go's 7 MiB socket buffers (Debian's keeps the 208 KiB default, and its receiver
+    dropped a tenth of a TCP stream's datagrams)."""
+    def wide():
+        buffers = tunnel_buffers(host)
+        return buffers and all(r >= 7 << 20 and t >= 7 << 20 for r, t in buffers)
+    assert wait_for(wide, timeout=3), tunnel_buffers(host)
+
+
 def ping(host, sandbox, ip, ok=True):
     p = host.exec(sandbox, f"ping -c3 -i0.2 -W1 -p {MARKER} {ip}", check=False)
     assert (p.returncode == 0) == ok, p.stdout
@@ -234,6 +249,7 @@ def test_a_killed_daemon_leaves_its_tunnel_up_and_a_restart_keeps_its_key(two):
     assert wait_for(lambda: a.exec("s1", f"ping -c1 -W1 {ip2}", check=False).returncode == 0, timeout=5)
     wg_b = tunnel_of(b)
     key = b.sh(f"wg show {wg_b} public-key").stdout.strip()
+    assert_wide(b)
 
     os.kill(b.daemon_pid(), signal.SIGKILL)
     ping(a, "s1", ip2)                                  # the data plane stays, encrypted
@@ -243,3 +259,4 @@ def test_a_killed_daemon_leaves_its_tunnel_up_and_a_restart_keeps_its_key(two):
     assert seen == {"udp": 0, "marker": 0}, seen
     assert b.sh(f"wg show {wg_b} public-key").stdout.strip() == key
     assert len(b.sh(f"wg show {wg_b} peers").stdout.split()) == 1
+    assert_wide(b)                                      # the restart's `wg set` opened new sockets

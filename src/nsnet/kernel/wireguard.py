@@ -6,19 +6,33 @@ the machine: link names must be unique machine-wide (the overlay names its link 
 stays when its process's namespace goes and ends when its link is deleted, so a link is removed by
 deleting it, whatever its kind. Keys are handed to `wg` as files (`private-key PATH`), never on a command
 line.
+
+wireguard-go up to v0.0.20220316 (Debian 12's) leaves its UDP sockets at the kernel's default buffers (208 KiB):
+under one TCP stream the receiving node's socket overflowed on about a tenth of the datagrams, and TCP paid for
+each. Upstream sets 7 MiB with SO_RCVBUFFORCE/SO_SNDBUFFORCE since 2023 (conn/controlfns_linux.go); nsnet sets
+the same on the process's sockets from outside (`widen_buffers`, through pidfd_getfd), which changes nothing
+for a wireguard-go that already does.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 import uuid
 
 from ..errors import KernelError, NsnetError
 
 KERNEL, USERSPACE = "kernel", "wireguard-go"
 EIO = 5
+SOCKET_BUFFER = 7 << 20          # upstream wireguard-go's socketBufferSize
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+SYS_PIDFD_GETFD = 438            # x86-64 and the generic table alike
+
+log = logging.getLogger("nsnet.wireguard")
 
 _kind: list[str | None] = []   # the probe's answer, once per process
 
@@ -97,7 +111,81 @@ def ensure(name: str, how: str, *, key: str, port: int, address: str, mtu: int) 
         if made:
             delete(name)
         raise
+    if how == USERSPACE:
+        widen_buffers(name, port)
     return made
+
+
+def _process_of(name: str) -> int | None:
+    """The wireguard-go process serving link `name` (names are unique on the machine)."""
+    want = ["wireguard-go", name]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")[:-1]
+            except OSError:
+                continue
+            if argv and [os.path.basename(argv[0]), *argv[1:]] == want:
+                return int(entry)
+    return None
+
+
+def _widen_bound(pid: int, port: int, done: set[int]) -> int:
+    """SO_*BUFFORCE on the process's UDP sockets bound to `port` not in `done` (their inodes, added to it);
+    how many are bound now."""
+    import ctypes
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    bound = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not target.startswith("socket:"):
+                continue
+            mine = syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            if mine < 0:
+                raise OSError(ctypes.get_errno(), "pidfd_getfd")
+            with socket.socket(fileno=mine) as sock:   # our duplicate: closing it leaves theirs open
+                if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_DGRAM
+                        or sock.getsockname()[1] != port):
+                    continue
+                bound += 1
+                inode = os.fstat(mine).st_ino
+                if inode not in done:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+                    done.add(inode)
+    finally:
+        os.close(pidfd)
+    return bound
+
+
+def widen_buffers(name: str, port: int, timeout: float = 2.0) -> int:
+    """Upstream's 7 MiB buffers on the UDP sockets of link `name`'s wireguard-go; how many it widened. It binds
+    them when it sees its link come up, after `ip link set up` has returned: wait for them, then one more look
+    for the IPv6 one it opens right after. A failure costs speed, not function: logged, not raised."""
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout
+    settled = False
+    try:
+        pid = _process_of(name)
+        while pid is not None:
+            bound = _widen_bound(pid, port, done)
+            if bound and settled:
+                break
+            settled = bool(bound)
+            if time.monotonic() > deadline:
+                log.warning("wireguard-go %s: no socket on port %d appeared; its buffers are left as they are",
+                            name, port)
+                break
+            time.sleep(0.02)
+    except OSError as e:
+        log.warning("wireguard-go %s: could not widen its socket buffers: %s", name, e)
+    return len(done)
 
 
 def set_key(name: str, key: str) -> None:
