@@ -221,6 +221,23 @@ def test_a_sandbox_that_asked_before_the_peer_existed_is_answered_at_once(two):
     assert answered_after < 2.5, f"answered {answered_after:.1f} s after the attach: the kernel asked again"
 
 
+def test_an_address_that_moves_here_from_another_host_is_reached_at_once(two):
+    """s2 on B at .50 talks to s1 on A, so A's overlay bridge learns .50's MAC (derived from the address) on its
+    VXLAN port. s2 goes; a silent sandbox on A takes .50, with the same MAC. s1 reaches it at once: the bridge's
+    learnt entry went with the peer, or it would send to the VXLAN port for 300 s (the bridge's ageing)."""
+    etcd, a, b = two
+    create_overlay(a, b, "--attachable", "--subnet", "10.9.0.0/24", "ov")
+    a.nsnet("run", "-d", "--name", "s1", "--network", "ov", "--", "sleep", "300")
+    b.nsnet("run", "-d", "--name", "s2", "--network", "ov", "--ip", "10.9.0.50", "--", "sleep", "300")
+    assert wait_for(lambda: a.exec("s1", "ping -c1 -W1 10.9.0.50", check=False).returncode == 0, timeout=5)
+    b.nsnet("rm", "-f", "s2")
+    vni = a.json("network", "inspect", "ov")[0]["Options"][VNI_KEY]
+    assert wait_for(lambda: not any(ip == "10.9.0.50" for _, ip, _ in peers(a, vni)), timeout=3)
+    a.nsnet("run", "-d", "--name", "s3", "--network", "ov", "--ip", "10.9.0.50", "--", "sleep", "300")
+    p = a.exec("s1", "ping -c3 -i0.2 -W1 10.9.0.50", check=False)
+    assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout
+
+
 def test_overlay_mtu_follows_the_underlay(tag):
     with swarm_hosts(tag, mtu=1400) as (etcd, (a, b)):
         form([a, b])

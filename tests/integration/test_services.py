@@ -299,6 +299,52 @@ def test_update_moves_a_service_to_another_network_without_downtime(two):
         assert changes(before, a.state()) == {} and etcd_keys(etcd, "services/") == keys
 
 
+def envs_of(answers) -> set[str]:
+    return {a.split(",env=")[1] if ",env=" in a else a for a in answers}
+
+
+def test_update_of_env_command_and_force_rolls_without_a_failed_request(two):
+    etcd, a, b = two
+    overlay(a, b, "--attachable", "ov")
+    create(a, "web", "--network", "ov", "-e", "NETCHECK_ENV=blue", "-e", "KEEP=1")
+    assert wait_for(lambda: replicas(a, "web") == "3/3", timeout=10)
+    a.nsnet("run", "-d", "--name", "c1", "--network", "ov", "--", "sleep", "300")
+    vip = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    assert wait_for(lambda: envs_of(ask_many(a, "c1", vip, 10)) == {"blue"}, timeout=5)
+
+    loop = loop_over(a, "c1", vip, 8)
+    time.sleep(0.5)
+    b.nsnet("service", "update", "--env-add", "NETCHECK_ENV=green", "web")   # from the node that did not create it
+    out = loop.communicate(timeout=60)[0].splitlines()
+    assert out and not [x for x in out if x.startswith("fail")], [x for x in out if x.startswith("fail")][:5]
+    assert envs_of(out[-20:]) == {"green"}, out[-20:]
+    assert a.json("service", "inspect", "web")[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == \
+        ["NETCHECK_ENV=green", "KEEP=1"]   # replaced in place, the other kept
+
+    # --force replaces every task with nothing changed; --env-rm, then --args (the command) roll too
+    first = {t["ID"] for t in running_tasks(a, "web")}
+    a.nsnet("service", "update", "--force", "--update-parallelism", "3", "web")
+    assert wait_for(lambda: len(running_tasks(a, "web")) == 3 and not first & {t["ID"] for t in running_tasks(a, "web")},
+                    timeout=10)
+    a.nsnet("service", "update", "--env-rm", "NETCHECK_ENV", "--update-parallelism", "3", "web")
+    assert wait_for(lambda: envs_of(ask_many(a, "c1", vip, 10)) == {""}, timeout=10)
+    a.nsnet("service", "update", "--update-parallelism", "3", "--args",
+            f"env NETCHECK_ENV='red now' {sys.executable} {NETCHECK} whoami {PORT}", "web")
+    assert wait_for(lambda: envs_of(ask_many(a, "c1", vip, 10)) == {"red now"}, timeout=10)
+    assert a.json("service", "inspect", "web")[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Command"][:2] == \
+        ["env", "NETCHECK_ENV=red now"]
+    assert wait_for(lambda: len(a.json("service", "ps", "web", "--format", "json")) == 3, timeout=10)   # old ones gone
+
+    for args, says in ((["--env-add", "NOVALUE"], "invalid env 'NOVALUE'"), (["--env-rm", "A=B"], "invalid --env-rm"),
+                       (["--args", ""], "the tasks need a command"), (["--args", "sh -c 'open"], "invalid command")):
+        before, keys = a.state(), etcd_keys(etcd, "")
+        p = a.nsnet("service", "update", *args, "web", check=False)
+        assert p.returncode != 0 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert changes(before, a.state()) == {}
+        assert {k: v for k, v in etcd_keys(etcd, "").items() if not k.startswith(("alive/", "evidence/"))} == \
+               {k: v for k, v in keys.items() if not k.startswith(("alive/", "evidence/"))}, args
+
+
 # ---- published ports: the routing mesh (ingress) and mode=host ---------------------------------------------
 
 SWITCH = "192.168.213"   # swarmnet.py's underlay: the switch (etcd's namespace) at .1, host i at .2+i

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from nsnet.daemon.tasks import TASK_SANDBOX, command, should_restart
-from nsnet.engine.services import Services, in_rotation, move_orphans, parse_spec, spread, task_name
+from nsnet.engine.services import Services, in_rotation, move_orphans, parse_spec, spread, task_name, updated_env
 from nsnet.engine.swarm import View
 from nsnet.errors import NsnetError, NotFound
 from nsnet.firewall import render_vips
@@ -47,6 +47,17 @@ def test_a_spec_takes_dockers_defaults():
     assert parse_spec({"Name": "web", "Cmd": ["sleep", "1"]}) == {
         "replicas": 1, "endpoint_mode": "vip", "restart": "any", "env": [], "cmd": ["sleep", "1"], "networks": [],
         "ports": []}
+
+
+def test_env_updates_as_dockers_env_add_and_env_rm():
+    env = ["A=1", "B=2", "A=3"]
+    assert updated_env(env, ["B=9", "C=4"], []) == ["A=1", "B=9", "A=3", "C=4"]   # replaced in place, else appended
+    assert updated_env(env, [], ["A", "Z"]) == ["B=2"]                           # every A; an absent name is no error
+    assert updated_env(env, ["A=5"], ["A"]) == ["B=2", "A=5"]                    # rm first, then add
+    for add, rm, says in ((["NOVALUE"], [], "invalid env 'NOVALUE'"), (["=x"], [], "invalid env"),
+                          ([], ["A=1"], "invalid --env-rm 'A=1'"), ([], [""], "invalid --env-rm")):
+        with pytest.raises(NsnetError, match=says):
+            updated_env(env, add, rm)
 
 
 def test_restart_conditions():

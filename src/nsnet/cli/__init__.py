@@ -25,8 +25,15 @@ def _kv(items: list[str], what: str, bare: bool = False) -> dict[str, str]:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad usage in one line, as every refused command (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"Error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nsnet", description="Container networks from the kernel's own parts.")
+    p = Parser(prog="nsnet", description="Container networks from the kernel's own parts.")
     p.add_argument("--root", default=None, help="state folder (default $NSNET_ROOT or /var/lib/nsnet)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -178,8 +185,20 @@ def _service_parsers(sub) -> None:
     u.add_argument("--publish-add", action="append", default=[], metavar="SPEC")
     u.add_argument("--publish-rm", action="append", default=[], metavar="SPEC",
                    help="a published port, by its target port (and its published port, when given)")
+    u.add_argument("--env-add", action="append", default=[], metavar="KEY=VALUE")
+    u.add_argument("--env-rm", action="append", default=[], metavar="KEY")
+    u.add_argument("--args", type=_split_args, help="the tasks' new command, one string split as a shell splits it")
+    u.add_argument("--force", action="store_true", help="replace the tasks even when nothing changed")
     u.add_argument("--update-parallelism", type=int)
     u.add_argument("--update-delay", type=_duration_ms, metavar="DURATION", help="e.g. 2s, 500ms (default 0s)")
+
+
+def _split_args(text: str) -> list[str]:
+    import shlex
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"invalid command {text!r}: {e}") from None
 
 
 def _duration_ms(text: str) -> int:
@@ -351,6 +370,8 @@ def cmd_service(client: Client, args) -> int:
         client.post(api_path("services", args.service, "update"),
                     {"Replicas": args.replicas, "NetworkAdd": args.network_add, "NetworkRm": args.network_rm,
                      "PublishAdd": args.publish_add, "PublishRm": args.publish_rm,
+                     "EnvAdd": args.env_add, "EnvRm": args.env_rm, "Force": args.force,
+                     "Args": args.args,
                      "Parallelism": args.update_parallelism, "DelayMs": args.update_delay})
         print(args.service)
     elif verb == "scale":

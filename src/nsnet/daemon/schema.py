@@ -71,10 +71,10 @@ SWARM_INIT = {"type": "object", "fields": {
 SWARM_JOIN = {"type": "object", "fields": _SWARM}
 # Replicas: any integer here; engine/services.py says in one line what it takes (0 to 100).
 REPLICAS = {"type": "int", "min": -2**31, "max": 2**31}
+ARGV = {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096}   # a command, an environment
 SERVICE_CREATE = {"type": "object", "fields": {
     "Name": dict(SHORT, required=True), "Replicas": REPLICAS, "Networks": {"type": "list", "items": SHORT, "max": 64},
-    "EndpointMode": SHORT, "RestartCondition": SHORT, "Env": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096},
-    "Cmd": {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096, "required": True},
+    "EndpointMode": SHORT, "RestartCondition": SHORT, "Env": ARGV, "Cmd": dict(ARGV, required=True),
     "Publish": SHORTS,   # Docker's --publish / -p forms, parsed by engine/publish.py
 }}
 
@@ -119,6 +119,7 @@ ENDPOINTS = {
     ("GET", "/services/{ref}/tasks"): {"query": {}, "body": None},
     ("POST", "/services/{ref}/update"): {"query": {}, "body": {"type": "object", "fields": {
         "Replicas": REPLICAS, "NetworkAdd": SHORTS, "NetworkRm": SHORTS, "PublishAdd": SHORTS, "PublishRm": SHORTS,
+        "EnvAdd": ARGV, "EnvRm": SHORTS, "Args": ARGV, "Force": BOOL,
         "Parallelism": {"type": "int", "min": -2**31, "max": 2**31}, "DelayMs": {"type": "int", "min": 0, "max": 3600_000}}}},
 }
 

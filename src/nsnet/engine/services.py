@@ -80,9 +80,7 @@ def parse_spec(body: dict) -> dict:
     restart = body.get("RestartCondition") or "any"
     if restart not in rq.RESTART_CONDITIONS:
         raise NsnetError(f"invalid restart condition {restart!r}: use any, on-failure or none")
-    for kv in body.get("Env") or []:
-        if not kv.partition("=")[0] or "=" not in kv:
-            raise NsnetError(f"invalid env {kv!r}: use KEY=VALUE")
+    check_env(body.get("Env") or [])
     if not body.get("Cmd"):
         raise NsnetError("no command given: nsnet service create [OPTIONS] -- CMD [ARGS...]")
     replicas = 1 if body.get("Replicas") is None else body["Replicas"]
@@ -90,6 +88,30 @@ def parse_spec(body: dict) -> dict:
     publish.check_own(ports)
     return {"replicas": check_replicas(replicas), "endpoint_mode": mode, "restart": restart,
             "env": list(body.get("Env") or []), "cmd": list(body["Cmd"]), "networks": [], "ports": ports}
+
+
+def check_env(pairs: list[str]) -> None:
+    for kv in pairs:
+        if not kv.partition("=")[0] or "=" not in kv:
+            raise NsnetError(f"invalid env {kv!r}: use KEY=VALUE")
+
+
+def updated_env(env: list[str], add: list[str], remove: list[str]) -> list[str]:
+    """Docker's --env-rm KEY (every KEY=…) then --env-add KEY=VALUE (replacing KEY's value in place, else
+    appended)."""
+    check_env(add)
+    for key in remove:
+        if not key or "=" in key:
+            raise NsnetError(f"invalid --env-rm {key!r}: give a variable's name")
+    out = [kv for kv in env if kv.partition("=")[0] not in remove]
+    for kv in add:
+        key = kv.partition("=")[0]
+        at = next((i for i, old in enumerate(out) if old.partition("=")[0] == key), None)
+        if at is None:
+            out.append(kv)
+        else:
+            out[at] = kv
+    return out
 
 
 def spread(count: int, ready: dict[str, str], tasks: list[dict], one_per_node: str | None = None) -> list[str]:
@@ -384,7 +406,8 @@ class Services:
         raise Conflict(f"service {ref} kept changing under this scale; try again")
 
     def update(self, ref: str, body: dict) -> dict:
-        """`--replicas` alone scales. `--network-add/--network-rm` make a new version of the spec (the VIPs of
+        """`--replicas` alone scales. `--network-add/--network-rm`, `--env-add/--env-rm`, `--args` (the
+        command), `--force` and changes of the host-mode ports make a new version of the spec (the VIPs of
         added networks claimed, those of removed ones let go, in the same commit) and roll the tasks over to
         it, `Parallelism` at a time: new tasks first, each batch's old tasks told to shut down (out of
         rotation everywhere, then stopped: the runner's DRAIN) only once its new ones run, `DelayMs` between
@@ -416,7 +439,12 @@ class Services:
         unpublish = [publish.parse(x) for x in body.get("PublishRm") or []]
         kept = publish.removing(old_ports, unpublish)
         fresh = self._publishable(kv, [publish.parse(x) for x in body.get("PublishAdd") or []], kept, doc["id"])
-        if not added and not removed and not unpublish and not fresh:
+        env = updated_env(doc["spec"]["env"], body.get("EnvAdd") or [], body.get("EnvRm") or [])
+        cmd = doc["spec"]["cmd"] if body.get("Args") is None else list(body["Args"])
+        if not cmd:
+            raise NsnetError("invalid --args: the tasks need a command")
+        rerun = body.get("Force") or env != doc["spec"]["env"] or cmd != doc["spec"]["cmd"]
+        if not added and not removed and not unpublish and not fresh and not rerun:
             return self.scale(doc["id"], replicas) if replicas is not None else doc
         ports = kept + fresh
         if publish.ingress(fresh):
@@ -425,7 +453,7 @@ class Services:
         gone = {n.id for n in removed}
         new = {**doc, "version": doc["version"] + 1, "updated": _now(),
                "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added],
-                        "ports": ports},
+                        "ports": ports, "env": env, "cmd": cmd},
                "vips": {**{n: v for n, v in doc["vips"].items() if n not in gone}, **vips}}
         ops = ([Op(entry.key, new, expect=entry.mod_revision)]
                + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{doc['id']}"}, expect=0) for n, v in vips.items()]
@@ -439,7 +467,7 @@ class Services:
             raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses or ports were taken); try "
                            f"again") from None
         self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
-        if added or removed or task_shape(doc["spec"]) != task_shape(new["spec"]):
+        if added or removed or rerun or task_shape(doc["spec"]) != task_shape(new["spec"]):
             self._roll(kv, new, parallelism, delay, stop_first=bool(publish.host(old_ports) or publish.host(ports)))
         return self.scale(doc["id"], replicas) if replicas is not None else new
 

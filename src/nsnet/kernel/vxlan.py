@@ -2,13 +2,15 @@
 (forwarding database, `self`: the VXLAN device's own table) and its IP to its MAC (neighbour table, which
 the device answers ARP from: `proxy`). Learning is off: nothing is flooded, nothing learnt, every entry is
 programmed, with replace semantics, so an address reused by another sandbox never keeps a stale entry
-(moby#52661)."""
+(moby#52661). The bridge above it still learns a remote sandbox's MAC on the VXLAN port from its frames:
+that entry goes with the peer, or a sandbox given the same address (so the same MAC) on this host would be
+sent to the VXLAN port until the bridge ages it out (300 s) or the sandbox speaks first."""
 from __future__ import annotations
 
 from . import links
 
 NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
+NTF_SELF, NTF_MASTER = 0x02, 0x04
 
 
 def ensure_vxlan(ipr, chan, name: str, *, vni: int, local: str, port: int, mtu: int, master: int,
@@ -35,7 +37,8 @@ def set_peer(ipr, index: int, *, mac: str, ip: str, vtep: str) -> None:
 
 def remove_peer(ipr, index: int, *, mac: str, ip: str, vtep: str) -> None:
     for call, kw in ((ipr.neigh, {"dst": ip, "lladdr": mac}),
-                     (ipr.fdb, {"lladdr": mac, "dst": vtep, "flags": NTF_SELF})):
+                     (ipr.fdb, {"lladdr": mac, "dst": vtep, "flags": NTF_SELF}),
+                     (ipr.fdb, {"lladdr": mac, "flags": NTF_MASTER})):   # what the bridge learnt of it
         try:
             call("del", ifindex=index, **kw)
         except Exception as e:  # already gone: what we wanted
