@@ -345,6 +345,44 @@ def test_update_of_env_command_and_force_rolls_without_a_failed_request(two):
                {k: v for k, v in keys.items() if not k.startswith(("alive/", "evidence/"))}, args
 
 
+def update_status(host, name) -> dict:
+    return host.json("service", "inspect", name)[0].get("UpdateStatus", {})
+
+
+def test_a_rolling_update_outlives_the_daemon_that_drove_it(two):
+    """B's daemon drives an update and dies midway (cut off too): after its lease ends, A's task runner takes
+    the update over and finishes it; `UpdateStatus` says how it went, as Docker's does."""
+    etcd, a, b = two
+    overlay(a, b, "--attachable", "ov")
+    create(a, "web", "--network", "ov", "-e", "NETCHECK_ENV=blue", replicas=4)
+    assert wait_for(lambda: replicas(a, "web") == "4/4", timeout=10)
+    a.nsnet("run", "-d", "--name", "c1", "--network", "ov", "--", "sleep", "300")
+    vip = a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    assert "UpdateStatus" not in a.json("service", "inspect", "web")[0]   # never updated
+
+    driver = subprocess.Popen(["ip", "netns", "exec", b.ns, sys.executable, "-m", "nsnet", "--root", b.root,
+                               "service", "update", "--env-add", "NETCHECK_ENV=green", "--update-delay", "1s", "web"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: "green" in envs_of(ask_many(a, "c1", vip, 8)), timeout=10)   # one batch done
+        assert update_status(a, "web")["State"] == "updating"
+        os.kill(b.daemon_pid(), signal.SIGKILL)
+        b.sh("ip link set up0 down")
+        assert driver.wait(timeout=10) != 0                    # its CLI lost its daemon
+    finally:
+        driver.kill()
+        driver.wait()
+    assert wait_for(lambda: update_status(a, "web").get("State") == "completed", timeout=TTL + 30, interval=0.5), \
+        update_status(a, "web")
+    assert wait_for(lambda: replicas(a, "web") == "4/4", timeout=10)
+    assert envs_of(ask_many(a, "c1", vip, 20)) == {"green"}
+    assert [t["Node"] for t in running_tasks(a, "web")] == ["host-a"] * 4   # B's moved, B being Down
+    b.sh("ip link set up0 up")
+    b.nsnet("ps")   # B again: it stops its old sandboxes (their tasks moved), and takes nothing back
+    assert wait_for(lambda: b.json("ps", "-a", "--format", "json") == [], timeout=10), b.nsnet("ps", "-a").stdout
+    assert update_status(b, "web")["State"] == "completed"
+
+
 # ---- published ports: the routing mesh (ingress) and mode=host ---------------------------------------------
 
 SWITCH = "192.168.213"   # swarmnet.py's underlay: the switch (etcd's namespace) at .1, host i at .2+i

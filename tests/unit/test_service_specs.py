@@ -151,3 +151,23 @@ def test_a_down_nodes_tasks_move_once(svc):
     assert move_orphans(kv, "n3") == 0          # moved already: nothing left for another node
     assert sorted(t["node"] for t in tasks_of(kv)) == ["n1", "n1", "n3", "n3"]
     assert all(t["state"] == "assigned" for t in tasks_of(kv) if t["node"] == "n3")
+
+
+def test_an_update_is_taken_over_once_from_a_down_driver(svc):
+    services, kv = svc
+    services.e.state.node = "n1"
+    doc = services.create({"Name": "web", "Replicas": 2, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    update = {"state": "updating", "driver": "n2", "version": 2, "parallelism": 1, "delay": 0, "stop_first": False,
+              "started": "t", "message": ""}
+    kv.commit([Op(f"services/{doc['id']}", {**doc, "version": 2, "update": update})])
+    assert services.take_over(kv, doc["id"]) is None            # its driver is alive
+    kv.commit([Op("alive/n2", None)])
+    taken = services.take_over(kv, doc["id"])
+    assert taken["update"]["driver"] == "n1" and kv.get(f"services/{doc['id']}").value["update"]["driver"] == "n1"
+    services.driving[doc["id"]] = 2
+    assert services.take_over(kv, doc["id"]) is None            # driven here already
+    services._end_update(kv, doc["id"], 1, "completed", "x")    # an earlier update's driver writes nothing
+    assert kv.get(f"services/{doc['id']}").value["update"]["state"] == "updating"
+    services._end_update(kv, doc["id"], 2, "paused", "a new task failed")
+    status = services.inspect("web")["UpdateStatus"]
+    assert (status["State"], status["Message"]) == ("paused", "a new task failed") and status["CompletedAt"]

@@ -8,7 +8,8 @@ and once a second; each step makes the node match etcd:
   rotation as soon as it sees that), and its key deleted;
 - a task sandbox whose task is not ours any more (moved while this node was Down, or gone) is stopped;
 - the tasks of Down nodes are moved to Ready ones (engine/services.move_orphans; etcd's compare picks one
-  mover);
+  mover), and a rolling update whose driving daemon is Down (or was this one, before a restart) is driven
+  from here on (Services.take_over: the same compare);
 - the VIP tables of the local sandboxes and the routing mesh's table in the ingress sandbox follow the
   rotation (Services.sync_lb), on a thread of their own (`swarm-lb`): a step that starts or stops sandboxes
   takes longer than DRAIN, and a table must not wait for it;
@@ -121,6 +122,11 @@ class TaskRunner:
             alive = set(self.engine.state.alive)
         if any(t["node"] not in alive for t in tasks.values()):
             move_orphans(kv, me)
+        for sid, svc in services.items():
+            u = svc.get("update")
+            if (u and u["state"] == "updating" and self.engine.services.driving.get(sid) != u["version"]
+                    and (u["driver"] == me or u["driver"] not in alive)):
+                self._resume_update(kv, sid)
         for tid, t in tasks.items():
             if t["node"] != me:
                 continue
@@ -146,6 +152,22 @@ class TaskRunner:
         if mine != self._ports_written:
             kv.commit([Op(f"ports/{me}", {"ports": mine} if mine else None)])
             self._ports_written = mine
+
+    def _resume_update(self, kv, sid: str) -> None:
+        """A rolling update whose driver died (or was this daemon before its restart) goes on from here, on a
+        thread of its own: a batch waits for its tasks, which this runner starts."""
+        svc = self.engine.services.take_over(kv, sid)
+        if svc is None:
+            return
+
+        def drive():
+            try:
+                self.engine.services.drive(kv, svc)
+            except NsnetError as e:
+                log.warning("tasks: %s", e)
+            except Exception:
+                log.exception("tasks: driving the update of service %s failed", svc["name"])
+        threading.Thread(target=drive, name=f"update-{sid[:12]}", daemon=True).start()
 
     # ---- one task ------------------------------------------------------------------------------------
 

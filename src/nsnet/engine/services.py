@@ -192,6 +192,7 @@ class Services:
         self._applied: dict[str, str | None] = {}   # sandbox id -> the VIP ruleset in force in it
         self._mesh_applied = None                    # (sandbox id, pid, ruleset) in force in the ingress sandbox
         self._mesh_error = ""                        # the last reason it could not be written, said once
+        self.driving: dict[str, int] = {}            # service id -> the version a thread of this daemon rolls it to
         engine.feed.sources.append(self.records)
         engine.state.endpoint_saved.append(lambda ep: self._poke())
 
@@ -443,7 +444,8 @@ class Services:
         cmd = doc["spec"]["cmd"] if body.get("Args") is None else list(body["Args"])
         if not cmd:
             raise NsnetError("invalid --args: the tasks need a command")
-        rerun = body.get("Force") or env != doc["spec"]["env"] or cmd != doc["spec"]["cmd"]
+        rerun = (body.get("Force") or env != doc["spec"]["env"] or cmd != doc["spec"]["cmd"]
+                 or (doc.get("update") or {}).get("state") == "paused")   # any update starts a paused one again
         if not added and not removed and not unpublish and not fresh and not rerun:
             return self.scale(doc["id"], replicas) if replicas is not None else doc
         ports = kept + fresh
@@ -455,33 +457,96 @@ class Services:
                "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added],
                         "ports": ports, "env": env, "cmd": cmd},
                "vips": {**{n: v for n, v in doc["vips"].items() if n not in gone}, **vips}}
+        roll = bool(added or removed or rerun or task_shape(doc["spec"]) != task_shape(new["spec"]))
+        if roll:
+            new["update"] = {"state": "updating", "driver": self.e.state.node, "version": new["version"],
+                             "parallelism": parallelism, "delay": delay, "started": _now(), "message": "",
+                             "stop_first": bool(publish.host(old_ports) or publish.host(ports))}
         ops = ([Op(entry.key, new, expect=entry.mod_revision)]
                + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{doc['id']}"}, expect=0) for n, v in vips.items()]
                + [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items() if n in gone]
                + [Op(claim_key(p), {"id": doc["id"]}, expect=0) for p in fresh]
                + [Op(claim_key(p), None) for p in old_ports if p not in kept])
+        if roll:   # before the commit: this node's task runner must not take it for an orphan
+            self.driving[doc["id"]] = new["version"]
         try:
             kv.commit(ops)
         except CompareFailed:
             self._give_back(vips)
+            self.driving.pop(doc["id"], None)
             raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses or ports were taken); try "
                            f"again") from None
         self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
-        if added or removed or rerun or task_shape(doc["spec"]) != task_shape(new["spec"]):
-            self._roll(kv, new, parallelism, delay, stop_first=bool(publish.host(old_ports) or publish.host(ports)))
+        if roll:
+            self.drive(kv, new)
         return self.scale(doc["id"], replicas) if replicas is not None else new
 
-    def _roll(self, kv, svc: dict, parallelism: int, delay: float, stop_first: bool = False) -> None:
-        """`stop_first`: a batch's old tasks stop before its new ones start (host-mode ports: an old task
-        holds its port on its node, where the new one may have to run)."""
+    def drive(self, kv, svc: dict) -> None:
+        """Roll `svc`'s tasks over as its `update` record says, then write how it ended there: completed, or
+        paused with the reason (raised too). The record makes the update outlive this daemon: if it dies
+        midway, another node's task runner takes it over (`take_over`), or this one's after its restart."""
+        u, sid = svc["update"], svc["id"]
+        self.driving[sid] = u["version"]
+        try:
+            self._roll(kv, svc, u["parallelism"], u["delay"], u["stop_first"], u["version"])
+        except NsnetError as e:
+            self._end_update(kv, sid, u["version"], "paused", str(e))
+            raise
+        finally:
+            if self.driving.get(sid) == u["version"]:
+                del self.driving[sid]
+        self._end_update(kv, sid, u["version"], "completed", "update completed")
+
+    def take_over(self, kv, sid: str) -> dict | None:
+        """The service `sid` with this node written as its update's driver, when the update is under way and
+        its driver is Down (or is this node, restarted); None when there is nothing to take (another node
+        committed first, or it ended)."""
+        me = self.e.state.node
+        for attempt in range(RACES):
+            entry = kv.get(f"services/{sid}")
+            u = entry.value.get("update") if entry is not None else None
+            if (not u or u["state"] != "updating" or self.driving.get(sid) == u["version"]
+                    or (u["driver"] != me and u["driver"] in self._alive(kv))):
+                return None
+            doc = {**entry.value, "update": {**u, "driver": me}}
+            try:
+                kv.commit([Op(entry.key, doc, expect=entry.mod_revision)])
+                log.info("service %s: its update is driven from this node now", doc["name"])
+                return doc
+            except CompareFailed:
+                continue
+        return None
+
+    def _end_update(self, kv, sid: str, version: int, state: str, message: str) -> None:
+        """The update record of `sid` says `state` (unless a later update or another driver has it now)."""
+        for attempt in range(RACES):
+            entry = kv.get(f"services/{sid}")
+            u = entry.value.get("update") if entry is not None else None
+            if not u or u["version"] != version or u["driver"] != self.e.state.node:
+                return
+            doc = {**entry.value, "update": {**u, "state": state, "message": message, "completed": _now()}}
+            try:
+                kv.commit([Op(entry.key, doc, expect=entry.mod_revision)])
+                return
+            except CompareFailed:
+                continue
+
+    def _roll(self, kv, svc: dict, parallelism: int, delay: float, stop_first: bool, version: int) -> None:
+        """The running tasks older than `version` replaced. `stop_first`: a batch's old tasks stop before its
+        new ones start (host-mode ports: an old task holds its port on its node, where the new one may have
+        to run)."""
         while True:
             entries = [t for t in kv.list("tasks/") if t.value["service_id"] == svc["id"]]
             old = sorted((t.value for t in entries if t.value["desired"] == "running"
-                          and t.value.get("version", 1) < svc["version"]), key=lambda t: t["slot"])
+                          and t.value.get("version", 1) < version), key=lambda t: t["slot"])
             if not old:
                 return
-            if kv.get(f"services/{svc['id']}") is None:
+            now = kv.get(f"services/{svc['id']}")
+            if now is None:
                 raise NotFound(f"service {svc['name']} was removed during its update")
+            if now.value.get("update", {}).get("version") != version:
+                return   # a later update took over: it rolls every task older than its own version
+            svc = now.value   # its tasks take the service's version as it is now (a scale may have moved it)
             batch = old[:parallelism]
             if stop_first:
                 for t in batch:
@@ -636,7 +701,10 @@ class Services:
                          "Mode": {"Replicated": {"Replicas": spec["replicas"]}},
                          "EndpointSpec": {"Mode": spec["endpoint_mode"], "Ports": ports}},
                 "Endpoint": {"Spec": {"Mode": spec["endpoint_mode"], "Ports": ports}, "Ports": ports,
-                             "VirtualIPs": [{"NetworkID": n, "Addr": v} for n, v in svc["vips"].items()]}}
+                             "VirtualIPs": [{"NetworkID": n, "Addr": v} for n, v in svc["vips"].items()]},
+                **({"UpdateStatus": {"State": u["state"], "StartedAt": u["started"], "Message": u["message"],
+                                     **({"CompletedAt": u["completed"]} if u.get("completed") else {})}}
+                   if (u := svc.get("update")) else {})}
 
 
 # ---- the task side: what the node that runs a task writes (daemon/tasks.py) ---------------------------
