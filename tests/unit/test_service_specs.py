@@ -171,3 +171,20 @@ def test_an_update_is_taken_over_once_from_a_down_driver(svc):
     services._end_update(kv, doc["id"], 2, "paused", "a new task failed")
     status = services.inspect("web")["UpdateStatus"]
     assert (status["State"], status["Message"]) == ("paused", "a new task failed") and status["CompletedAt"]
+
+
+def test_a_down_nodes_host_mode_task_moves_only_to_a_node_without_one(svc):
+    services, kv = svc
+    services.e.state.node = "n1"
+    services._check_free_here = lambda p: None   # no host here to hold ports on
+    services.e.state.sbs = {}
+    services.create({"Name": "web", "Replicas": 2, "EndpointMode": "dnsrr", "Cmd": ["x"],
+                     "Publish": ["published=8080,target=80,mode=host"]})
+    assert sorted(t["node"] for t in tasks_of(kv)) == ["n1", "n2"]
+    kv.commit([Op("alive/n2", None)])
+    assert move_orphans(kv, "n1") == 0            # n1 holds 8080 for its own task already
+    stuck = next(t for t in tasks_of(kv) if t["node"] == "n2")
+    assert stuck["state"] == "pending" and "mode=host" in stuck["error"]
+    kv.commit([Op("nodes/n3", {"id": "n3", "name": "host-c", "addr": "x"}), Op("alive/n3", {})])
+    assert move_orphans(kv, "n1") == 1            # a node without one
+    assert sorted(t["node"] for t in tasks_of(kv)) == ["n1", "n3"]

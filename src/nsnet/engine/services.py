@@ -730,8 +730,9 @@ def delete_task(kv, task_id: str) -> None:
 
 
 def move_orphans(kv, node: str) -> int:
-    """The tasks of Down nodes that want to run go to Ready nodes (fewest first); those told to shut down
-    are deleted. Every node may do it: the compare on each task's revision lets one commit win. How many."""
+    """The tasks of Down nodes that want to run go to Ready nodes (fewest first; a task with host-mode ports
+    only to a node that runs none of its service's, else it stays `pending` on its node, as Docker's waits
+    for a suitable node); those told to shut down are deleted. Every node may do it: the compare on each task's revision lets one commit win. How many."""
     alive = {_tail(e.key) for e in kv.list("alive/")}
     if node not in alive:
         return 0   # this node itself is cut off: it must not decide for the others
@@ -741,13 +742,21 @@ def move_orphans(kv, node: str) -> int:
         return 0
     ready = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/") if _tail(e.key) in alive}
     tasks = [t.value for t in entries if t.value["node"] in alive]
+    services = {_tail(e.key): e.value for e in kv.list("services/")}
     moved = 0
     for t in orphans:
         try:
             if t.value["desired"] != "running":
                 kv.commit([Op(t.key, None, expect=t.mod_revision)])
                 continue
-            target = spread(1, ready, tasks)[0]
+            svc = services.get(t.value["service_id"])
+            try:
+                target = spread(1, ready, tasks, one_per_node(svc) if svc else None)[0]
+            except NsnetError as e:   # host-mode ports: every Ready node runs one; it waits for its node
+                if t.value["state"] != "pending":
+                    kv.commit([Op(t.key, {**t.value, "state": "pending", "error": str(e), "updated": _now()},
+                                  expect=t.mod_revision)])
+                continue
             doc = {**t.value, "node": target, "state": "assigned", "error": "", "addresses": {}, "exit_code": None,
                    "updated": _now()}
             kv.commit([Op(t.key, doc, expect=t.mod_revision)])
