@@ -163,6 +163,48 @@ def test_a_node_whose_tunnel_is_down_sends_nothing_in_clear(two):
     assert seen["marker"] >= 3, seen
 
 
+LISTEN = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 7000))\n" \
+         "while True:\n    print(s.recv(200).decode(errors='replace'), flush=True)\n"
+FORGE = """
+import socket, struct, sys
+vni, mac, src, dst, word = int(sys.argv[1]), bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3], sys.argv[4], sys.argv[5]
+data = word.encode()
+udp = struct.pack("!HHHH", 9999, 7000, 8 + len(data), 0) + data
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+total = sum(struct.unpack("!10H", ip))
+total = (total & 0xFFFF) + (total >> 16)
+ip = ip[:10] + struct.pack("!H", ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF) + ip[12:]
+frame = mac + bytes.fromhex("02420a00aaaa") + b"\\x08\\x00" + ip + udp
+vxlan = struct.pack("!II", 0x08000000, vni << 8)
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(vxlan + frame, (sys.argv[6], 4789))
+"""
+
+
+def test_a_plaintext_datagram_of_an_encrypted_vni_is_dropped_on_arrival(two):
+    """The guard's input side: someone on the underlay sends host A, in clear, a VXLAN datagram of the encrypted
+    network's VNI addressed to A's sandbox. It never reaches it; with the guard's input chain deleted (the
+    control) the same datagram does, so the kernel alone would take it."""
+    etcd, a, b = two
+    a.nsnet("network", "create", "-d", "overlay", "--attachable", "--opt", "encrypted", "sec")
+    a.nsnet("run", "-d", "--name", "u1", "--network", "sec", "--", sys.executable, "-c", LISTEN)
+    vni = int(a.json("network", "inspect", "sec")[0]["Options"][VNI_KEY])
+    u1 = net_of(a, "u1", "sec")
+
+    def forge(word):
+        ip = subprocess.run(["ip", "netns", "exec", etcd.ns, sys.executable, "-c", FORGE, str(vni), u1["MacAddress"],
+                             u1["IPAddress"].rsplit(".", 1)[0] + ".200", u1["IPAddress"], word, f"{NET}.2"],
+                            capture_output=True, text=True)
+        assert ip.returncode == 0, ip.stderr
+
+    assert wait_for(lambda: a.json("inspect", "u1")[0]["State"]["Running"], timeout=3)
+    forge("forged-one")
+    time.sleep(1)
+    assert "forged" not in a.nsnet("logs", "u1").stdout
+    a.sh("nft delete chain inet nsnet sealed-in")            # the control
+    assert wait_for(lambda: (forge("forged-two"), "forged-two" in a.nsnet("logs", "u1").stdout)[1], timeout=3)
+    assert "forged-one" not in a.nsnet("logs", "u1").stdout
+
+
 def test_a_removed_node_loses_its_peers_at_once(two):
     etcd, a, b = two
     sealed_pair(a, b)
