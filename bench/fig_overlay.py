@@ -22,6 +22,7 @@ etcd (Debian's etcd-server); `swarm init` / `join`; one attachable overlay.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -134,18 +135,37 @@ def _attach_and_converge(h, probe_ns: int, n: int, engine, base: str, address_of
     return attach, ping, dns
 
 
-def _docker_swarm(ctx, n: int) -> dict:
-    """Docker Swarm's figures, measured as nsnet's are below: throughput, attach, convergence."""
-    h = ctx.h
-    sw = h.netns("f8dsw")
-    hosts = [SimpleNamespace(ns=h.netns(f"f8d{x}")) for x in "ab"]
+def docker_swarm_of(h, switch: str, tags: list[str]) -> tuple[str, list[Docker]]:
+    """Docker Swarm in figure 8's shape: a dockerd in each of two host namespaces (names `tags`) on one
+    switch namespace, A (NET.2) the manager by `swarm init`, B (NET.3) a worker by `swarm join`, and one
+    attachable overlay "ov". Each leaves the swarm (forced) before its daemon stops. (The switch, [A, B].)"""
+    sw = h.netns(switch)
+    hosts = [SimpleNamespace(ns=h.netns(tag)) for tag in tags]
     _wire(h, sw, hosts)
     a, b = Docker(h, hosts[0].ns), Docker(h, hosts[1].ns)
+    for d in (a, b):
+        h.defer(_leave, d)
     a.post("/swarm/init", {"ListenAddr": f"{NET}.2:2377", "AdvertiseAddr": f"{NET}.2"})
     token = a.get("/swarm")["JoinTokens"]["Worker"]
     b.post("/swarm/join", {"ListenAddr": f"{NET}.3:2377", "AdvertiseAddr": f"{NET}.3",
                            "RemoteAddrs": [f"{NET}.2:2377"], "JoinToken": token})
     a.post("/networks/create", {"Name": "ov", "Driver": "overlay", "Attachable": True})
+    return sw, [a, b]
+
+
+def _leave(d: Docker) -> None:
+    if d.proc.poll() is None:
+        d._conn = None   # a request cut short (an error of the figure's) leaves the connection unusable
+        try:
+            d.post("/swarm/leave?force=1")
+        except (DockerError, OSError, http.client.HTTPException):
+            pass
+
+
+def _docker_swarm(ctx, n: int) -> dict:
+    """Docker Swarm's figures, measured as nsnet's are below: throughput, attach, convergence."""
+    h = ctx.h
+    _, (a, b) = docker_swarm_of(h, "f8dsw", ["f8da", "f8db"])
 
     def pid_ip(d: Docker, name: str) -> tuple[int, str]:
         doc = d.get(f"/containers/{name}/json")
@@ -157,11 +177,6 @@ def _docker_swarm(ctx, n: int) -> dict:
     h.spawn(["iperf3", "-s", "-p", "5201"], srv_pid)
     gbps = [_client(cli_pid, srv_ip, 5201, ctx.iperf_seconds) for _ in range(ctx.iperf_reps)]
     attach, ping, dns = _attach_and_converge(h, cli_pid, n, a, "bridge", lambda name: pid_ip(a, name)[1])
-    for d in (b, a):
-        try:
-            d.post("/swarm/leave?force=1")
-        except DockerError:
-            pass
     return {"gbps": gbps, "attach": attach, "ping": ping, "dns": dns, "version": a.version}
 
 

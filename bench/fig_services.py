@@ -14,27 +14,58 @@ attachable overlay, a client sandbox on host A.
   service's ingress port on the host that does not run the task (host DNAT, the ingress sandbox's DNAT and
   masquerade, VXLAN to the task) and on the host that does, against the same kind of task's port published
   with mode=host on its own host (one DNAT).
-Docker Swarm is not run beside it here: figure 8 runs it (overlay only); its services are left for later.
+- A dead node: B's daemon SIGKILLed and its link cut (its sandboxes run on, unreachable): time until the
+  5 tasks of the first service run on A again (nsnet's liveness TTL is 10 s).
+Docker Swarm, the peer, first in the same run: figure 8's two dockerd (manager A, worker B) with busybox
+`nc` tasks. Its VIP and its routing mesh are IPVS, which this kernel lacks: each is tried once and what
+happened is a note. Its peer values are of `--endpoint-mode dnsrr` (no IPVS): the start, the spread over
+connections by name (the client asks 127.0.0.11 anew per connection), and the worker's dockerd SIGKILLed
+with its link cut until the 5 tasks run on the manager (Swarm notices by its heartbeat).
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
 import time
+import urllib.parse
 
 from common import PY, Figure, Skip, have, sh, verdict
 from fig_dataplane import _client
-from fig_overlay import NET, _pct, seen_by, swarm_of
+from fig_overlay import NET, _pct, docker_swarm_of, seen_by, swarm_of
+from peer_docker import IMAGE, DockerError
 from peer_nsnet import NsnetEngine
 
 CLIENT = r'''
-import socket, sys, json, time
+import socket, struct, sys, json, time
 targets, n = sys.argv[1].split(","), int(sys.argv[2])
 out, answers = {t: [] for t in targets}, {}
+
+def first_a(name):
+    """A name, asked anew of 127.0.0.11 with one query: the answer's first address (as a client without a cache)."""
+    q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(q, ("127.0.0.11", 53))
+    data = s.recv(1500)
+    s.close()
+    at = len(q)
+    for _ in range(struct.unpack("!H", data[6:8])[0]):
+        while data[at] and data[at] < 0xC0:
+            at += data[at] + 1
+        at += 2 if data[at] else 1
+        rtype, _, _, size = struct.unpack("!HHIH", data[at:at + 10])
+        if rtype == 1:
+            return socket.inet_ntoa(data[at + 10:at + 14])
+        at += 10 + size
+    raise OSError(f"{name}: no address")
+
 for i in range(n):
     for t in targets:
         t0 = time.perf_counter()
-        c = socket.create_connection((t, 8080), timeout=3)
+        c = socket.create_connection((t if t[0].isdigit() else first_a(t), 8080), timeout=3)
         a = c.recv(100).decode().strip()
         c.close()
         out[t].append((time.perf_counter() - t0) * 1e6)
@@ -73,12 +104,125 @@ def _task(eng: NsnetEngine, name: str) -> dict:
     return task
 
 
+# ---- Docker Swarm, the peer ----------------------------------------------------------------------------
+NC_WHOAMI = ["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/hostname"]   # busybox: one hostname per connection
+TRY = r'''
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        c = socket.create_connection((host, int(port)), timeout=2)
+        print(target, "answered", c.recv(100).decode().strip() or "(nothing)")
+        c.close()
+    except OSError as e:
+        print(target, type(e).__name__, e.strerror or e)
+'''
+
+
+def _tries(ns, *targets: str) -> str:
+    """One TCP connection to each "host:port" from `ns`: what each did ("answered NAME", the error)."""
+    return "; ".join(sh([PY, "-c", TRY, *targets], ns, timeout=60).stdout.splitlines())
+
+
+def _swarm_service(d, name: str, replicas: int, mode: str = "vip", publish: int | None = None) -> None:
+    endpoint: dict = {"Mode": mode}
+    if publish:
+        endpoint["Ports"] = [{"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": publish}]
+    d.post("/services/create", {"Name": name, "Mode": {"Replicated": {"Replicas": replicas}}, "EndpointSpec": endpoint,
+                                "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Command": NC_WHOAMI},
+                                                 "Networks": [{"Target": "ov"}]}})
+
+
+def _swarm_tasks(d, name: str) -> list[dict]:
+    """The service's tasks meant to run (the manager's view)."""
+    return d.get("/tasks?filters=" + urllib.parse.quote(json.dumps({"service": [name], "desired-state": ["running"]})))
+
+
+def _swarm_running(d, name: str, want: int, node: str | None = None, timeout: float = 60) -> float:
+    """Seconds until `want` of the service's tasks run (all on `node`, if given)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        up = [t for t in _swarm_tasks(d, name) if t["Status"]["State"] == "running"]
+        if len(up) == want and (node is None or {t["NodeID"] for t in up} == {node}):
+            return time.perf_counter() - t0
+        time.sleep(0.02)
+    raise RuntimeError(f"Docker Swarm: service {name}: {want} tasks not running{' on one node' if node else ''} "
+                       f"after {timeout:.0f} s")
+
+
+def _ipvs_said(d) -> str:
+    """dockerd's first complaint about IPVS in its log."""
+    with open(d.log_path, errors="replace") as f:
+        said = next((line for line in f if "ipvs" in line.lower() and "level=error" in line), "")
+    return said.split('msg="', 1)[-1].split('"', 1)[0] if said else "(nothing about IPVS in its log)"
+
+
+def _docker_swarm(ctx, n: int) -> dict:
+    """Docker Swarm's services, as far as they run here (figure 8's two dockerd), measured as nsnet's are."""
+    h = ctx.h
+    sw, (a, b) = docker_swarm_of(h, "f10dsw", ["f10da", "f10db"])
+    if not a.busybox:
+        raise Skip("no static busybox for the tasks' image (nc, hostname)")
+    out: dict = {"version": a.version}
+    a.run("cl", "ov")
+    client = a.get("/containers/cl/json")["State"]["Pid"]
+
+    # VIP mode (the default) and a published port through the routing mesh: both are IPVS in Swarm
+    _swarm_service(a, "vip", 5)
+    out["vip_start_s"] = _swarm_running(a, "vip", 5)
+    _swarm_service(a, "mesh", 1, publish=8081)
+    _swarm_running(a, "mesh", 1)
+    time.sleep(2)
+    vip = a.get("/services/vip")["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    task_ip = _swarm_tasks(a, "vip")[0]["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
+    out["vip"] = _tries(client, f"{vip}:8080", f"{vip}:8080", f"{task_ip}:8080")
+    out["mesh"] = _tries(sw, f"{NET}.2:8081", f"{NET}.3:8081")
+    out["mesh_dnat"] = "8081" in sh(["iptables-save", "-t", "nat"], a.ns, check=False).stdout
+    out["ipvs"] = _ipvs_said(a)
+    for name in ("vip", "mesh"):
+        a.delete(f"/services/{name}")
+
+    # dnsrr needs no IPVS: start, spread by name, a dead node's tasks
+    _swarm_service(a, "rr", 5, mode="dnsrr")
+    out["start_s"] = _swarm_running(a, "rr", 5)
+    time.sleep(1)
+    doc = json.loads(sh([PY, "-c", CLIENT, "rr", str(n)], client, timeout=600).stdout)
+    out["spread"] = sorted(doc["answers"].values())
+    nodes = {d: d.get("/info")["Swarm"]["NodeID"] for d in (a, b)}
+    out["on_b"] = sum(1 for t in _swarm_tasks(a, "rr") if t["NodeID"] == nodes[b])
+    os.kill(b.proc.pid, signal.SIGKILL)
+    sh(["ip", "link", "set", "up0", "down"], b.ns)
+    out["resched_s"] = _swarm_running(a, "rr", 5, node=nodes[a], timeout=120)
+    return out
+
+
+def _swarm_notes(fig: Figure, peer: dict) -> None:
+    fig.notes.append(f"Docker Swarm: dockerd {peer['version']} x 2 (manager A, worker B), swarm mode, an attachable "
+                     f"overlay; its tasks run busybox `nc -ll -p 8080 -e hostname`")
+    fig.notes.append(f"Docker Swarm, VIP mode (the default): 5 tasks ran after {peer['vip_start_s']:.1f} s, but from "
+                     f"a container on the overlay: {peer['vip']} (VIP twice, then a task's own address). "
+                     f"dockerd logs: \"{peer['ipvs']}\" - Swarm's VIP is an IPVS service, and this kernel has no IPVS; "
+                     f"so no VIP rows for Swarm")
+    fig.notes.append(f"Docker Swarm, routing mesh (a published port, ingress): from the switch's namespace "
+                     f"{peer['mesh']}; host A's nat table {'has' if peer['mesh_dnat'] else 'has no'} rule for port "
+                     f"8081 - dockerd writes the port's DNAT to its ingress sandbox together with that sandbox's "
+                     f"IPVS service, and stops at IPVS; so no mesh rows for Swarm")
+    fig.notes.append("Docker Swarm's peer values are of --endpoint-mode dnsrr (no IPVS): the client resolves the "
+                     "name anew per connection (one query to 127.0.0.11, no cache) and takes the answer's first "
+                     "address; Docker's resolver shuffles the tasks' addresses")
+
+
 def run(ctx) -> Figure:
     h, q = ctx.h, ctx.quick
     fig = Figure("10", "Services across two hosts (VIP, routing mesh)")
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
     n = 300 if q else 1000
+    peer: dict = {}
+    with h.scope(fig, "Docker Swarm", catch=(Skip, DockerError, RuntimeError, OSError)):
+        peer = _docker_swarm(ctx, n)
+        _swarm_notes(fig, peer)
+    swarm = "Docker Swarm (dnsrr)" if peer else ""
     sw, (a, b) = swarm_of(h, "f10sw", ["f10a", "f10b"], ["a", "b"])
     a.create_network("ov", Driver="overlay", Attachable=True)
     seen_by(b, {"ov"})
@@ -87,13 +231,17 @@ def run(ctx) -> Figure:
     # start and spread
     _service(a, "web", 5, WHOAMI)
     started = _running(a, "web", 5)
-    fig.row(measure="service create returned -> 5 tasks running", value=started * 1000, unit="ms", reps="1")
+    fig.row(measure="service create returned -> 5 tasks running", value=started * 1000, unit="ms", reps="1",
+            peer=swarm, peer_value=peer["start_s"] * 1000 if peer else None)
     time.sleep(1)   # every VIP table written
     doc = json.loads(sh([PY, "-c", CLIENT, _vip(a, "web"), str(n)], client, timeout=600).stdout)
     counts = sorted(doc["answers"].values())
     worst = counts[-1] / (n / 5)
+    theirs = peer.get("spread", [])
     fig.row(measure="spread over 5 tasks: busiest / fair share", value=worst, unit="x", reps=f"{n} conn",
-            target="<= 1.3x", verdict=verdict(worst <= 1.3 and len(counts) == 5), note=f"counts {counts}")
+            peer=swarm, peer_value=theirs[-1] / (n / 5) if theirs else None,
+            target="<= 1.3x", verdict=verdict(worst <= 1.3 and len(counts) == 5),
+            note=f"counts {counts}; nsnet through the VIP" + (f", Swarm by name: counts {theirs}" if peer else ""))
 
     # added latency per new connection, the task on the other host
     _service(b, "one", 1, WHOAMI)
@@ -149,5 +297,25 @@ def run(ctx) -> Figure:
                 unit="Gbit/s", reps=f"{len(shares)}x{ctx.iperf_seconds}s", peer="mode=host on the task's host",
                 peer_value=host_med, ratio=s, ratio_text=f"{s * 100:.0f}% of mode=host",
                 note="client outside the hosts (the switch's namespace)", verdict="INFO")
-    fig.data.update(spread=counts, latency_us=us, vip_gbps=through, direct_gbps=straight, mesh_gbps=series)
+    fig.data.update(spread=counts, latency_us=us, vip_gbps=through, direct_gbps=straight, mesh_gbps=series, swarm=peer)
+
+    # a dead node: B's daemon killed and its link cut (its sandboxes run on, unreachable); "web"'s 5 tasks all on A
+    on_b = sum(1 for t in a.api.get("/services/web/tasks") if t["Node"] == "b" and t["DesiredState"] == "running")
+    os.kill(b.daemon_pid, signal.SIGKILL)
+    sh(["ip", "link", "set", "up0", "down"], b.ns)
+    b.daemon_pid = None   # killed on purpose: its stop() must not report it
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 60:
+        up = [t["Node"] for t in a.api.get("/services/web/tasks")
+              if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+        if up == ["a"] * 5:
+            break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError(f"B's tasks of web were not running on A 60 s after B died: {up}")
+    back = time.perf_counter() - t0
+    fig.row(measure="dead node: its tasks running on the other again", value=back, unit="s", reps="1",
+            peer=swarm, peer_value=peer.get("resched_s"), target="<= TTL + 5 s (15 s)", verdict=verdict(back <= 15),
+            note=f"B's daemon SIGKILLed and its link cut, {on_b} of 5 tasks on B"
+                 + (f"; Swarm: the worker's dockerd, the same, {peer['on_b']} of 5 on B" if peer else ""))
     return fig

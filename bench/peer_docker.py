@@ -4,7 +4,7 @@ namespace, with every folder of its own under /tmp; stopped and removed at the e
 dockerd is entered into the namespace with setns() alone (as `nsenter --net` does), not `ip netns exec`:
 the latter also remounts /sys, which hides the cgroup mounts dockerd needs ("Devices cgroup isn't mounted").
 Containers run a tiny image imported from local files (a static busybox, or `sleep` and its libraries):
-no registry is contacted.
+no registry is contacted. Only with busybox does the image hold more than `sleep` (BOX_TOOLS).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -24,6 +25,7 @@ from nsnet.kernel.procs import terminate
 
 DOCKERD = "/usr/sbin/dockerd"
 IMAGE = "nsbench-box:1"
+BOX_TOOLS = ("sleep", "sh", "nc", "hostname")   # busybox's applets in the image (a swarm task's server: nc -ll)
 API = "/v1.41"
 
 
@@ -55,6 +57,9 @@ class Docker:
                 raise Skip(f"{tool} is missing, dockerd cannot run containers (apt-get install docker.io)")
         self.ns = ns or h.netns("dockerd")
         self.dir = h.tempdir("docker")
+        # Its containers' cgroups under one parent of its own: runc leaves them behind here even when dockerd
+        # removes a container, and stop() removes the parent's tree.
+        self.cgroup_parent = "/" + os.path.basename(self.dir)
         self.sock = os.path.join(self.dir, "docker.sock")
         self.pid = None
         self._conn = None
@@ -65,10 +70,13 @@ class Docker:
         # (/run/docker/plugins, /run/containerd/s) whatever their roots are, and the machine's /run is not ours.
         dockerd = [DOCKERD, "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
                    "--pidfile", f"{self.dir}/dockerd.pid", "-H", f"unix://{self.sock}",
-                   "--storage-driver", "vfs", "--shutdown-timeout", "1", "--log-level", "warn"]
+                   "--storage-driver", "vfs", "--shutdown-timeout", "1", "--log-level", "warn",
+                   "--cgroup-parent", self.cgroup_parent]
         self.proc = h.spawn(["unshare", "-m", "--propagation", "private", "sh", "-c",
                              'mount -t tmpfs tmpfs /run && exec "$@"', "dockerd", *dockerd],
-                            self.ns, stdout=log, stderr=log)
+                            self.ns, stdout=log, stderr=log,
+                            # a swarm task's image is the local one: without this its agent asks a registry first
+                            env={**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"})
         log.close()
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
@@ -145,9 +153,10 @@ class Docker:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             busybox = have("busybox")
-            if busybox and "statically linked" in sh(["file", "-L", busybox], check=False).stdout:
+            self.busybox = bool(busybox) and "statically linked" in sh(["file", "-L", busybox], check=False).stdout
+            if self.busybox:
                 tar.add(busybox, "bin/busybox")
-                for name in ("sleep", "sh"):
+                for name in BOX_TOOLS:
                     info = tarfile.TarInfo(f"bin/{name}")
                     info.type, info.linkname = tarfile.SYMTYPE, "busybox"
                     tar.addfile(info)
@@ -219,6 +228,38 @@ class Docker:
         # containerd shims started for this daemon name our folder in their command line: end those (by pid).
         for pid in _pids_mentioning(self.dir):
             terminate(pid, proc_start(pid), timeout=2)
+        _remove_cgroups(self.cgroup_parent)
+
+
+def _remove_cgroups(parent: str) -> None:
+    """The containers' processes still in cgroup `parent` killed (a container dockerd did not stop, or whose
+    dockerd was killed, outlives it: its shim's end does not end it), then the parent's folders in every
+    hierarchy (cgroup v1's, or v2's one), deepest first."""
+    root = "/sys/fs/cgroup"
+    tops = [t for t in [root + parent] + [os.path.join(root, h) + parent for h in os.listdir(root)] if os.path.isdir(t)]
+    folders = sorted((f for top in tops for f, _, _ in os.walk(top)), key=len, reverse=True)
+    deadline = time.monotonic() + 5
+    while True:
+        pids = set()
+        for folder in folders:
+            try:
+                with open(os.path.join(folder, "cgroup.procs")) as f:
+                    pids.update(int(p) for p in f.read().split())
+            except OSError:
+                pass
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _pids_mentioning(text: str) -> list[int]:
