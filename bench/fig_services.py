@@ -14,6 +14,8 @@ attachable overlay, a client sandbox on host A.
   service's ingress port on the host that does not run the task (host DNAT, the ingress sandbox's DNAT and
   masquerade, VXLAN to the task) and on the host that does, against the same kind of task's port published
   with mode=host on its own host (one DNAT).
+- A rolling update (`--env-add`, one task at a time) and a scale-down 5 -> 2 of the first service, each
+  under a client connecting to its VIP over and over for the whole time: the failed connections.
 - A dead node: B's daemon SIGKILLed and its link cut (its sandboxes run on, unreachable): time until the
   5 tasks of the first service run on A again (nsnet's liveness TTL is 10 s).
 Docker Swarm, the peer, first in the same run: figure 8's two dockerd (manager A, worker B) with busybox
@@ -28,6 +30,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import time
 import urllib.parse
 
@@ -73,9 +76,34 @@ for i in range(n):
             answers[a] = answers.get(a, 0) + 1
 print(json.dumps({"us": out, "answers": answers}))
 '''
+LOOP = r'''
+import json, socket, sys, threading
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+ok, fails = 0, []
+while not stop.is_set():
+    try:
+        c = socket.create_connection((sys.argv[1], 8080), timeout=2)
+        c.recv(100)
+        c.close()
+        ok += 1
+    except OSError as e:
+        fails.append(str(e))
+print(json.dumps({"ok": ok, "fail": len(fails), "errors": sorted(set(fails))[:3]}))
+'''
 WHOAMI = [PY, "-c", "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                     "s.bind(('0.0.0.0', 8080)); s.listen(256); me=socket.gethostname().encode()\n"
                     "while True:\n    c,_=s.accept(); c.sendall(me); c.close()"]
+
+
+def _looping(h, ns, target: str, during) -> dict:
+    """A client connecting to target:8080 over and over (one answer, close) from `ns` while `during()` runs,
+    and a second after: {"ok": n, "fail": m, "errors": [...]}."""
+    loop = h.spawn([PY, "-c", LOOP, target], ns, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    during()
+    time.sleep(1)
+    return json.loads(loop.communicate(input="", timeout=30)[0])
 
 
 def _service(eng: NsnetEngine, name: str, replicas: int, cmd: list[str], *publish: str) -> None:
@@ -298,6 +326,27 @@ def run(ctx) -> Figure:
                 peer_value=host_med, ratio=s, ratio_text=f"{s * 100:.0f}% of mode=host",
                 note="client outside the hosts (the switch's namespace)", verdict="INFO")
     fig.data.update(spread=counts, latency_us=us, vip_gbps=through, direct_gbps=straight, mesh_gbps=series, swarm=peer)
+
+    # a rolling update and a scale-down of "web" under a client looping over its VIP for the whole time
+    web = _vip(a, "web")
+    rolled = _looping(h, client, web, lambda: a.cli(["service", "update", "--env-add", "ROLLED=1", "web"]))
+    fig.row(measure="rolling update of 5 tasks (1 at a time): failed requests", value=rolled["fail"], unit="",
+            reps=f"{rolled['ok'] + rolled['fail']} req", target="0", verdict=verdict(rolled["fail"] == 0),
+            note="client looping over the VIP through `service update --env-add`" + (
+                f"; errors: {rolled['errors']}" if rolled["fail"] else "")
+                 + ("; Swarm not beside it: its VIP needs IPVS" if peer else ""))
+    def scale_down():
+        a.cli(["service", "scale", "web=2"])
+        t0 = time.perf_counter()   # until the 3 stopped tasks are gone, not only out of rotation
+        while len(a.api.get("/services/web/tasks")) > 2 and time.perf_counter() - t0 < 30:
+            time.sleep(0.05)
+    scaled = _looping(h, client, web, scale_down)
+    fig.row(measure="scale-down 5 -> 2: failed requests", value=scaled["fail"], unit="",
+            reps=f"{scaled['ok'] + scaled['fail']} req", target="0", verdict=verdict(scaled["fail"] == 0),
+            note="client looping over the VIP" + (f"; errors: {scaled['errors']}" if scaled["fail"] else ""))
+    fig.data.update(rolling_update=rolled, scale_down=scaled)
+    a.cli(["service", "scale", "web=5"])
+    _running(a, "web", 5)
 
     # a dead node: B's daemon killed and its link cut (its sandboxes run on, unreachable); "web"'s 5 tasks all on A
     on_b = sum(1 for t in a.api.get("/services/web/tasks") if t["Node"] == "b" and t["DesiredState"] == "running")
