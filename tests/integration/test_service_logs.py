@@ -1,15 +1,18 @@
 """`service logs` across the nodes of a swarm (issue 17): each node reads its own tasks' logs and answers through
 etcd (engine/servicelogs.py). Three hosts in namespaces, one etcd: the command on the host that runs no task
 shows every task's lines behind Docker's prefixes; a killed node's tasks are said on stderr; a log too big for
-an etcd request arrives cut, its end kept; no `logs/` key outlives a command."""
+an etcd request arrives cut, its end kept; no `logs/` key outlives a command, nor a dead requester past the
+request lease's TTL."""
 import os
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
 from conftest import changes, wait_for
+from nsnet.engine.servicelogs import LEASE_TTL
 from swarmnet import form, needs_etcd, swarm_hosts
 from test_services import etcd_keys, replicas, running_tasks
 
@@ -85,13 +88,27 @@ def test_service_logs_from_every_node_tail_ids_a_killed_node_and_a_cut(three):
                                                     f"big.1.{bt['ID'][:12]}@host-c    | last line"]
     assert etcd_keys(etcd, "logs/") == {}
 
-    # B's daemon killed: its lease key stays up to the TTL, it never answers; A's lines are still shown
+    # B's daemon killed: its lease key stays until its TTL (renewed every TTL/3), and it never answers.
     os.kill(b.daemon_pid(), signal.SIGKILL)
-    p = c.nsnet("service", "logs", "lg")
+    # A requester that dies while it waits (C's daemon, killed with its CLI): its keys outlive it by the
+    # request lease's TTL, no longer.
+    cli = subprocess.Popen(["ip", "netns", "exec", c.ns, sys.executable, "-m", "nsnet", "--root", c.root, "service",
+                            "logs", "lg"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    asks_b = lambda: [k for k in etcd_keys(etcd, "logs/ask/") if k.startswith(f"logs/ask/{tasks[1]['NodeID']}/")]
+    assert wait_for(asks_b, timeout=3)
+    [dead_ask] = asks_b()
+    cli.kill()
+    cli.wait()
+    os.kill(c.daemon_pid(), signal.SIGKILL)
+    # A asks B too (still listed alive), in vain: A's own lines, one line for B on stderr, exit 0
+    p = a.nsnet("service", "logs", "lg")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == expected(tasks[:1])
     assert p.stderr.splitlines() == ["Warning: node host-b did not answer within 5 s: logs of its tasks are not available"]
-    assert etcd_keys(etcd, "logs/") == {}
+    assert dead_ask in etcd_keys(etcd, "logs/")   # A's request left nothing; the dead one's ask is still there
+    dead = time.monotonic()
+    assert wait_for(lambda: etcd_keys(etcd, "logs/") == {}, timeout=LEASE_TTL + 5, interval=0.5)
+    print(f"the dead requester's keys vanished {time.monotonic() - dead:.1f} s after A's command (lease TTL {LEASE_TTL} s)")
 
 
 def test_service_logs_bad_input_one_line_nothing_changed(three, host):
