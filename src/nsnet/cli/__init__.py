@@ -171,6 +171,12 @@ def _service_parsers(sub) -> None:
     ps = sv.add_parser("ps")
     ps.add_argument("service")
     ps.add_argument("--format")
+    lg = sv.add_parser("logs")
+    lg.add_argument("service")
+    lg.add_argument("-n", "--tail", default="all", help='lines from the end of each task\'s log (default "all")')
+    lg.add_argument("--no-task-ids", action="store_true")
+    lg.add_argument("--no-trunc", action="store_true")
+    lg.add_argument("-f", "--follow", action="store_true", help="not supported yet")
     i = sv.add_parser("inspect")
     i.add_argument("names", nargs="+")
     sc = sv.add_parser("scale")
@@ -366,6 +372,8 @@ def cmd_service(client: Client, args) -> int:
         output.tasks(client.get(api_path("services", args.service, "tasks")), fmt=args.format)
     elif verb == "inspect":
         return _inspect_many(client, "services", args.names)
+    elif verb == "logs":
+        return _service_logs(client, args)
     elif verb == "update":
         client.post(api_path("services", args.service, "update"),
                     {"Replicas": args.replicas, "NetworkAdd": args.network_add, "NetworkRm": args.network_rm,
@@ -394,6 +402,23 @@ def cmd_service(client: Client, args) -> int:
     else:
         return _each(client, args.names, lambda n: client.delete(api_path("services", n)))
     return 0
+
+
+def _service_logs(client: Client, args) -> int:
+    """Every task's log lines behind Docker's prefix; a node whose tasks' logs are not there: a line on stderr."""
+    if args.follow:
+        print("Error: service logs --follow is not supported yet", file=sys.stderr)
+        return 1
+    if args.tail != "all" and not (args.tail.isascii() and args.tail.isdigit()):
+        print(f"Error: invalid --tail {args.tail!r}: give a number of lines, 0 or more, or all", file=sys.stderr)
+        return 1
+    doc = client.get(api_path("services", args.service, "logs", tail=None if args.tail == "all" else args.tail))
+    text = output.service_logs(doc, task_ids=not args.no_task_ids, trunc=not args.no_trunc)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    for line in doc["Warnings"]:
+        print(f"Warning: {line}", file=sys.stderr)
+    return 1 if doc["Warnings"] and not text else 0
 
 
 def _inspect_many(client: Client, kind: str, names: list[str]) -> int:

@@ -78,3 +78,21 @@ def tasks(docs: list[dict], *, fmt: str | None) -> None:
     rows = [[d["ID"][:12], d["Name"], d["Node"], d["DesiredState"].capitalize(), d["Status"]["State"].capitalize(),
              d["Status"]["Err"]] for d in docs]
     print(table(["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], rows))
+
+
+def log_prefix(service: str, slot: int, task_id: str, node: str, replicas: int, *, task_ids: bool = True,
+               trunc: bool = True) -> str:
+    """Docker's `service logs` prefix: NAME.SLOT.TASKID@NODE, padded so that the slots of up to `replicas`
+    line up, then "    | "."""
+    name = f"{service}.{slot}" + (f".{task_id[:12] if trunc else task_id}" if task_ids else "")
+    return f"{name}@{node}" + " " * max(len(str(replicas)) - len(str(slot)), 0) + "    | "
+
+
+def service_logs(doc: dict, *, task_ids: bool = True, trunc: bool = True) -> str:
+    """Each task's lines (tasks in slot order, as the daemon sends them) behind its prefix."""
+    out = []
+    for t in doc["Tasks"]:
+        prefix = log_prefix(doc["Service"], t["Slot"], t["ID"], t["Node"], doc["Replicas"], task_ids=task_ids, trunc=trunc)
+        lines = t["Log"].split("\n")
+        out += [prefix + line + "\n" for line in (lines[:-1] if lines[-1] == "" else lines)]
+    return "".join(out)

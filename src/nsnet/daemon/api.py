@@ -7,7 +7,7 @@ import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..cluster import request as swarm_request
-from ..engine import ingress
+from ..engine import ingress, servicelogs
 from ..engine.cni import DECODING_FAILURE as CNI_DECODING, SUPPORTED as CNI_VERSIONS, CniError
 from ..errors import Conflict, NsnetError, NotFound
 from ..kernel import procs
@@ -244,6 +244,11 @@ def service_update(d, ref, query, body, peer):
 @route("GET", "/services/{ref}/tasks")
 def service_tasks(d, ref, query, body, peer):
     return d.engine.services.ps(ref)
+
+
+@route("GET", "/services/{ref}/logs")
+def service_logs(d, ref, query, body, peer):
+    return servicelogs.collect(d.engine, ref, query.get("tail"))
 
 
 def _check_owned(pid: int, peer) -> None:

@@ -117,6 +117,9 @@ ENDPOINTS = {
     ("POST", "/services/{ref}/scale"): {"query": {}, "body": {"type": "object", "fields": {
         "Replicas": dict(REPLICAS, required=True)}}},
     ("GET", "/services/{ref}/tasks"): {"query": {}, "body": None},
+    # tail: the last lines of each task's log (absent: all of it)
+    ("GET", "/services/{ref}/logs"): {"query": {"tail": {"type": "json", "value": {"type": "int", "min": 0,
+                                                                                   "max": 2**31}}}, "body": None},
     ("POST", "/services/{ref}/update"): {"query": {}, "body": {"type": "object", "fields": {
         "Replicas": REPLICAS, "NetworkAdd": SHORTS, "NetworkRm": SHORTS, "PublishAdd": SHORTS, "PublishRm": SHORTS,
         "EnvAdd": ARGV, "EnvRm": SHORTS, "Args": ARGV, "Force": BOOL,

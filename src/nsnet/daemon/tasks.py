@@ -13,6 +13,8 @@ and once a second; each step makes the node match etcd:
 - the VIP tables of the local sandboxes and the routing mesh's table in the ingress sandbox follow the
   rotation (Services.sync_lb), on a thread of their own (`swarm-lb`): a step that starts or stops sandboxes
   takes longer than DRAIN, and a table must not wait for it;
+- the `service logs` asks addressed to this node are answered on a thread of their own (`swarm-logs`:
+  engine/servicelogs.Answerer), which reads logs while a step starts or stops sandboxes;
 - this node's ingress sandbox is there while any service publishes an ingress port (engine/ingress.py), and
   the ports its own sandboxes publish are written to `ports/<node>` (a service never takes one of them).
 """
@@ -23,6 +25,7 @@ import threading
 import time
 
 from ..engine import ingress, publish
+from ..engine.servicelogs import Answerer
 from ..engine.services import TASK_SANDBOX, local_ports, move_orphans, task_name, update_task
 from ..errors import NsnetError
 from ..store import CompareFailed, Op
@@ -71,6 +74,7 @@ class TaskRunner:
         self._exits: dict[str, int | None] = {}      # task id -> exit code of its sandbox this node reaped
         self._ports_written = None                   # what `ports/<node>` says, as this node last wrote it
         self.ingress = ingress.IngressSandbox(self.engine, daemon.run_sandbox, self._remove)
+        self.logs = Answerer(self.engine)
         self.engine.services.listeners.append(self.poke)
         self._thread = threading.Thread(target=self._run, name="swarm-tasks", daemon=True)
         self._lb_thread = threading.Thread(target=self._run_lb, name="swarm-lb", daemon=True)
@@ -78,10 +82,12 @@ class TaskRunner:
     def start(self) -> None:
         self._thread.start()
         self._lb_thread.start()
+        self.logs.start()
 
     def poke(self) -> None:
         self._wake.set()
         self._lb_wake.set()
+        self.logs.poke()
 
     def _run_lb(self) -> None:
         while True:

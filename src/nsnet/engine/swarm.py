@@ -45,6 +45,7 @@ class View:
     records: dict[str, dict] = field(default_factory=dict)         # "<driver>/<node id>" -> its node record
     services: dict[str, dict] = field(default_factory=dict)        # engine/services.py's records, as stored
     tasks: dict[str, dict] = field(default_factory=dict)
+    asks: dict[str, dict] = field(default_factory=dict)            # "<node>/<reqid>" -> a `service logs` ask
 
     def apply(self, events: list[Event]) -> None:
         for ev in events:
@@ -64,6 +65,8 @@ class View:
                     _put(self.records, f"{driver}/{rest[5:]}", ev.value)
             elif kind in ("services", "tasks"):
                 _put(getattr(self, kind), id_, ev.value)
+            elif kind == "logs" and id_.startswith("ask/"):   # engine/servicelogs.py (answers: the asker's)
+                _put(self.asks, id_[4:], ev.value)
 
 
 def _put(table: dict, key: str, value) -> None:
@@ -79,7 +82,8 @@ def read(kv) -> tuple[int, View]:
     revision = kv.revision()
     view = View()
     view.apply([Event(revision, e.key, e.value)
-                for prefix in ("nodes/", "alive/", "network/", "endpoint/", "drivers/", "services/", "tasks/")
+                for prefix in ("nodes/", "alive/", "network/", "endpoint/", "drivers/", "services/", "tasks/",
+                               "logs/ask/")
                 for e in kv.list(prefix)])
     return revision, view
 
@@ -100,6 +104,7 @@ class SwarmLink:
         self.loaded = threading.Event()    # set once the first full read is applied
         self._stop = threading.Event()
         self._stream = None                # the watch being read
+        self.view = View()                 # the last view applied (its `service logs` asks: servicelogs.Answerer)
         self._thread = threading.Thread(target=self._run, name="swarm-watch", daemon=True)
         self._evidence_thread = threading.Thread(target=self._housekeeping, name="swarm-housekeeping", daemon=True)
 
@@ -121,6 +126,7 @@ class SwarmLink:
         while not self._stop.is_set():
             try:
                 revision, view = read(self.kv)
+                self.view = view
                 self.engine.apply_swarm(self, view, None)
                 self._stream = self.kv.stream("", revision)
                 if self._stop.is_set():
@@ -128,6 +134,7 @@ class SwarmLink:
                 for events in self._stream.batches():
                     view = _copy(view)
                     view.apply(events)
+                    self.view = view
                     gone = {ev.key.split("/", 1)[1] for ev in events if ev.value is None and ev.key.startswith("network/")}
                     self.engine.apply_swarm(self, view, gone)
             except Compacted:
@@ -210,7 +217,7 @@ class SwarmLink:
 
 def _copy(view: View) -> View:
     return View(dict(view.nets), dict(view.endpoints), set(view.alive), dict(view.vteps), dict(view.records),
-                dict(view.services), dict(view.tasks))
+                dict(view.services), dict(view.tasks), dict(view.asks))
 
 
 # ---- applying a view to the engine's state (on the kernel thread, under the engine's lock) --------------
