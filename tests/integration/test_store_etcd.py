@@ -188,7 +188,9 @@ def test_a_commit_in_flight_when_the_leader_dies_is_sent_once_more_and_lands_onc
             finally:
                 os.kill(leader.pid, signal.SIGCONT)
             assert kv.get("claim").value == {"id": "me"}
-            assert 2 <= took < 7, took                  # sent again after 2 s, not left to etcd's 7 s
+            # Sent again after 2 s, not left to etcd's 7 s. (Under load the followers now and then elect a new
+            # leader first and the first send lands by itself: the claim is still made once.)
+            assert took < 7, took
             kv.close()
 
 
