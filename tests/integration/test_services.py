@@ -202,9 +202,16 @@ def test_dnsrr_restart_conditions_and_a_killed_task(two):
         time.sleep(1.5)   # longer than the runner's restart delay: still not started again
         assert [t["Status"]["State"] for t in a.json("service", "ps", name, "--format", "json")] == [want]
     a.nsnet("service", "create", "--name", "flaky", "--replicas", "1", "--network", "ov", "--restart-condition",
-            "on-failure", "--", "sh", "-c", "sleep 0.3; exit 3")
+            "on-failure", "--", "sh", "-c", "echo run $$ failing; sleep 0.3; exit 3")
     [flaky] = a.json("service", "ps", "flaky", "--format", "json")
     assert wait_for(lambda: etcd_keys(etcd, f"tasks/{flaky['ID']}")[f"tasks/{flaky['ID']}"]["restarts"] >= 2, timeout=10)
+    # service logs shows the runs that exited too (each sandbox goes with its run), from the other host
+    runs = [line for line in b.nsnet("service", "logs", "flaky").stdout.splitlines() if "failing" in line]
+    assert len(runs) >= 2 and len({line.split()[-2] for line in runs}) == len(runs), runs
+    kept = os.path.join((a if flaky["Node"] == "host-a" else b).root, "tasklogs", f"{flaky['ID']}.log")
+    assert os.path.exists(kept)
+    a.nsnet("service", "rm", "flaky")   # and its kept log goes with its task
+    assert wait_for(lambda: not os.path.exists(kept), timeout=10)
 
 
 def test_bad_input_one_line_nothing_changed(two, host):

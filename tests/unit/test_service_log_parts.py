@@ -145,7 +145,7 @@ def swarm(tmp_path, kv, logs_here: dict[int, str]):
         sbs[f"sb{slot}"] = SimpleNamespace(id=f"sb{slot}", name=f"web.{slot}.{tid(slot)}")
     state = SimpleNamespace(node="n1", sbs=sbs, endpoint_saved=[], alive=set())
     engine = SimpleNamespace(swarm=SimpleNamespace(kv=kv), state=state, lock=threading.RLock(),
-                             feed=SimpleNamespace(sources=[]), log_path=lambda ref: str(tmp_path / ref / "log"))
+                             feed=SimpleNamespace(sources=[]), root=str(tmp_path / "root"), log_path=lambda ref: str(tmp_path / ref / "log"))
     engine.services = Services(engine)
     return engine
 
@@ -170,3 +170,22 @@ def test_collect_says_which_node_did_not_answer(tmp_path, monkeypatch):
     assert kv.list("logs/") == [] and kv.leases == {}
     with pytest.raises(NotFound, match="no such service: nosuch"):
         collect(swarm(tmp_path / "2", LeasedKV(str(tmp_path / "db2")), {}), "nosuch", None)
+
+
+def test_an_ended_runs_log_is_kept_before_the_next_and_goes_with_its_task(tmp_path):
+    from nsnet.engine.servicelogs import KEPT_CAP, forget_kept, keep, kept_path
+    root, run = str(tmp_path), tmp_path / "log"
+    run.write_text("run 1\n")
+    keep(root, "t1", str(run))
+    run.write_text("run 2\n")
+    keep(root, "t1", str(run))
+    run.write_text("run 3 (current)\n")
+    assert read_logs({"t1": [kept_path(root, "t1"), str(run)]}, None)["logs"]["t1"] == "run 1\nrun 2\nrun 3 (current)\n"
+    assert read_logs({"t1": [kept_path(root, "t1"), str(run)]}, 2)["logs"]["t1"] == "run 2\nrun 3 (current)\n"
+    run.write_text("x" * 99 + "\n" + "y\n" * KEPT_CAP)                # longer than what is kept: its end, whole lines
+    keep(root, "t1", str(run))
+    kept = open(kept_path(root, "t1")).read()
+    assert len(kept.encode()) <= KEPT_CAP and kept.startswith("y\n") and kept.endswith("y\n")
+    keep(root, "t2", str(run))
+    forget_kept(root, {"t2"})
+    assert not os.path.exists(kept_path(root, "t1")) and os.path.exists(kept_path(root, "t2"))

@@ -25,6 +25,7 @@ import threading
 import time
 
 from ..engine import ingress, publish
+from ..engine import servicelogs
 from ..engine.servicelogs import Answerer
 from ..engine.services import TASK_SANDBOX, local_ports, move_orphans, task_name, update_task
 from ..errors import NsnetError
@@ -141,6 +142,7 @@ class TaskRunner:
                 self._shut(kv, t, sb)
             else:
                 self._keep_running(kv, svc, t, sb)
+        servicelogs.forget_kept(self.engine.root, {tid for tid, t in tasks.items() if t["node"] == me})
         for sb in local.values():   # its task is not this node's any more, or gone
             log.info("tasks: sandbox %s runs no task of this node: stopping it", sb.name)
             self._remove(sb)
@@ -189,8 +191,9 @@ class TaskRunner:
             if t["state"] != "running" or t["addresses"] != addrs or t.get("sandbox") != sb.id:
                 update_task(kv, tid, {"state": "running", "addresses": addrs, "sandbox": sb.id, "error": ""}, ours)
             return
-        if sb is not None:   # exited: reaped here, and told to etcd
+        if sb is not None:   # exited: reaped here (its log kept for `service logs`), and told to etcd
             code = sb.exit_code
+            servicelogs.keep(self.engine.root, tid, self.engine.log_path(sb.id))
             self._remove(sb)
             self._exits[tid] = code
             update_task(kv, tid, {"state": "complete" if code == 0 else "failed", "exit_code": code, "addresses": {},

@@ -88,29 +88,39 @@ def keep_end(text: str, budget: int, cut: bool = False) -> str:
     return CUT + end
 
 
-def read_tail(path: str, limit: int) -> tuple[str, bool]:
-    """The last `limit` bytes of the file (decoded; bad UTF-8 replaced), and whether anything came before."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(size - limit, 0)
-        f.seek(start)
-        data = f.read(size - start)
-    return data.decode(errors="replace"), start > 0
+def read_tail(paths: list[str], limit: int) -> tuple[str, bool]:
+    """The last `limit` bytes of the files one after the other (decoded; bad UTF-8 replaced), and whether
+    anything came before."""
+    chunks: list[bytes] = []
+    before = False
+    for path in reversed(paths):
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(size - limit, 0)
+            f.seek(start)
+            chunks.append(f.read(size - start))
+        limit -= size - start
+        if start > 0 or (limit <= 0 and path != paths[0]):
+            before = True
+            break
+    return b"".join(reversed(chunks)).decode(errors="replace"), before
 
 
-def read_logs(paths: dict[str, str], tail: int | None, cap: int = ANSWER_CAP) -> dict:
-    """An answer for the tasks whose log files are `paths` (task id -> path): {"logs", "missing"}, at most
-    `cap` bytes of JSON text in all. Reads no more than `cap` bytes of the files altogether."""
+def read_logs(paths: dict[str, str | list[str]], tail: int | None, cap: int = ANSWER_CAP) -> dict:
+    """An answer for the tasks whose log files are `paths` (task id -> its path, or its paths in order):
+    {"logs", "missing"}, at most `cap` bytes of JSON text in all. Reads no more than `cap` bytes of the files
+    altogether."""
+    files = {tid: [p] if isinstance(p, str) else p for tid, p in paths.items()}
     sizes, missing = {}, []
-    for tid, path in paths.items():
+    for tid, names in files.items():
         try:
-            sizes[tid] = os.path.getsize(path)
+            sizes[tid] = sum(os.path.getsize(name) for name in names)
         except OSError:
             missing.append(tid)
     texts, cut = {}, {}
     for tid, limit in shares(sizes, cap).items():
         try:
-            text, before = read_tail(paths[tid], limit)
+            text, before = read_tail(files[tid], limit)
         except OSError:
             missing.append(tid)
             continue
@@ -124,13 +134,60 @@ def read_logs(paths: dict[str, str], tail: int | None, cap: int = ANSWER_CAP) ->
 
 
 # ---- this node's task logs ---------------------------------------------------------------------------------
+# A task's sandbox goes when it exits (a restart makes a new one), and its log with it: its runner first adds
+# that log to the task's earlier runs (`keep`), shown before the current run's, as Docker shows the logs of a
+# task's exited containers. Kept on the task's node while the task exists there, at most KEPT_CAP bytes.
+
+KEPT_CAP = 1 << 20
+
+
+def kept_path(root: str, task_id: str) -> str:
+    return os.path.join(root, "tasklogs", f"{task_id}.log")
+
+
+def keep(root: str, task_id: str, log_path: str) -> None:
+    """The ended run's log (`log_path`) added to the task's earlier runs, the last KEPT_CAP bytes of them
+    kept from a whole line."""
+    path = kept_path(root, task_id)
+    try:
+        text, _ = read_tail([p for p in (path, log_path) if os.path.exists(p)], KEPT_CAP)
+    except OSError:
+        return
+    if len(text.encode()) >= KEPT_CAP and "\n" in text:
+        text = text[text.index("\n") + 1:]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".new", "w") as f:
+        f.write(text)
+    os.replace(path + ".new", path)
+
+
+def forget_kept(root: str, task_ids: set[str]) -> None:
+    """The kept logs of tasks not in `task_ids` (gone, or moved to another node) removed."""
+    folder = os.path.join(root, "tasklogs")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.removesuffix(".log") not in task_ids:
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+
 
 def local_logs(engine, task_ids: list[str], tail: int | None) -> dict:
-    """An answer for these tasks from this node's sandboxes (a task with none here is missing)."""
+    """An answer for these tasks from this node: each one's earlier runs kept here, then its sandbox's log (a
+    task with neither here is missing)."""
     wanted = set(task_ids)
     with engine.lock:
-        paths = {m.group(1): engine.log_path(sb.id) for sb in engine.state.sbs.values()
-                 if (m := TASK_SANDBOX.match(sb.name)) and m.group(1) in wanted}
+        current = {m.group(1): engine.log_path(sb.id) for sb in engine.state.sbs.values()
+                   if (m := TASK_SANDBOX.match(sb.name)) and m.group(1) in wanted}
+    paths = {}
+    for tid in wanted:
+        names = [p for p in (kept_path(engine.root, tid),) if os.path.exists(p)] + ([current[tid]] if tid in current else [])
+        if names:
+            paths[tid] = names
     answer = read_logs(paths, tail)
     answer["missing"] = sorted(set(answer["missing"]) | (wanted - paths.keys()))
     return answer
