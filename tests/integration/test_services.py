@@ -550,3 +550,39 @@ def test_the_mesh_is_repaired_a_late_node_a_restart_a_killed_ingress_sandbox(tag
         os.kill(sbox["State"]["Pid"], signal.SIGKILL)
         assert wait_for(lambda: (mesh_sandbox(b) or sbox)["Id"] != sbox["Id"], timeout=10)
         assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)
+
+
+MANY = 140   # more than one etcd transaction takes (128 operations), few enough for two sandboxes a second
+
+
+def test_more_tasks_than_one_etcd_transaction_takes(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    start = time.monotonic()
+    a.nsnet("service", "create", "--name", "many", "--replicas", str(MANY), "--network", "ov", "--", "sleep", "300")
+    assert wait_for(lambda: replicas(b, "many") == f"{MANY}/{MANY}", timeout=90), replicas(b, "many")
+    took = time.monotonic() - start
+    slots = sorted(t["Slot"] for t in b.json("service", "ps", "many", "--format", "json"))
+    assert slots == list(range(1, MANY + 1))
+    print(f"{MANY} tasks running {took:.1f} s after create was called")
+
+    # every task is in the VIP's table of a client's sandbox, and tasks.many answers (as much as fits)
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    vip = b.json("service", "inspect", "many")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    backends = lambda: set(a.exec("ca", "nft -j list table ip nsnet_vip", check=False).stdout.split('"')) & set(task_ips(a, "many", ov["Id"]))
+    assert wait_for(lambda: len(backends()) == MANY, timeout=10)
+    assert wait_for(lambda: getent(a, "ca", "many") == [vip], timeout=3)
+    answered = getent(a, "ca", "tasks.many")
+    assert answered and set(answered) <= set(task_ips(a, "many", ov["Id"]))
+
+    # down and up by more than a transaction takes; rm right after the scale up: every task told, none left
+    b.nsnet("service", "scale", "many=3")
+    keys = etcd_keys(etcd, "tasks/")
+    assert sorted(t["slot"] for t in keys.values() if t["desired"] == "running") == [1, 2, 3]
+    assert wait_for(lambda: replicas(a, "many") == "3/3" and len(etcd_keys(etcd, "tasks/")) == 3, timeout=60)
+    a.nsnet("service", "scale", f"many={MANY}")
+    assert sorted(t["slot"] for t in etcd_keys(etcd, "tasks/").values()) == list(range(1, MANY + 1))
+    b.nsnet("service", "rm", "many")
+    assert wait_for(lambda: etcd_keys(etcd, "tasks/") == {}, timeout=60)
+    assert wait_for(lambda: not [s for h in (a, b) for s in h.json("ps", "-a", "--format", "json")
+                                 if s["Name"].lstrip("/").startswith("many.")], timeout=30)
