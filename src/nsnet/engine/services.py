@@ -287,14 +287,18 @@ class Services:
                     if net_id in st.nets and (mesh is None or net_id != mesh.id)]
         for svc in self.services.values():
             out += [Record(f"vip:{svc['id']}", net_id, (svc["name"].lower(),), ipv4=vip.split("/")[0])
-                    for net_id, vip in svc["vips"].items() if net_id in st.nets]
+                    for net_id, vip in svc["vips"].items() if net_id in st.nets and (mesh is None or net_id != mesh.id)]
         return out
 
     def rotation(self) -> dict[str, dict[str, list[str]]]:
-        """network id -> VIP -> the addresses of its running tasks on that network."""
+        """network id -> VIP -> the addresses of its running tasks on that network. Not the VIPs on `ingress`:
+        the mesh reaches the tasks straight from the ingress sandbox (_mesh_table), nothing connects to those."""
         out: dict[str, dict[str, list[str]]] = {}
+        mesh = ingress.network(self.e.state)
         for svc in self.services.values():
             for net_id, vip in svc["vips"].items():
+                if mesh is not None and net_id == mesh.id:
+                    continue
                 out.setdefault(net_id, {})[vip.split("/")[0]] = sorted(
                     t["addresses"][net_id] for t in self.tasks.values()
                     if t["service_id"] == svc["id"] and in_rotation(t, self.e.state.alive) and net_id in t["addresses"])
@@ -366,7 +370,7 @@ class Services:
                            sid if publish.host(spec["ports"]) else None)
             if attempt == 0 and publish.ingress(spec["ports"]):
                 ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
-            vips = self._take_vips(kv, nets) if spec["endpoint_mode"] == "vip" else {}
+            vips = self._take_vips(kv, nets + self._mesh(spec["ports"])) if spec["endpoint_mode"] == "vip" else {}
             now = _now()
             doc = {"id": sid, "name": name, "created": now, "updated": now, "version": 1, "spec": spec, "vips": vips}
             head = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
@@ -495,8 +499,10 @@ class Services:
         ports = kept + fresh
         if publish.ingress(fresh):
             ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
-        vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
-        gone = {n.id for n in removed}
+        mesh = self._mesh(ports)   # a VIP on `ingress` while an ingress port is published, as Docker
+        gone = {n.id for n in removed} | (set() if mesh else {n for n in doc["vips"] if n not in nets})
+        vips = self._take_vips(kv, added + [n for n in mesh if n.id not in doc["vips"]]) \
+            if doc["spec"]["endpoint_mode"] == "vip" else {}
         new = {**doc, "version": doc["version"] + 1, "updated": _now(),
                "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added],
                         "ports": ports},
@@ -639,6 +645,13 @@ class Services:
             raise NsnetError(f"network {net.name} is not an overlay network: a service's networks must be "
                              f"overlays (network create -d overlay)")
         return net
+
+    def _mesh(self, ports: list[dict]) -> list:
+        """[`ingress`] for a service that publishes an ingress port, else []. Its VIP there is claimed and shown
+        as Docker's (service inspect's Endpoint.VirtualIPs), no task takes it; nothing answers it (rotation)."""
+        with self.e.lock:
+            mesh = ingress.network(self.e.state)
+        return [mesh] if mesh is not None and publish.ingress(ports) else []
 
     def _take_vips(self, kv, nets) -> dict[str, str]:
         """One address per network from its allocator, clear of every address claimed in etcd right now."""
