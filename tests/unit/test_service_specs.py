@@ -197,7 +197,7 @@ def test_300_tasks_are_created_scaled_and_removed_in_commits_of_128(rec):
         kv.commits.clear()
         services.scale("web", n)
         assert wanted(kv) == want and all(len(ops) <= TXN_OPS for ops in kv.commits)
-X
+    assert len(kv.commits) == 4   # 398 told to stop: 127 beside the service's revision, 127, 127, 17
 
     kv.commits.clear()
     services.remove("web")
@@ -239,3 +239,19 @@ def test_a_down_nodes_tasks_of_a_removed_service_are_deleted(svc):
     kv.commit([Op(f"services/{doc['id']}", None), Op("alive/n2", None)])   # an rm cut short before its tasks
     assert move_orphans(kv, "n1") == 0
     assert [t["node"] for t in tasks_of(kv)] == ["n1"]   # n1's own runner deletes its own
+
+
+def test_a_rolls_big_batch_is_written_in_commits_and_stops_at_the_services_removal(rec):
+    services, kv = rec
+    doc = services.create({"Name": "web", "Replicas": 1, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    fresh = [Op(f"tasks/new{i}", {"id": f"new{i}", "service_id": doc["id"]}, expect=0) for i in range(300)]
+    kv.commits.clear()
+    Services._add_tasks(kv, doc, fresh)
+    assert [len(ops) for ops in kv.commits] == [128, 128, 47]   # each: the service's revision and 127 tasks
+    assert all(ops[0].key == f"services/{doc['id']}" and not ops[0].write for ops in kv.commits)
+
+    kv.commits.clear()
+    kv.rival = lambda: kv.kv.commit([Op(f"services/{doc['id']}", None)])   # removed after the first commit
+    with pytest.raises(NotFound, match="service web was removed during its update"):
+        Services._add_tasks(kv, doc, [Op(f"tasks/more{i}", {"id": i}, expect=0) for i in range(300)])
+    assert len([e for e in kv.list("tasks/") if e.key.startswith("tasks/more")]) == 127
