@@ -18,7 +18,7 @@ node commits first, with a compare on the task's revision. Fewest tasks first ov
 etcd takes at most TXN_OPS operations in a transaction, so many tasks take several commits (`chunks`):
 - the first is the atomic part: the service's new revision (or its creation with its name, VIP and port
   claims; or its deletion) and as many task writes as fit;
-- the writer then reads the service's tasks again and writes what is still missing (`_converge`), each
+- the writer then reads the service's tasks again and writes what is still missing (`converge`), each
   later commit on condition that the service is still at the revision its first one left (compare_only).
   A newer `scale`, `update` or `rm` bumps or deletes the service: the older writer's next commit fails and
   it stops; the newer one read the tasks after its own first commit, so it counts every task the older one
@@ -376,10 +376,10 @@ class Services:
             head = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
                     + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{sid}"}, expect=0) for n, v in vips.items()]
                     + [Op(claim_key(p), {"id": sid}, expect=0) for p in spec["ports"]])
-            tasks = [Op(f"tasks/{t['id']}", t, expect=0)
-                     for t in (new_task(doc, slot, node) for slot, node in enumerate(nodes, start=1))]
-            try:   # the first tasks go with the claims; the rest follow while the service stays as created
-                rev = kv.commit(head + chunks(tasks, TXN_OPS - len(head))[0])
+            first = [Op(f"tasks/{t['id']}", t, expect=0)   # with the claims; `converge` writes the rest
+                     for t in (new_task(doc, slot, node) for slot, node in enumerate(nodes[:TXN_OPS - len(head)], start=1))]
+            try:
+                rev = kv.commit(head + first)
                 break
             except CompareFailed:
                 self._give_back(vips)
