@@ -2,6 +2,7 @@
 namespace (swarmnet.py). Real packets: each task answers with its own host name (netcheck.py whoami), the
 service's name resolves to its VIP, connections to the VIP reach every task, `tasks.NAME` lists them, scaling
 and removal follow on every host, and a dead node's tasks run again elsewhere."""
+import ipaddress
 import json
 import os
 import signal
@@ -37,6 +38,11 @@ def etcd_keys(etcd, prefix: str) -> dict:
             return {e.key: e.value for e in kv.list(prefix)}
         finally:
             kv.close()
+
+
+def service_claims(etcd, net_id: str) -> dict:
+    """The addresses claimed on a network by services (their VIPs), not by endpoints."""
+    return {k: v for k, v in etcd_keys(etcd, f"addresses/{net_id}/").items() if v["id"].startswith("service:")}
 
 
 def overlay(a, b, *args):
@@ -431,7 +437,7 @@ def node_of_tasks(host, name) -> list[str]:
 
 def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
     etcd, a, b, c = three
-    overlay(a, b, "--attachable", "ov")
+    ov = overlay(a, b, "--attachable", "ov")
     # the ingress network is there from swarm init (Docker's shape), but nothing is built for it yet
     doc = c.json("network", "inspect", "ingress")[0]
     assert doc["Ingress"] is True and doc["Driver"] == "overlay" and doc["Scope"] == "swarm"
@@ -449,6 +455,17 @@ def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
     svc = b.json("service", "inspect", "web")[0]
     assert svc["Endpoint"]["Ports"] == [port] and svc["Spec"]["EndpointSpec"]["Ports"] == [port]
     assert svc["Endpoint"]["Spec"]["Ports"] == [port]
+    # a VIP on `ingress` too, as Docker lists one: claimed in etcd (no task gets it), in ingress's subnet
+    vips = {v["NetworkID"]: v["Addr"] for v in svc["Endpoint"]["VirtualIPs"]}
+    assert set(vips) == {ov["Id"], doc["Id"]}, vips
+    mesh_vip = vips[doc["Id"]].split("/")[0]
+    assert ipaddress.ip_interface(vips[doc["Id"]]).network == ipaddress.ip_network(doc["IPAM"]["Config"][0]["Subnet"])
+    assert etcd_keys(etcd, f"addresses/{doc['Id']}/{mesh_vip}") and mesh_vip not in task_ips(a, "web", doc["Id"])
+    # `info` counts what `ps -a` lists: not the ingress sandbox
+    for h in (a, c):
+        listed = h.json("ps", "-a", "--format", "json")
+        assert {k: h.json("info")[k] for k in ("Sandboxes", "Running")} == {"Sandboxes": len(listed), "Running": len(listed)}
+    assert c.json("info")["Sandboxes"] == 0 and mesh_sandbox(c)["State"]["Running"]   # c: the ingress sandbox only
 
     # from outside the hosts: every node answers, the one without a task too, and reaches both tasks
     for h in (c, a, b):
@@ -481,7 +498,7 @@ def test_the_routing_mesh_answers_on_every_node_and_reaches_every_task(three):
         assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8080, 1)) == {"refused"}, timeout=10)
         assert wait_for(lambda: mesh_sandbox(h) is None, timeout=10)
         assert "ingress" in network_names(h)
-    assert etcd_keys(etcd, "published/") == {}
+    assert etcd_keys(etcd, "published/") == {} and not service_claims(etcd, doc["Id"])
 
 
 def test_mode_host_publishes_only_where_a_task_runs(two):
@@ -520,7 +537,7 @@ def test_mode_host_publishes_only_where_a_task_runs(two):
 
 def test_publish_add_and_rm(two):
     etcd, a, b = two
-    overlay(a, b, "ov")
+    ov = overlay(a, b, "ov")
     create(a, "web", "--network", "ov", replicas=2)
     assert wait_for(lambda: replicas(a, "web") == "2/2", timeout=15)
     assert set(ask_from_outside(etcd, address_of(b), 8082, 1)) == {"refused"}
@@ -528,6 +545,8 @@ def test_publish_add_and_rm(two):
     a.nsnet("service", "update", "--publish-add", "8082:8080", "web")      # the tasks join ingress (replaced)
     assert wait_for(lambda: replicas(a, "web") == "2/2" and len(b.json("service", "ps", "web", "--format", "json")) == 2,
                     timeout=20)
+    mesh = a.json("network", "inspect", "ingress")[0]["Id"]
+    assert {v["NetworkID"] for v in a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"]} == {ov["Id"], mesh}
     for h in (a, b):
         assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(h), 8082, 30)) == {"web-1", "web-2"},
                         timeout=10), ask_from_outside(etcd, address_of(h), 8082, 5)
@@ -549,7 +568,8 @@ def test_publish_add_and_rm(two):
     for h in (a, b):
         assert wait_for(lambda: set(ask_from_outside(etcd, address_of(h), 8083, 1)) == {"refused"}, timeout=10)
         assert wait_for(lambda: mesh_sandbox(h) is None, timeout=10)
-    assert etcd_keys(etcd, "published/") == {}
+    assert etcd_keys(etcd, "published/") == {} and not service_claims(etcd, mesh)
+    assert [v["NetworkID"] for v in a.json("service", "inspect", "web")[0]["Endpoint"]["VirtualIPs"]] == [ov["Id"]]
 
     # nothing publishes: `network rm ingress` is allowed (Docker asks first), on every node; the next ingress
     # port makes it again
@@ -641,3 +661,39 @@ def test_the_mesh_is_repaired_a_late_node_a_restart_a_killed_ingress_sandbox(tag
         os.kill(sbox["State"]["Pid"], signal.SIGKILL)
         assert wait_for(lambda: (mesh_sandbox(b) or sbox)["Id"] != sbox["Id"], timeout=10)
         assert wait_for(lambda: hosts_of(ask_from_outside(etcd, address_of(b), 8084, 3)) == {"web-1"}, timeout=10)
+
+
+MANY = 140   # more than one etcd transaction takes (128 operations), few enough for two sandboxes a second
+
+
+def test_more_tasks_than_one_etcd_transaction_takes(two):
+    etcd, a, b = two
+    ov = overlay(a, b, "--attachable", "ov")
+    start = time.monotonic()
+    a.nsnet("service", "create", "--name", "many", "--replicas", str(MANY), "--network", "ov", "--", "sleep", "300")
+    assert wait_for(lambda: replicas(b, "many") == f"{MANY}/{MANY}", timeout=90), replicas(b, "many")
+    took = time.monotonic() - start
+    slots = sorted(t["Slot"] for t in b.json("service", "ps", "many", "--format", "json"))
+    assert slots == list(range(1, MANY + 1))
+    print(f"{MANY} tasks running {took:.1f} s after create was called")
+
+    # every task is in the VIP's table of a client's sandbox, and tasks.many answers (as much as fits)
+    a.nsnet("run", "-d", "--name", "ca", "--network", "ov", "--", "sleep", "300")
+    vip = b.json("service", "inspect", "many")[0]["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    backends = lambda: set(a.exec("ca", "nft -j list table ip nsnet_vip", check=False).stdout.split('"')) & set(task_ips(a, "many", ov["Id"]))
+    assert wait_for(lambda: len(backends()) == MANY, timeout=10)
+    assert wait_for(lambda: getent(a, "ca", "many") == [vip], timeout=3)
+    answered = getent(a, "ca", "tasks.many")
+    assert answered and set(answered) <= set(task_ips(a, "many", ov["Id"]))
+
+    # down and up by more than a transaction takes; rm right after the scale up: every task told, none left
+    b.nsnet("service", "scale", "many=3")
+    keys = etcd_keys(etcd, "tasks/")
+    assert sorted(t["slot"] for t in keys.values() if t["desired"] == "running") == [1, 2, 3]
+    assert wait_for(lambda: replicas(a, "many") == "3/3" and len(etcd_keys(etcd, "tasks/")) == 3, timeout=60)
+    a.nsnet("service", "scale", f"many={MANY}")
+    assert sorted(t["slot"] for t in etcd_keys(etcd, "tasks/").values()) == list(range(1, MANY + 1))
+    b.nsnet("service", "rm", "many")
+    assert wait_for(lambda: etcd_keys(etcd, "tasks/") == {}, timeout=60)
+    assert wait_for(lambda: not [s for h in (a, b) for s in h.json("ps", "-a", "--format", "json")
+                                 if s["Name"].lstrip("/").startswith("many.")], timeout=30)

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from nsnet.errors import Conflict
-from nsnet.store import CompareFailed, Op
+from nsnet.store import CompareFailed, Op, compare_only
 from nsnet.store.records import Records
 
 
@@ -41,6 +41,18 @@ def test_a_failed_compare_writes_nothing(kv):
     with pytest.raises(CompareFailed):
         kv.commit([Op("new", {"x": 2}), Op("taken", {"x": 3}, expect=0)])
     assert kv.get("new") is None and kv.get("taken").value == {"x": 1} and kv.revision() == before
+
+
+def test_a_key_only_compared_is_not_written(kv):
+    rev = kv.commit([Op("svc", {"v": 1})])
+    kv.commit([compare_only("svc", rev), Op("task/1", {"x": 1}, expect=0)])
+    assert kv.get("svc").mod_revision == rev and kv.get("task/1") is not None
+    kv.commit([Op("svc", {"v": 2})])   # a newer writer: a later commit on the old revision writes nothing
+    with pytest.raises(CompareFailed) as failed:
+        kv.commit([compare_only("svc", rev), Op("task/2", {"x": 2}, expect=0)])
+    assert failed.value.key == "svc" and kv.get("task/2") is None
+    kv.commit([compare_only("gone", 0), Op("task/3", {"x": 3})])   # 0: the key still absent
+    assert kv.get("gone") is None and kv.get("task/3") is not None
 
 
 def test_list_by_prefix_in_creation_order(kv):

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from nsnet.daemon.tasks import TASK_SANDBOX, command, should_restart
-from nsnet.engine.services import Services, in_rotation, move_orphans, parse_spec, spread, task_name, updated_env
+from nsnet.engine.services import (TXN_OPS, Services, chunks, in_rotation, move_orphans, parse_spec, spread,
+                                    task_name, updated_env)
 from nsnet.engine.swarm import View
 from nsnet.errors import NsnetError, NotFound
 from nsnet.firewall import render_vips
@@ -28,7 +29,7 @@ def test_spread_fills_the_fewest_first_ties_by_name():
 
 @pytest.mark.parametrize("body, says", [
     ({"Name": "web", "Replicas": -1, "Cmd": ["x"]}, "invalid replicas -1"),
-    ({"Name": "web", "Replicas": 101, "Cmd": ["x"]}, "at most 100"),
+    ({"Name": "web", "Replicas": 10_001, "Cmd": ["x"]}, "at most 10000"),
     ({"Name": "web", "Replicas": True, "Cmd": ["x"]}, "invalid replicas True"),
     ({"Name": "we b", "Cmd": ["x"]}, "invalid service name"),
     ({"Name": "a.b", "Cmd": ["x"]}, "no dots"),
@@ -188,3 +189,117 @@ def test_a_down_nodes_host_mode_task_moves_only_to_a_node_without_one(svc):
     kv.commit([Op("nodes/n3", {"id": "n3", "name": "host-c", "addr": "x"}), Op("alive/n3", {})])
     assert move_orphans(kv, "n1") == 1            # a node without one
     assert sorted(t["node"] for t in tasks_of(kv)) == ["n1", "n3"]
+
+# ---- more tasks than one etcd transaction takes ------------------------------------------------------
+
+def test_ops_are_cut_to_fit_etcds_transactions():
+    ops = list(range(300))
+    parts = chunks(ops, TXN_OPS - 4)                # 4: the first commit's own claims
+    assert [len(p) for p in parts] == [124, 127, 49] and sum(parts, []) == ops   # 127: room for the condition
+    assert chunks([], 10) == [[]] and chunks(ops[:5], 0) == [[], ops[:5]]
+    with pytest.raises(ValueError):
+        chunks(ops, -1)
+
+
+class Recorded:
+    """A store that keeps every commit's ops, and runs `rival()` once, ahead of its second commit."""
+
+    def __init__(self, kv):
+        self.kv, self.commits, self.rival = kv, [], None
+
+    def commit(self, ops):
+        ops = list(ops)
+        if self.rival is not None and len(self.commits) == 1:
+            rival, self.rival = self.rival, None
+            rival()
+        self.commits.append(ops)
+        return self.kv.commit(ops)
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+
+@pytest.fixture
+def rec(svc):
+    services, kv = svc
+    services.e.swarm.kv = recorded = Recorded(kv)
+    yield services, recorded
+
+
+def wanted(kv) -> list[int]:
+    return sorted(t["slot"] for t in tasks_of(kv) if t["desired"] == "running")
+
+
+def test_300_tasks_are_created_scaled_and_removed_in_commits_of_128(rec):
+    services, kv = rec
+    doc = services.create({"Name": "web", "Replicas": 300, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    assert wanted(kv) == list(range(1, 301))
+    assert {n: sum(t["node"] == n for t in tasks_of(kv)) for n in ("n1", "n2")} == {"n1": 150, "n2": 150}
+    first, *later = kv.commits
+    assert first[0].key == "names/service/web" and len(later) == 2
+    for ops in later:   # each later commit holds only while the service is as the first one left it
+        assert ops[0].key == f"services/{doc['id']}" and not ops[0].write and ops[0].expect > 0
+    assert all(len(ops) <= TXN_OPS for ops in kv.commits)
+
+    for n, want in ((130, list(range(1, 131))), (400, list(range(1, 401))), (2, [1, 2])):
+        kv.commits.clear()
+        services.scale("web", n)
+        assert wanted(kv) == want and all(len(ops) <= TXN_OPS for ops in kv.commits)
+    assert len(kv.commits) == 4   # 398 told to stop: 127 beside the service's revision, 127, 127, 17
+
+    kv.commits.clear()
+    services.remove("web")
+    assert kv.list("services/") == [] and wanted(kv) == [] and len(kv.commits) == 1   # 2 to tell: one commit
+
+
+def test_a_scale_during_a_create_wins_and_counts_what_the_create_wrote(rec):
+    services, kv = rec
+    kv.rival = lambda: services.scale("web", 5)      # ahead of the create's second commit
+    services.create({"Name": "web", "Replicas": 300, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    assert wanted(kv) == [1, 2, 3, 4, 5] and len(tasks_of(kv)) == TXN_OPS - 2   # the create wrote no more
+    assert services.inspect("web")["Spec"]["Mode"]["Replicated"]["Replicas"] == 5
+
+
+def test_an_rm_during_a_create_wins_and_no_task_is_left_wanting_to_run(rec):
+    services, kv = rec
+    kv.rival = lambda: services.remove("web")
+    with pytest.raises(NotFound, match="service web was removed while its tasks were being created"):
+        services.create({"Name": "web", "Replicas": 300, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    assert kv.list("services/") == [] and wanted(kv) == [] and len(tasks_of(kv)) == TXN_OPS - 2
+
+
+def test_a_create_cut_short_is_finished_by_the_next_scale(rec):
+    services, kv = rec
+
+    def die():
+        raise SystemExit("the daemon died between two commits")
+    kv.rival = die
+    with pytest.raises(SystemExit):
+        services.create({"Name": "web", "Replicas": 300, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    assert len(wanted(kv)) == TXN_OPS - 2
+    services.scale("web", 300)
+    assert wanted(kv) == list(range(1, 301))
+
+
+def test_a_down_nodes_tasks_of_a_removed_service_are_deleted(svc):
+    services, kv = svc
+    doc = services.create({"Name": "web", "Replicas": 2, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    kv.commit([Op(f"services/{doc['id']}", None), Op("alive/n2", None)])   # an rm cut short before its tasks
+    assert move_orphans(kv, "n1") == 0
+    assert [t["node"] for t in tasks_of(kv)] == ["n1"]   # n1's own runner deletes its own
+
+
+def test_a_rolls_big_batch_is_written_in_commits_and_stops_at_the_services_removal(rec):
+    services, kv = rec
+    doc = services.create({"Name": "web", "Replicas": 1, "EndpointMode": "dnsrr", "Cmd": ["x"]})
+    fresh = [Op(f"tasks/new{i}", {"id": f"new{i}", "service_id": doc["id"]}, expect=0) for i in range(300)]
+    kv.commits.clear()
+    Services._add_tasks(kv, doc, fresh)
+    assert [len(ops) for ops in kv.commits] == [128, 128, 47]   # each: the service's revision and 127 tasks
+    assert all(ops[0].key == f"services/{doc['id']}" and not ops[0].write for ops in kv.commits)
+
+    kv.commits.clear()
+    kv.rival = lambda: kv.kv.commit([Op(f"services/{doc['id']}", None)])   # removed after the first commit
+    with pytest.raises(NotFound, match="service web was removed during its update"):
+        Services._add_tasks(kv, doc, [Op(f"tasks/more{i}", {"id": i}, expect=0) for i in range(300)])
+    assert len([e for e in kv.list("tasks/") if e.key.startswith("tasks/more")]) == 127

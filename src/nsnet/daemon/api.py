@@ -102,7 +102,7 @@ def network_disconnect(d, ref, query, body, peer):
 def sandboxes(d, query, body, peer):
     docs = []
     for s in d.engine.list_sandboxes(query.get("all", False)):
-        if s.name == ingress.SANDBOX:
+        if ingress.hidden(s):
             continue   # nsnet's own, as Docker's: `ps` never lists it (inspect and `network inspect` show it)
         try:
             docs.append(d.engine.inspect_sandbox(s.id))

@@ -69,7 +69,7 @@ SWARM_INIT = {"type": "object", "fields": {
     "SubnetSize": {"type": "int", "min": 1, "max": 128}, "DataPathPort": {"type": "int", "min": 1, "max": 65535},
 }}
 SWARM_JOIN = {"type": "object", "fields": _SWARM}
-# Replicas: any integer here; engine/services.py says in one line what it takes (0 to 100).
+# Replicas: any integer here; engine/services.py says in one line what it takes (0 to 10,000).
 REPLICAS = {"type": "int", "min": -2**31, "max": 2**31}
 ARGV = {"type": "list", "items": {"type": "string", "max": 131072}, "max": 4096}   # a command, an environment
 SERVICE_CREATE = {"type": "object", "fields": {

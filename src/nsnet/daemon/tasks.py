@@ -5,7 +5,8 @@ and once a second; each step makes the node match etcd:
   no sooner than RESTART_DELAY after its last start); its state goes to etcd: starting, then running (in
   rotation) once its namespace holds a listening TCP socket, or READY_GRACE after its start if none ever does;
 - a task told to shut down is stopped DRAIN after this node first saw it so (every node takes it out of
-  rotation as soon as it sees that), and its key deleted;
+  rotation as soon as it sees that), and its key deleted; so is a task whose service is gone (a removal cut
+  short between its commits);
 - a task sandbox whose task is not ours any more (moved while this node was Down, or gone) is stopped;
 - the tasks of Down nodes are moved to Ready ones (engine/services.move_orphans; etcd's compare picks one
   mover), and a rolling update whose driving daemon is Down (or was this one, before a restart) is driven
@@ -242,7 +243,8 @@ class TaskRunner:
         if sb is not None:
             self._remove(sb)
         entry = kv.get(f"tasks/{tid}")
-        if entry is not None and entry.value["desired"] != "running" and entry.value["node"] == self.engine.state.node:
+        if entry is not None and entry.value["node"] == self.engine.state.node and (
+                entry.value["desired"] != "running" or kv.get(f"services/{t['service_id']}") is None):   # rm cut short
             try:
                 kv.commit([Op(entry.key, None, expect=entry.mod_revision)])
             except CompareFailed:

@@ -47,6 +47,11 @@ def network(state) -> Network | None:
     return next((n for n in state.nets.values() if n.name == NETWORK and state.shared(n)), None)
 
 
+def hidden(sb: Sandbox) -> bool:
+    """nsnet's own ingress sandbox, as Docker's: `ps` does not list it and `info` does not count it."""
+    return sb.name == SANDBOX
+
+
 def sandbox(state) -> Sandbox | None:
     return next((s for s in state.sbs.values() if s.name == SANDBOX), None)
 

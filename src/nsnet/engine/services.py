@@ -15,6 +15,20 @@ create tasks with a compare (the key must not exist) in the same commit as the s
 (compared too, so two scales never both count the same tasks); a Down node's task is moved by whichever
 node commits first, with a compare on the task's revision. Fewest tasks first over the Ready nodes.
 
+etcd takes at most TXN_OPS operations in a transaction, so many tasks take several commits (`chunks`):
+- the first is the atomic part: the service's new revision (or its creation with its name, VIP and port
+  claims; or its deletion) and as many task writes as fit;
+- the writer then reads the service's tasks again and writes what is still missing (`converge`), each
+  later commit on condition that the service is still at the revision its first one left (compare_only).
+  A newer `scale`, `update` or `rm` bumps or deletes the service: the older writer's next commit fails and
+  it stops; the newer one read the tasks after its own first commit, so it counts every task the older one
+  wrote, and converges from there. Two writers never interleave their later commits.
+- A writer that dies between commits leaves fewer tasks than `replicas` (or, scaling down, more wanting to
+  run): nothing fills them by itself (every node doing so would race a create still in progress); the next
+  `service scale`/`update --replicas` counts what exists and converges, and `service ls` shows the gap
+  (REPLICAS 127/300). A removal cut short leaves tasks of a service that is gone: their nodes stop and
+  delete them (daemon/tasks.py; move_orphans deletes a Down node's), as for the tasks `rm` itself told.
+
 Every node learns services and tasks from the engine's one swarm watch (engine/swarm.py → `learn`); its
 task runner (daemon/tasks.py) runs the tasks assigned to it. The data plane follows the same facts: the
 resolver's records (`tasks.NAME`; `NAME` → the VIP, or the tasks with dnsrr) and, in every local sandbox
@@ -37,7 +51,7 @@ from ..firewall import render_ingress, render_no_vips, render_vips
 from ..kernel import ports as host_ports
 from ..kernel.nft import run_first_in
 from ..model import PortMapping
-from ..store import CompareFailed, Op
+from ..store import CompareFailed, Op, compare_only
 from ..store.records import address_key
 from . import ingress, publish
 
@@ -45,7 +59,8 @@ log = logging.getLogger("nsnet.services")
 
 NOT_IN_SWARM = "this node is not part of a swarm: use nsnet swarm init or nsnet swarm join first"
 MODES = ("vip", "dnsrr")
-MAX_REPLICAS = 100     # tasks created in one etcd transaction (etcd takes 128 writes)
+MAX_REPLICAS = 10_000  # a sane cap: each task is a sandbox and a key every node's watch holds
+TXN_OPS = 128          # etcd's --max-txn-ops: compares and writes of one transaction, each
 BATCH_WAIT = 30.0      # s: a rolling update waits this long for a batch's new tasks to run, then pauses
 RACES = 5              # commits retried when another node wrote the same keys at the same moment
 TASK_SANDBOX = re.compile(r"^[^.]+\.\d+\.([0-9a-f]{25})$")   # task_name(): NAME.SLOT.TASKID
@@ -58,6 +73,55 @@ def new_id() -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def chunks(ops: list[Op], first: int, size: int = TXN_OPS - 1) -> list[list[Op]]:
+    """`ops` cut for commits: `first` of them beside the first commit's atomic part, then `size` at a time
+    (beside each later commit's condition). Always one part at least (the first, maybe empty)."""
+    if first < 0 or size < 1:
+        raise ValueError(f"no room for operations in a commit ({first}, {size})")
+    return [ops[:first]] + [ops[i:i + size] for i in range(first, len(ops), size)]
+
+
+def plan(kv, doc: dict, replicas: int) -> list[Op]:
+    """The writes that bring service `doc`'s tasks that want to run to `replicas`, from what etcd holds now:
+    new tasks in the lowest free slots (spread over the Ready nodes), or the highest slots told to shut down
+    (each leaves the rotation first: the runner's DRAIN)."""
+    entries = kv.list("tasks/")
+    live = sorted((t for t in entries if t.value["service_id"] == doc["id"] and t.value["desired"] == "running"),
+                  key=lambda t: t.value["slot"])
+    if replicas <= len(live):
+        return [Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision)
+                for t in live[replicas:]]
+    taken = {t.value["slot"] for t in live}
+    slots = [s for s in range(1, replicas + len(taken) + 1) if s not in taken][:replicas - len(live)]
+    alive = {_tail(e.key) for e in kv.list("alive/")}
+    ready = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/") if _tail(e.key) in alive}
+    nodes = spread(len(slots), ready, [t.value for t in entries], one_per_node(doc))
+    return [Op(f"tasks/{t['id']}", t, expect=0) for t in (new_task(doc, s, n) for s, n in zip(slots, nodes))]
+
+
+def converge(kv, doc: dict, replicas: int, check: Op) -> bool:
+    """After a first commit that left the service's key as `check` says: the tasks still missing or in excess
+    (read again: the first commit may have held only part of them, or counted before an older writer's last
+    commit), in commits of TXN_OPS, each only while `check` holds. False when it stopped holding (a newer
+    scale, update or rm took the service over; its own count stands). A task changed under a commit (its
+    node wrote its state) makes it read again."""
+    misses = 0
+    while misses < RACES:
+        ops = plan(kv, doc, replicas)
+        if not ops:
+            return True
+        try:
+            for part in chunks(ops, 0)[1:]:
+                kv.commit([check, *part])
+                misses = 0
+        except CompareFailed as e:
+            if e.key == check.key:
+                return False
+            misses += 1
+    raise Conflict(f"service {doc['name']}: its tasks kept changing while they were being written; run "
+                   f"`service scale {doc['name']}={replicas}` to finish")
 
 
 def check_replicas(n) -> int:
@@ -180,6 +244,12 @@ def _tail(key: str) -> str:
     return key.split("/", 1)[1]
 
 
+def new_task(svc: dict, slot: int, node: str) -> dict:
+    return {"id": new_id(), "service_id": svc["id"], "version": svc["version"], "slot": slot, "node": node,
+            "desired": "running",
+            "state": "assigned", "error": "", "exit_code": None, "addresses": {}, "restarts": 0, "updated": _now()}
+
+
 class Services:
     """The engine's services (`e.services`): the use cases (API threads; etcd is read directly, so a
     command sees what it wrote), and what the swarm watch says, for the data plane and the task runner."""
@@ -240,14 +310,18 @@ class Services:
                     if net_id in st.nets and (mesh is None or net_id != mesh.id)]
         for svc in self.services.values():
             out += [Record(f"vip:{svc['id']}", net_id, (svc["name"].lower(),), ipv4=vip.split("/")[0])
-                    for net_id, vip in svc["vips"].items() if net_id in st.nets]
+                    for net_id, vip in svc["vips"].items() if net_id in st.nets and (mesh is None or net_id != mesh.id)]
         return out
 
     def rotation(self) -> dict[str, dict[str, list[str]]]:
-        """network id -> VIP -> the addresses of its running tasks on that network."""
+        """network id -> VIP -> the addresses of its running tasks on that network. Not the VIPs on `ingress`:
+        the mesh reaches the tasks straight from the ingress sandbox (_mesh_table), nothing connects to those."""
         out: dict[str, dict[str, list[str]]] = {}
+        mesh = ingress.network(self.e.state)
         for svc in self.services.values():
             for net_id, vip in svc["vips"].items():
+                if mesh is not None and net_id == mesh.id:
+                    continue
                 out.setdefault(net_id, {})[vip.split("/")[0]] = sorted(
                     t["addresses"][net_id] for t in self.tasks.values()
                     if t["service_id"] == svc["id"] and in_rotation(t, self.e.state.alive) and net_id in t["addresses"])
@@ -319,18 +393,17 @@ class Services:
                            sid if publish.host(spec["ports"]) else None)
             if attempt == 0 and publish.ingress(spec["ports"]):
                 ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
-            vips = self._take_vips(kv, nets) if spec["endpoint_mode"] == "vip" else {}
+            vips = self._take_vips(kv, nets + self._mesh(spec["ports"])) if spec["endpoint_mode"] == "vip" else {}
             now = _now()
             doc = {"id": sid, "name": name, "created": now, "updated": now, "version": 1, "spec": spec, "vips": vips}
-            tasks = [self._task(doc, slot, node) for slot, node in enumerate(nodes, start=1)]
-            ops = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
-                   + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{sid}"}, expect=0) for n, v in vips.items()]
-                   + [Op(claim_key(p), {"id": sid}, expect=0) for p in spec["ports"]]
-                   + [Op(f"tasks/{t['id']}", t, expect=0) for t in tasks])
+            head = ([Op(f"names/service/{name}", {"id": sid}, expect=0), Op(f"services/{sid}", doc, expect=0)]
+                    + [Op(address_key(n, v.split("/")[0]), {"id": f"service:{sid}"}, expect=0) for n, v in vips.items()]
+                    + [Op(claim_key(p), {"id": sid}, expect=0) for p in spec["ports"]])
+            first = [Op(f"tasks/{t['id']}", t, expect=0)   # with the claims; `converge` writes the rest
+                     for t in (new_task(doc, slot, node) for slot, node in enumerate(nodes[:TXN_OPS - len(head)], start=1))]
             try:
-                kv.commit(ops)
-                log.info("service %s (%s) created: %d tasks", name, sid, len(tasks))
-                return doc
+                rev = kv.commit(head + first)
+                break
             except CompareFailed:
                 self._give_back(vips)
                 if kv.get(f"names/service/{name}") is not None:
@@ -340,7 +413,14 @@ class Services:
                     raise Conflict(f"port {taken['PublishedPort']}/{taken['Protocol']} was just published by "
                                    f"another service") from None
                 # a VIP another node took at the same moment: read the claims again (in _take_vips)
-        raise Conflict(f"service {name}: its addresses kept being taken by other nodes; try again")
+        else:
+            raise Conflict(f"service {name}: its addresses kept being taken by other nodes; try again")
+        if not converge(kv, doc, spec["replicas"], compare_only(f"services/{sid}", rev)):
+            if kv.get(f"services/{sid}") is None:
+                raise NotFound(f"service {name} was removed while its tasks were being created")
+            log.info("service %s: scaled or updated while its tasks were being created: that count stands", name)
+        log.info("service %s (%s) created: %d tasks", name, sid, spec["replicas"])
+        return doc
 
     def _publishable(self, kv, ports: list[dict], kept: list[dict], sid: str) -> list[dict]:
         """`ports` (new to service `sid`, which keeps `kept`) checked free on every node and given their
@@ -383,28 +463,26 @@ class Services:
         return taken
 
     def scale(self, ref: str, replicas) -> dict:
+        """The service's new revision and the first of its new (or stopped) tasks in one commit, compared on
+        its revision (two scales never both count the same tasks); the rest after it (`converge`)."""
         kv = self._kv()
         replicas = check_replicas(replicas)
         for attempt in range(RACES):
             entry = self._entry(kv, ref)
             doc = entry.value
-            mine = [t for t in kv.list("tasks/") if t.value["service_id"] == doc["id"]]
-            live = sorted((t for t in mine if t.value["desired"] == "running"), key=lambda t: t.value["slot"])
             new = {**doc, "spec": {**doc["spec"], "replicas": replicas}, "version": doc["version"] + 1, "updated": _now()}
-            ops = [Op(entry.key, new, expect=entry.mod_revision)]
-            if replicas > len(live):
-                taken = {t.value["slot"] for t in live}
-                slots = [s for s in range(1, replicas + len(taken) + 1) if s not in taken][:replicas - len(live)]
-                nodes = spread(len(slots), self._ready(kv), [t.value for t in kv.list("tasks/")], one_per_node(doc))
-                ops += [Op(f"tasks/{t['id']}", t, expect=0) for t in (self._task(doc, s, n) for s, n in zip(slots, nodes))]
-            else:   # the highest slots stop: each leaves the rotation first (the runner's DRAIN)
-                ops += [Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision) for t in live[replicas:]]
             try:
-                kv.commit(ops)
-                return new
+                rev = kv.commit([Op(entry.key, new, expect=entry.mod_revision)] + chunks(plan(kv, doc, replicas), TXN_OPS - 1)[0])
+                break
             except CompareFailed:
                 continue
-        raise Conflict(f"service {ref} kept changing under this scale; try again")
+        else:
+            raise Conflict(f"service {ref} kept changing under this scale; try again")
+        if not converge(kv, doc, replicas, compare_only(entry.key, rev)):
+            if kv.get(entry.key) is None:
+                raise NotFound(f"service {doc['name']} was removed during this scale")
+            log.info("service %s: scaled or updated again during this scale: that count stands", doc["name"])
+        return new
 
     def update(self, ref: str, body: dict) -> dict:
         """`--replicas` alone scales. `--network-add/--network-rm`, `--env-add/--env-rm`, `--args` (the
@@ -451,8 +529,10 @@ class Services:
         ports = kept + fresh
         if publish.ingress(fresh):
             ingress.ensure_network(self.e)   # last: everything else is checked (bad input changes nothing)
-        vips = self._take_vips(kv, added) if doc["spec"]["endpoint_mode"] == "vip" else {}
-        gone = {n.id for n in removed}
+        mesh = self._mesh(ports)   # a VIP on `ingress` while an ingress port is published, as Docker
+        gone = {n.id for n in removed} | (set() if mesh else {n for n in doc["vips"] if n not in nets})
+        vips = self._take_vips(kv, added + [n for n in mesh if n.id not in doc["vips"]]) \
+            if doc["spec"]["endpoint_mode"] == "vip" else {}
         new = {**doc, "version": doc["version"] + 1, "updated": _now(),
                "spec": {**doc["spec"], "networks": [n for n in nets if n not in gone] + [n.id for n in added],
                         "ports": ports, "env": env, "cmd": cmd},
@@ -554,8 +634,8 @@ class Services:
                 self._wait(lambda: all(kv.get(f"tasks/{t['id']}") is None for t in batch),
                            f"update of service {svc['name']} paused: an old task did not stop")
             nodes = spread(len(batch), self._ready(kv), [t.value for t in kv.list("tasks/")], one_per_node(svc))
-            fresh = [self._task(svc, t["slot"], node) for t, node in zip(batch, nodes)]
-            kv.commit([Op(f"tasks/{t['id']}", t, expect=0) for t in fresh])
+            fresh = [new_task(svc, t["slot"], node) for t, node in zip(batch, nodes)]
+            self._add_tasks(kv, svc, [Op(f"tasks/{t['id']}", t, expect=0) for t in fresh])
             deadline = time.monotonic() + BATCH_WAIT
             while True:
                 now = [kv.get(f"tasks/{t['id']}") for t in fresh]
@@ -571,6 +651,25 @@ class Services:
             time.sleep(delay)
 
     @staticmethod
+    def _add_tasks(kv, svc: dict, ops: list[Op]) -> None:
+        """A batch's new tasks in commits of TXN_OPS, each while the service is as read just before it: its
+        removal stops the update (no task outlives it), a scale meanwhile does not."""
+        key, misses = f"services/{svc['id']}", 0
+        for part in chunks(ops, 0)[1:]:
+            while True:
+                entry = kv.get(key)
+                if entry is None:
+                    raise NotFound(f"service {svc['name']} was removed during its update")
+                try:
+                    kv.commit([compare_only(key, entry.mod_revision), *part])
+                    break
+                except CompareFailed:
+                    misses += 1
+                    if misses >= RACES:
+                        raise Conflict(f"update of service {svc['name']} paused: the service kept changing; "
+                                       f"run the update again") from None
+
+    @staticmethod
     def _wait(done, why: str) -> None:
         deadline = time.monotonic() + BATCH_WAIT
         while not done():
@@ -579,29 +678,35 @@ class Services:
             time.sleep(0.05)
 
     def remove(self, ref: str) -> str:
-        """The service, its name and VIPs go at once; its tasks are told to shut down (each node stops its
-        own and deletes the task), those of Down nodes are deleted here."""
+        """The service, its name and VIPs go at once, with the first of its tasks: told to shut down (each
+        node stops its own and deletes the task), those of Down nodes deleted here. The rest are told after
+        that commit (`converge` to 0: read after it, so a create or scale cut off by it is counted too)."""
         kv = self._kv()
         for attempt in range(RACES):
             entry = self._entry(kv, ref)
             doc = entry.value
             alive = self._alive(kv)
-            ops = [Op(entry.key, None, expect=entry.mod_revision), Op(f"names/service/{doc['name']}", None)]
-            ops += [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items()]
-            ops += [Op(claim_key(p), None) for p in doc["spec"].get("ports", [])]
-            for t in kv.list("tasks/"):
-                if t.value["service_id"] != doc["id"]:
-                    continue
-                ops.append(Op(t.key, None) if t.value["node"] not in alive
-                           else Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision))
+            head = [Op(entry.key, None, expect=entry.mod_revision), Op(f"names/service/{doc['name']}", None)]
+            head += [Op(address_key(n, v.split("/")[0]), None) for n, v in doc["vips"].items()]
+            head += [Op(claim_key(p), None) for p in doc["spec"].get("ports", [])]
+            tasks = [Op(t.key, None) if t.value["node"] not in alive
+                     else Op(t.key, {**t.value, "desired": "shutdown"}, expect=t.mod_revision)
+                     for t in kv.list("tasks/") if t.value["service_id"] == doc["id"]
+                     and (t.value["node"] not in alive or t.value["desired"] == "running")]
             try:
-                kv.commit(ops)
+                kv.commit(head + chunks(tasks, TXN_OPS - len(head))[0])
+                break
             except CompareFailed:
                 continue
-            self._give_back(doc["vips"])
-            log.info("service %s (%s) removed", doc["name"], doc["id"])
-            return doc["id"]
-        raise Conflict(f"service {ref} kept changing; try again")
+        else:
+            raise Conflict(f"service {ref} kept changing; try again")
+        self._give_back(doc["vips"])
+        try:
+            converge(kv, doc, 0, compare_only(entry.key, 0))
+        except Conflict as e:   # what is left is stopped by its nodes all the same: the service is gone
+            log.warning("service %s: %s", doc["name"], e)
+        log.info("service %s (%s) removed", doc["name"], doc["id"])
+        return doc["id"]
 
     def list(self) -> list[dict]:
         kv = self._kv()
@@ -634,6 +739,13 @@ class Services:
                              f"overlays (network create -d overlay)")
         return net
 
+    def _mesh(self, ports: list[dict]) -> list:
+        """[`ingress`] for a service that publishes an ingress port, else []. Its VIP there is claimed and shown
+        as Docker's (service inspect's Endpoint.VirtualIPs), no task takes it; nothing answers it (rotation)."""
+        with self.e.lock:
+            mesh = ingress.network(self.e.state)
+        return [mesh] if mesh is not None and publish.ingress(ports) else []
+
     def _take_vips(self, kv, nets) -> dict[str, str]:
         """One address per network from its allocator, clear of every address claimed in etcd right now."""
         vips: dict[str, str] = {}
@@ -657,12 +769,6 @@ class Services:
                 net = self.e.state.nets.get(net_id)
                 if net is not None:
                     self.e.alloc.release(net, [ipaddress.ip_interface(vip).ip])
-
-    @staticmethod
-    def _task(svc: dict, slot: int, node: str) -> dict:
-        return {"id": new_id(), "service_id": svc["id"], "version": svc["version"], "slot": slot, "node": node,
-                "desired": "running",
-                "state": "assigned", "error": "", "exit_code": None, "addresses": {}, "restarts": 0, "updated": _now()}
 
     @staticmethod
     def _alive(kv) -> set[str]:
@@ -732,7 +838,8 @@ def delete_task(kv, task_id: str) -> None:
 def move_orphans(kv, node: str) -> int:
     """The tasks of Down nodes that want to run go to Ready nodes (fewest first; a task with host-mode ports
     only to a node that runs none of its service's, else it stays `pending` on its node, as Docker's waits
-    for a suitable node); those told to shut down are deleted. Every node may do it: the compare on each task's revision lets one commit win. How many."""
+    for a suitable node); those told to shut down, or whose service is gone (a removal cut short), are
+    deleted. Every node may do it: the compare on each task's revision lets one commit win. How many moved."""
     alive = {_tail(e.key) for e in kv.list("alive/")}
     if node not in alive:
         return 0   # this node itself is cut off: it must not decide for the others
@@ -746,12 +853,11 @@ def move_orphans(kv, node: str) -> int:
     moved = 0
     for t in orphans:
         try:
-            if t.value["desired"] != "running":
+            if t.value["desired"] != "running" or t.value["service_id"] not in services:
                 kv.commit([Op(t.key, None, expect=t.mod_revision)])
                 continue
-            svc = services.get(t.value["service_id"])
             try:
-                target = spread(1, ready, tasks, one_per_node(svc) if svc else None)[0]
+                target = spread(1, ready, tasks, one_per_node(services[t.value["service_id"]]))[0]
             except NsnetError as e:   # host-mode ports: every Ready node runs one; it waits for its node
                 if t.value["state"] != "pending":
                     kv.commit([Op(t.key, {**t.value, "state": "pending", "error": str(e), "updated": _now()},

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..drivers import driver_class
 from ..errors import NsnetError
 from ..model import Network, Sandbox, network_json, sandbox_json
+from . import ingress
 from .state import State
 
 
@@ -65,5 +66,6 @@ def sandbox_doc(state: State, sb: Sandbox) -> dict:
 
 
 def counts(state: State) -> dict:
-    return {"Networks": len(state.nets), "Sandboxes": len(state.sbs),
-            "Running": sum(1 for s in state.sbs.values() if s.state == "running")}
+    """As `ps -a` lists them: not the swarm's ingress sandbox."""
+    sbs = [s for s in state.sbs.values() if not ingress.hidden(s)]
+    return {"Networks": len(state.nets), "Sandboxes": len(sbs), "Running": sum(1 for s in sbs if s.state == "running")}

@@ -30,10 +30,17 @@ class Entry:
 
 @dataclass(frozen=True)
 class Op:
-    """One write of a commit: `value` None deletes the key. `expect` compares first (None: no compare)."""
+    """One write of a commit: `value` None deletes the key. `expect` compares first (None: no compare).
+    `write` False: the key is only compared (compare_only)."""
     key: str
     value: dict | None
     expect: int | None = None
+    write: bool = True
+
+
+def compare_only(key: str, revision: int) -> Op:
+    """A commit's condition on a key it does not write: the key still at `revision` (0: still absent)."""
+    return Op(key, None, revision, write=False)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,8 @@ class EtcdKV:
                 else:
                     compares.append({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": str(op.expect)})
                 checked.append(op)
+            if not op.write:
+                continue
             if op.value is None:
                 success.append({"request_delete_range": {"key": key}})
             else:
@@ -180,7 +182,7 @@ class EtcdKV:
 
     def _holds(self, ops: list[Op]) -> bool:
         """Does the store hold what `ops` write (each put's value there, each deleted key gone)?"""
-        for op in ops:
+        for op in (op for op in ops if op.write):
             entry = self.get(op.key)
             if (entry.value if entry else None) != op.value:
                 return False

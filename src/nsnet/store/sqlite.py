@@ -75,7 +75,7 @@ class SqliteKV:
                             raise CompareFailed(op.key)
                 rev, compacted = db.execute("SELECT rev, compacted FROM revision").fetchone()
                 rev += 1
-                for op in ops:
+                for op in (op for op in ops if op.write):
                     text = _dump(op.value)
                     if text is None:
                         db.execute("DELETE FROM kv WHERE key=?", (op.key,))
