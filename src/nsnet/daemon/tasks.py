@@ -28,6 +28,7 @@ import time
 from ..engine import ingress, publish
 from ..engine import servicelogs
 from ..engine.servicelogs import Answerer
+from ..engine.thread import woken_loop
 from ..engine.services import TASK_SANDBOX, local_ports, move_orphans, task_name, update_task
 from ..errors import NsnetError
 from ..store import CompareFailed, Op
@@ -91,25 +92,11 @@ class TaskRunner:
         self._lb_wake.set()
         self.logs.poke()
 
-    def _run_lb(self) -> None:
-        while True:
-            self._lb_wake.wait(TICK)
-            self._lb_wake.clear()
-            try:
-                self.engine.services.sync_lb()
-            except Exception:
-                log.exception("tasks: writing the VIP tables failed; trying again")
-
     def _run(self) -> None:
-        while True:
-            self._wake.wait(TICK)
-            self._wake.clear()
-            try:
-                self.step()
-            except NsnetError as e:   # etcd away: the lease thread says so; tasks keep running meanwhile
-                log.debug("tasks: %s", e)
-            except Exception:
-                log.exception("tasks: a step failed; trying again")
+        woken_loop(self._wake, TICK, self.step, log, "tasks: a step")
+
+    def _run_lb(self) -> None:
+        woken_loop(self._lb_wake, TICK, self.engine.services.sync_lb, log, "tasks: writing the VIP tables")
 
     def step(self) -> None:
         link = self.engine.swarm

@@ -28,6 +28,7 @@ import time
 
 from ..errors import NsnetError
 from .services import TASK_SANDBOX, Services
+from .thread import woken_loop
 
 log = logging.getLogger("nsnet.servicelogs")
 
@@ -263,15 +264,7 @@ class Answerer:
         self._wake.set()
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(TICK)
-            self._wake.clear()
-            try:
-                self.step()
-            except NsnetError as e:   # etcd away: the lease thread says so
-                log.debug("service logs: %s", e)
-            except Exception:
-                log.exception("service logs: answering failed; trying again")
+        woken_loop(self._wake, TICK, self.step, log, "service logs: answering")
 
     def step(self) -> None:
         link = self.engine.swarm

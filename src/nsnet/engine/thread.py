@@ -29,3 +29,19 @@ def on_kernel_thread(method):
             return method(self, *args, **kwargs)
         return self.thread.call(method, self, *args, **kwargs)
     return call
+
+
+def woken_loop(wake: threading.Event, tick: float, step, log, what: str) -> None:
+    """Run `step` each time `wake` is set, and every `tick` seconds anyway, for ever (a thread's body). An
+    NsnetError (etcd away: the membership's lease thread says so) is logged at debug, any other error with
+    its traceback; neither ends the loop."""
+    from ..errors import NsnetError
+    while True:
+        wake.wait(tick)
+        wake.clear()
+        try:
+            step()
+        except NsnetError as e:
+            log.debug("%s: %s", what, e)
+        except Exception:
+            log.exception("%s failed; trying again", what)
