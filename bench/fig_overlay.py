@@ -180,15 +180,22 @@ def _docker_swarm(ctx, n: int) -> dict:
     return {"gbps": gbps, "attach": attach, "ping": ping, "dns": dns, "version": a.version}
 
 
+def swarm_peer(ctx, fig: Figure, measure, *args) -> dict:
+    """Docker Swarm's figures, `measure(ctx, *args)`, made and removed in a scope of their own; {} when Swarm
+    cannot run here (why: in the figure's skipped list)."""
+    with ctx.h.scope(fig, "Docker Swarm", catch=(Skip, DockerError, RuntimeError, OSError)):
+        return measure(ctx, *args)
+    return {}
+
+
 def run(ctx) -> Figure:
     h, q = ctx.h, ctx.quick
     fig = Figure("8", "Overlay across two hosts (VXLAN, etcd)")
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
     n = 10 if q else 40
-    peer: dict = {}
-    with h.scope(fig, "Docker Swarm", catch=(Skip, DockerError, RuntimeError, OSError)):
-        peer = _docker_swarm(ctx, n)
+    peer = swarm_peer(ctx, fig, _docker_swarm, n)
+    if peer:
         fig.notes.append(f"Docker Swarm: dockerd {peer['version']} x 2, swarm mode, an attachable overlay")
     mark = h.mark()
     _, (a, b) = swarm_of(h, "f8sw", ["f8a", "f8b"], ["a", "b"])

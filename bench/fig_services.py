@@ -36,8 +36,8 @@ import urllib.parse
 
 from common import PY, Figure, Skip, have, sh, verdict
 from fig_dataplane import _client
-from fig_overlay import NET, _pct, docker_swarm_of, seen_by, swarm_of
-from peer_docker import IMAGE, DockerError
+from fig_overlay import NET, _pct, docker_swarm_of, seen_by, swarm_of, swarm_peer
+from peer_docker import IMAGE
 from peer_nsnet import NsnetEngine
 
 CLIENT = r'''
@@ -246,9 +246,8 @@ def run(ctx) -> Figure:
     if not have("iperf3"):
         raise Skip("iperf3 is not installed")
     n = 300 if q else 1000
-    peer: dict = {}
-    with h.scope(fig, "Docker Swarm", catch=(Skip, DockerError, RuntimeError, OSError)):
-        peer = _docker_swarm(ctx, n)
+    peer = swarm_peer(ctx, fig, _docker_swarm, n)
+    if peer:
         _swarm_notes(fig, peer)
     swarm = "Docker Swarm (dnsrr)" if peer else ""
     sw, (a, b) = swarm_of(h, "f10sw", ["f10a", "f10b"], ["a", "b"])

@@ -25,11 +25,9 @@ import logging
 import threading
 import time
 
-from ..engine import ingress, publish
-from ..engine import servicelogs
-from ..engine.servicelogs import Answerer
-from ..engine.thread import woken_loop
+from ..engine import ingress, publish, servicelogs
 from ..engine.services import TASK_SANDBOX, local_ports, move_orphans, task_name, update_task
+from ..engine.thread import woken_loop
 from ..errors import NsnetError
 from ..store import CompareFailed, Op
 
@@ -77,7 +75,7 @@ class TaskRunner:
         self._exits: dict[str, int | None] = {}      # task id -> exit code of its sandbox this node reaped
         self._ports_written = None                   # what `ports/<node>` says, as this node last wrote it
         self.ingress = ingress.IngressSandbox(self.engine, daemon.run_sandbox, self._remove)
-        self.logs = Answerer(self.engine)
+        self.logs = servicelogs.Answerer(self.engine)
         self.engine.services.listeners.append(self.poke)
         self._thread = threading.Thread(target=self._run, name="swarm-tasks", daemon=True)
         self._lb_thread = threading.Thread(target=self._run_lb, name="swarm-lb", daemon=True)

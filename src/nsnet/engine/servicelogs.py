@@ -27,7 +27,7 @@ import threading
 import time
 
 from ..errors import NsnetError
-from .services import TASK_SANDBOX, Services
+from .services import TASK_SANDBOX
 from .thread import woken_loop
 
 log = logging.getLogger("nsnet.servicelogs")
@@ -199,17 +199,13 @@ def local_logs(engine, task_ids: list[str], tail: int | None) -> dict:
 def collect(engine, ref: str, tail: int | None) -> dict:
     """The service's task logs from every node: {"Service", "Replicas", "Tasks": [{"ID", "Slot", "Node",
     "Log"}] in slot order, "Warnings": [one line per node whose tasks' logs are not there]}."""
-    kv = engine.services._kv()
-    svc = Services._entry(kv, ref).value
-    tasks = sorted((t.value for t in kv.list("tasks/") if t.value["service_id"] == svc["id"]),
-                   key=lambda t: (t["slot"], t["desired"] != "running"))
-    names = {e.key.split("/", 1)[1]: e.value.get("name", "") for e in kv.list("nodes/")}
-    alive = {e.key.split("/", 1)[1] for e in kv.list("alive/")}
+    view = engine.services.task_view(ref)
+    kv, svc, tasks, name = view.kv, view.svc, view.tasks, view.node_name
+    alive = view.alive()
     me = engine.state.node
     by_node: dict[str, list[str]] = {}
     for t in tasks:
         by_node.setdefault(t["node"], []).append(t["id"])
-    name = lambda node: names.get(node) or node[:12]
     warnings = [f"node {name(n)} is down: logs of its tasks are not available" for n in by_node
                 if n != me and n not in alive]
     logs = {}

@@ -43,6 +43,7 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 
 from .. import requests as rq
 from ..dns.records import Record
@@ -248,6 +249,20 @@ def new_task(svc: dict, slot: int, node: str) -> dict:
     return {"id": new_id(), "service_id": svc["id"], "version": svc["version"], "slot": slot, "node": node,
             "desired": "running",
             "state": "assigned", "error": "", "exit_code": None, "addresses": {}, "restarts": 0, "updated": _now()}
+
+
+@dataclass
+class TaskView:
+    kv: object
+    svc: dict
+    tasks: list[dict]              # slot order; in a slot, the task that wants to run first
+    names: dict[str, str]          # node id -> node name
+
+    def node_name(self, node: str) -> str:
+        return self.names.get(node) or node[:12]
+
+    def alive(self) -> set[str]:
+        return {_tail(e.key) for e in self.kv.list("alive/")}
 
 
 class Services:
@@ -551,11 +566,13 @@ class Services:
             self.driving[doc["id"]] = new["version"]
         try:
             kv.commit(ops)
-        except CompareFailed:
+        except BaseException as e:   # etcd away too: nothing is driven, no address kept
             self._give_back(vips)
             self.driving.pop(doc["id"], None)
-            raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses or ports were taken); try "
-                           f"again") from None
+            if isinstance(e, CompareFailed):
+                raise Conflict(f"service {doc['name']} changed meanwhile (or its addresses or ports were taken); "
+                               f"try again") from None
+            raise
         self._give_back({n: v for n, v in doc["vips"].items() if n in gone})
         if roll:
             self.drive(kv, new)
@@ -717,14 +734,19 @@ class Services:
     def inspect(self, ref: str) -> dict:
         return self._doc(self._entry(self._kv(), ref).value)
 
-    def ps(self, ref: str) -> list[dict]:
+    def task_view(self, ref: str) -> "TaskView":
+        """What `service ps` and `service logs` read of a service, from etcd."""
         kv = self._kv()
         doc = self._entry(kv, ref).value
-        names = {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/")}
         tasks = sorted((t.value for t in kv.list("tasks/") if t.value["service_id"] == doc["id"]),
                        key=lambda t: (t["slot"], t["desired"] != "running"))
+        return TaskView(kv, doc, tasks, {_tail(e.key): e.value.get("name", "") for e in kv.list("nodes/")})
+
+    def ps(self, ref: str) -> list[dict]:
+        view = self.task_view(ref)
+        doc, tasks = view.svc, view.tasks
         return [{"ID": t["id"], "Name": f"{doc['name']}.{t['slot']}", "ServiceID": doc["id"], "Slot": t["slot"],
-                 "NodeID": t["node"], "Node": names.get(t["node"], t["node"][:12]), "DesiredState": t["desired"],
+                 "NodeID": t["node"], "Node": view.node_name(t["node"]), "DesiredState": t["desired"],
                  "Status": {"State": t["state"], "Err": t.get("error", ""), "Timestamp": t.get("updated", ""),
                             "ExitCode": t.get("exit_code")},
                  "NetworksAttachments": [{"Network": {"ID": n}, "Addresses": [a]} for n, a in t["addresses"].items()]}
